@@ -1,0 +1,141 @@
+"""The `recsys` command: one entry point for every stage (see DESIGN.md, "Command line")."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from recsys.settings import Settings, get_settings
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _timed(name: str, step: Callable[[], object]) -> object:
+    t0 = time.perf_counter()
+    result = step()
+    _say(f"[{name}] done in {time.perf_counter() - t0:.1f}s")
+    return result
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from recsys.generate import generate
+
+    out = Path(args.out)
+    counts = _timed(
+        "generate",
+        lambda: generate(args.scale, args.seed, out, progress=lambda m: _say(f"  {m}")),
+    )
+    _say(f"wrote RetailRocket-layout CSVs to {out}: {json.dumps(counts)}")
+    return 0
+
+
+def _print_ingest(reports: Sequence[object]) -> None:
+    for report in reports:
+        r = report.to_dict()  # type: ignore[attr-defined]
+        state = " (unchanged)" if getattr(report, "unchanged", False) else ""
+        _say(
+            f"  {r['table']:<16} {r['raw_rows']:>12,} raw = {r['accepted']:>12,} accepted "
+            f"+ {r['rejected']:>8,} rejected{state}"
+        )
+        for reason, count in r["reasons"].items():  # type: ignore[union-attr]
+            _say(f"      {count:>10,}  {reason}")
+
+
+def run_ingest(raw_dir: Path, settings: Settings) -> list[object]:
+    from recsys.ingest import ingest
+    from recsys.lake import Lake
+
+    lake = Lake.from_settings(settings)
+    _say(f"ingesting {raw_dir} into {lake.uri}/raw/")
+    reports = _timed("ingest", lambda: ingest(raw_dir, lake, progress=lambda m: _say(f"  {m}")))
+    _print_ingest(reports)  # type: ignore[arg-type]
+    return reports  # type: ignore[return-value]
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    run_ingest(Path(args.raw_dir), settings)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    from recsys.warehouse import build
+
+    _timed("build", lambda: build(settings, cutoff_at=args.cutoff_at, select=args.select))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from recsys.generate import generate
+    from recsys.warehouse import build
+
+    t0 = time.perf_counter()
+    raw_dir = Path(args.raw_dir) if args.raw_dir else settings.data_dir / "demo" / args.scale
+    if not args.raw_dir:
+        if (raw_dir / "events.csv").exists():
+            _say(f"demo data already in {raw_dir} (delete it to generate again)")
+        else:
+            _say(f"no --raw-dir given: generating {args.scale} demo data in {raw_dir}")
+            _timed(
+                "generate",
+                lambda: generate(
+                    args.scale, args.seed, raw_dir, progress=lambda m: _say(f"  {m}")
+                ),
+            )
+    run_ingest(raw_dir, settings)
+    _timed("build", lambda: build(settings, cutoff_at=args.cutoff_at))
+    _say(f"pipeline finished in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recsys", description="Warehouse-first recommendations for online shops."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write synthetic RetailRocket-layout CSVs")
+    p.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", required=True, help="folder for the CSVs")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("ingest", help="validate CSVs and write typed Parquet to the lake")
+    p.add_argument("--raw-dir", required=True, help="folder with events.csv and friends")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("build", help="dbt build with the project's profile and vars")
+    p.add_argument("--cutoff-at", help="features as of this time (default: the latest event)")
+    p.add_argument("--select", help="a dbt selection, e.g. 'marts'")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("run", help="every stage: generate demo data if needed, ingest, build")
+    p.add_argument("--raw-dir", help="CSV folder (default: generate demo data)")
+    p.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--cutoff-at", help="features as of this time (default: the latest event)")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from recsys.ingest import IngestError
+    from recsys.lake import LakeError
+    from recsys.warehouse import BuildError
+
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    try:
+        return int(args.func(args, settings))
+    except (IngestError, LakeError, BuildError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

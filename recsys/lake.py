@@ -1,0 +1,133 @@
+"""The lake: a local folder by default, `s3://bucket/prefix` when configured.
+
+Every stage reads and writes the lake through this class, so that the same code serves both.
+Writes are atomic per file: a local file is written beside its target and renamed over it; an S3
+object is replaced by a single PUT, which S3 makes visible all at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from recsys.settings import Settings
+
+
+class LakeError(RuntimeError):
+    """The lake cannot be read or written (bad credentials, no bucket, no permission)."""
+
+
+def _explain(exc: BaseException, uri: str) -> LakeError:
+    text = f"{type(exc).__name__}: {exc}"
+    lowered = text.lower()
+    if any(
+        word in lowered
+        for word in ("signaturedoesnotmatch", "invalidaccesskeyid", "accessdenied", "forbidden")
+    ) or isinstance(exc, PermissionError):
+        hint = (
+            "the S3 server refused the credentials: check AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a non-AWS server)"
+        )
+    elif "nosuchbucket" in lowered or "bucket" in lowered and "not" in lowered:
+        hint = "the bucket does not exist: create it or fix RECSYS_LAKE_URI"
+    elif any(word in lowered for word in ("connect", "endpoint", "timed out", "name resolution")):
+        hint = "the S3 endpoint cannot be reached: check AWS_ENDPOINT_URL"
+    else:
+        hint = "the lake could not be accessed"
+    return LakeError(f"{hint} ({uri}): {text}")
+
+
+class Lake:
+    """Paths relative to the lake root, resolved on a local or S3 filesystem."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri = uri.rstrip("/")
+        self.is_s3 = self.uri.startswith("s3://")
+        options = dict(storage_options or {}) if self.is_s3 else {}
+        self.storage_options = options
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **options)
+        if not self.is_s3:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Lake:
+        return cls(settings.lake_uri, settings.s3_options)
+
+    def url(self, rel: str) -> str:
+        """The full URI of `rel` (what DuckDB or dbt reads)."""
+        return f"{self.uri}/{rel.lstrip('/')}"
+
+    def _path(self, rel: str) -> str:
+        return f"{self.root.rstrip('/')}/{rel.lstrip('/')}"
+
+    def exists(self, rel: str) -> bool:
+        try:
+            return bool(self.fs.exists(self._path(rel)))
+        except Exception as exc:  # botocore and aiohttp raise many kinds
+            raise _explain(exc, self.url(rel)) from exc
+
+    def glob(self, pattern: str) -> list[str]:
+        """Relative paths matching `pattern`, sorted."""
+        try:
+            found = self.fs.glob(self._path(pattern))
+        except Exception as exc:
+            raise _explain(exc, self.url(pattern)) from exc
+        prefix = self.root.rstrip("/") + "/"
+        return sorted(str(p)[len(prefix) :] if str(p).startswith(prefix) else str(p) for p in found)
+
+    def read_text(self, rel: str) -> str:
+        try:
+            with self.fs.open(self._path(rel), "r", encoding="utf-8") as fh:
+                return str(fh.read())
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise _explain(exc, self.url(rel)) from exc
+
+    def write_text(self, rel: str, text: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "file"
+            local.write_text(text, encoding="utf-8")
+            self.put(local, rel)
+
+    def put(self, local: Path, rel: str) -> None:
+        """Copy a local file to `rel`, atomically replacing what was there."""
+        if self.is_s3:
+            try:
+                self.fs.put_file(str(local), self._path(rel))
+            except Exception as exc:
+                raise _explain(exc, self.url(rel)) from exc
+            return
+        target = Path(self._path(rel))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        os.close(fd)
+        try:
+            shutil.copyfile(local, tmp_name)
+            with open(tmp_name, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+    def remove(self, rel: str) -> None:
+        try:
+            if self.fs.exists(self._path(rel)):
+                self.fs.rm(self._path(rel), recursive=True)
+        except Exception as exc:
+            raise _explain(exc, self.url(rel)) from exc
+
+    def check_access(self) -> None:
+        """Fail early with a clear message when the lake cannot be listed."""
+        try:
+            if self.is_s3:
+                bucket = self.root.split("/", 1)[0]
+                self.fs.ls(bucket, refresh=True)
+        except Exception as exc:
+            raise _explain(exc, self.uri) from exc

@@ -1,0 +1,86 @@
+"""The dbt warehouse: runs `dbt` in `dbt_project/` with the project's profile and settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+from recsys.settings import DBT_PROJECT_DIR, Settings
+
+
+class BuildError(RuntimeError):
+    """dbt failed; the message carries the lines of its output that say why."""
+
+
+def dbt_executable() -> str:
+    """The `dbt` of this environment (beside the running Python), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dbt"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("dbt")
+    if not found:
+        raise BuildError("dbt is not installed in this environment: run `make install`")
+    return found
+
+
+def dbt_command(
+    settings: Settings,
+    args: list[str],
+    *,
+    cutoff_at: str | None = None,
+    extra_vars: dict[str, object] | None = None,
+    echo: bool = True,
+) -> str:
+    """Run `dbt <args>` in the project with the settings' environment; return its output."""
+    dbt_vars: dict[str, object] = dict(extra_vars or {})
+    if cutoff_at:
+        dbt_vars["cutoff_at"] = cutoff_at
+    cmd = [dbt_executable(), *args, "--project-dir", str(DBT_PROJECT_DIR)]
+    cmd += ["--profiles-dir", str(DBT_PROJECT_DIR)]
+    if dbt_vars:
+        cmd += ["--vars", json.dumps(dbt_vars)]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings.dbt_env()}
+    tail: deque[str] = deque(maxlen=60)
+    lines: list[str] = []
+    with subprocess.Popen(
+        cmd,
+        cwd=DBT_PROJECT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            tail.append(line.rstrip())
+            if echo:
+                print(f"  {line.rstrip()}", flush=True)
+        code = proc.wait()
+    if code != 0:
+        reasons = [t for t in tail if "error" in t.lower() or "fail" in t.lower()]
+        detail = "\n".join(reasons[-15:] or list(tail)[-15:])
+        hint = ""
+        text = "".join(lines).lower()
+        if any(w in text for w in ("signaturedoesnotmatch", "invalidaccesskeyid", "accessdenied")):
+            hint = (
+                "\nthe S3 server refused the credentials: check AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL)"
+            )
+        raise BuildError(f"dbt {args[0]} failed (exit {code}):{hint}\n{detail}")
+    return "".join(lines)
+
+
+def build(settings: Settings, cutoff_at: str | None = None, select: str | None = None) -> str:
+    """`dbt build`: every model and test, as of `cutoff_at` (default: the latest event)."""
+    args = ["build"]
+    if select:
+        args += ["--select", select]
+    return dbt_command(settings, args, cutoff_at=cutoff_at)
