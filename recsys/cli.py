@@ -8,8 +8,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from recsys.ingest import TableReport
 
 
 def _say(message: str) -> None:
@@ -35,27 +39,28 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_ingest(reports: Sequence[object]) -> None:
-    for report in reports:
-        r = report.to_dict()  # type: ignore[attr-defined]
-        state = " (unchanged)" if getattr(report, "unchanged", False) else ""
+def _print_ingest(reports: Sequence[TableReport]) -> None:
+    for r in reports:
+        state = " (unchanged)" if r.unchanged else ""
         _say(
-            f"  {r['table']:<16} {r['raw_rows']:>12,} raw = {r['accepted']:>12,} accepted "
-            f"+ {r['rejected']:>8,} rejected{state}"
+            f"  {r.table:<16} {r.raw_rows:>12,} raw = {r.accepted:>12,} accepted "
+            f"+ {r.rejected:>8,} rejected{state}"
         )
-        for reason, count in r["reasons"].items():  # type: ignore[union-attr]
+        for reason, count in r.reasons.items():
             _say(f"      {count:>10,}  {reason}")
 
 
-def run_ingest(raw_dir: Path, settings: Settings) -> list[object]:
+def run_ingest(raw_dir: Path, settings: Settings) -> list[TableReport]:
     from recsys.ingest import ingest
     from recsys.lake import Lake
 
     lake = Lake.from_settings(settings)
     _say(f"ingesting {raw_dir} into {lake.uri}/raw/")
-    reports = _timed("ingest", lambda: ingest(raw_dir, lake, progress=lambda m: _say(f"  {m}")))
-    _print_ingest(reports)  # type: ignore[arg-type]
-    return reports  # type: ignore[return-value]
+    t0 = time.perf_counter()
+    reports = ingest(raw_dir, lake, progress=lambda m: _say(f"  {m}"))
+    _say(f"[ingest] done in {time.perf_counter() - t0:.1f}s")
+    _print_ingest(reports)
+    return reports
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -83,9 +88,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             _say(f"no --raw-dir given: generating {args.scale} demo data in {raw_dir}")
             _timed(
                 "generate",
-                lambda: generate(
-                    args.scale, args.seed, raw_dir, progress=lambda m: _say(f"  {m}")
-                ),
+                lambda: generate(args.scale, args.seed, raw_dir, progress=lambda m: _say(f"  {m}")),
             )
     run_ingest(raw_dir, settings)
     _timed("build", lambda: build(settings, cutoff_at=args.cutoff_at))

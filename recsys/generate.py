@@ -59,7 +59,7 @@ class Scale:
 SCALES: dict[str, Scale] = {
     "tiny": Scale(2_600, 900, 40, 4, 0.7, 60, 6.0),
     "small": Scale(150_000, 30_000, 300, 12, 0.72, 400, 12.0),
-    "full": Scale(1_407_580, 417_053, 1_669, 25, 0.67, 1_100, 13.5),
+    "full": Scale(1_407_580, 417_053, 1_669, 25, 0.72, 1_100, 13.5),
 }
 
 # Behaviour, the same at every scale.
@@ -155,7 +155,7 @@ def generate(
     seed: int,
     out_dir: Path,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, int]:
+) -> dict[str, int | float]:
     """Write the four CSVs for `scale_name` into `out_dir`; return row counts and shape figures."""
     if scale_name not in SCALES:
         raise ValueError(f"unknown scale {scale_name!r}; choose one of {', '.join(SCALES)}")
@@ -192,7 +192,7 @@ def generate(
     if len(inner):
         item_cat[on_inner] = inner[rng_items.integers(0, len(inner), on_inner.sum())]
     is_active = rng_items.random(n_items) < scale.active_item_share
-    base_weight = rng_items.lognormal(0.0, 1.25, n_items) * is_active
+    base_weight = rng_items.lognormal(0.0, 1.5, n_items) * is_active
     trend = rng_items.normal(0.0, 0.9, n_items)  # log change of popularity over the span
     quality = rng_items.normal(0.0, 0.9, n_items)  # latent conversion propensity
     # out-of-stock week (snapshot index) or N_SNAPSHOTS when always available
@@ -232,9 +232,9 @@ def generate(
     primary = leaves[rng_vis.choice(len(leaves), n_vis, p=leaf_weight / leaf_weight.sum())]
     # the secondary taste is a sibling of the primary when there is one, else anything popular
     secondary = leaves[rng_vis.choice(len(leaves), n_vis, p=leaf_weight / leaf_weight.sum())]
-    sib_pool: dict[int, np.ndarray] = {}
+    sib_pool: dict[int, list[int]] = {}
     for leaf in leaves:
-        sib_pool.setdefault(int(cat_parent[leaf]), []).append(leaf)  # type: ignore[arg-type]
+        sib_pool.setdefault(int(cat_parent[leaf]), []).append(int(leaf))
     take_sibling = rng_vis.random(n_vis) < 0.5
     parents_of_primary = cat_parent[primary]
     for par, members in sib_pool.items():
@@ -410,14 +410,15 @@ def generate(
     say(f"item properties: {prop_rows:,} rows ({time.perf_counter() - t0:.1f}s)")
 
     items_with_events = len(np.unique(np.concatenate([view_item, cart_item])))
-    visitor_events = np.bincount(sess_vis[np.concatenate([view_sess, cart_sess, buy_sess])],
-                                 minlength=n_vis)
+    visitor_events = np.bincount(
+        sess_vis[np.concatenate([view_sess, cart_sess, buy_sess])], minlength=n_vis
+    )
     return {
         "events": int(events.num_rows),
         "views": int(n_views),
-        "addtocarts": int(len(cart_sess)),
-        "transactions": int(len(buy_sess)),
-        "transaction_ids": int(len(tx_sessions)),
+        "addtocarts": len(cart_sess),
+        "transactions": len(buy_sess),
+        "transaction_ids": len(tx_sessions),
         "visitors": int(n_vis),
         "items_with_events": int(items_with_events),
         "property_rows": int(prop_rows),

@@ -33,7 +33,7 @@ def _explain(exc: BaseException, uri: str) -> LakeError:
             "the S3 server refused the credentials: check AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a non-AWS server)"
         )
-    elif "nosuchbucket" in lowered or "bucket" in lowered and "not" in lowered:
+    elif "nosuchbucket" in lowered or ("bucket" in lowered and "not" in lowered):
         hint = "the bucket does not exist: create it or fix RECSYS_LAKE_URI"
     elif any(word in lowered for word in ("connect", "endpoint", "timed out", "name resolution")):
         hint = "the S3 endpoint cannot be reached: check AWS_ENDPOINT_URL"

@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     @cached_property
     def s3_options(self) -> dict[str, object]:
         """Keyword arguments for `s3fs.S3FileSystem`, from the standard AWS variables."""
-        options: dict[str, object] = {}
+        # listings are not cached: another process (dbt, the API) may have written meanwhile
+        options: dict[str, object] = {"use_listings_cache": False}
         if self.aws_access_key_id:
             options["key"] = self.aws_access_key_id
         if self.aws_secret_access_key:

@@ -19,7 +19,7 @@ service" is harmless (it is about the optional STS/IAM API, not `-s3.config`).
 
 Use as a context manager:
 
-    from s3server import SeaweedS3          # or: from tests.s3server import ...
+    from tests.s3server import SeaweedS3
 
     with SeaweedS3(tmp_path) as s3:
         s3.create_bucket("lake")
@@ -29,8 +29,8 @@ Use as a context manager:
 
 or as pytest fixtures, re-exported from a conftest.py:
 
-    # tests/conftest.py   (tests/ has no __init__.py, so pytest puts tests/ on sys.path)
-    from s3server import s3_bucket, seaweed_s3  # noqa: F401
+    # tests/conftest.py   (tests/ is a package, so pytest puts the repo root on sys.path)
+    from tests.s3server import s3_bucket, seaweed_s3  # noqa: F401
 
     @pytest.mark.integration
     def test_something(seaweed_s3, s3_bucket): ...

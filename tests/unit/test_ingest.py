@@ -116,7 +116,7 @@ def test_properties_and_categories_are_typed(tmp_path: Path, lake: Lake) -> None
 
 
 def test_reingesting_the_same_input_changes_nothing(tmp_path: Path, lake: Lake) -> None:
-    raw = write_events(tmp_path / "raw", GOOD + [BAD[0][0]])
+    raw = write_events(tmp_path / "raw", [*GOOD, BAD[0][0]])
     ingest(raw, lake)
     files = sorted(p for p in Path(lake.root).rglob("*") if p.is_file())
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}

@@ -1,0 +1,42 @@
+# Two commands matter: `make run` and `make test`. Both set everything up first.
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+export UV_PYTHON_DOWNLOADS := never
+export OPENBLAS_NUM_THREADS := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit lint format bench-warehouse docs clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+install: ## install uv if missing and sync the locked environment (.venv)
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@$(UV) sync --frozen --quiet
+
+run: install ## demo data -> lake -> dbt warehouse (RECSYS_DATA_DIR, default ./data)
+	$(UV) run recsys run
+
+test: install ## the whole test suite (unit and integration, real dbt / DuckDB / S3 server)
+	$(UV) run pytest
+
+test-unit: install ## unit tests only
+	$(UV) run pytest tests/unit
+
+lint: install ## ruff, formatting and mypy
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy
+
+format: install ## apply ruff's formatting and fixes
+	$(UV) run ruff format .
+	$(UV) run ruff check --fix .
+
+bench-warehouse: install ## generate full scale, ingest, dbt build; seconds and peak RSS per stage
+	$(UV) run python benchmarks/bench_warehouse.py
+
+docs: install ## dbt docs (offline) into dbt_project/target
+	cd dbt_project && ../.venv/bin/dbt docs generate --profiles-dir .
+
+clean: ## remove generated data and build output
+	rm -rf data dbt_project/target dbt_project/logs reports

@@ -1,0 +1,139 @@
+"""The warehouse on a local lake: generate -> ingest -> dbt build, point in time, offline docs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from recsys.ingest import ingest
+from recsys.lake import Lake
+from recsys.settings import DBT_PROJECT_DIR, Settings
+from recsys.warehouse import build, dbt_command, dbt_executable
+
+pytestmark = pytest.mark.integration
+
+MARTS = (
+    "events",
+    "sessions",
+    "categories",
+    "item_features",
+    "visitor_features",
+    "visitor_category_affinities",
+    "interactions",
+)
+
+
+def query(settings: Settings, sql: str) -> list[tuple]:
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_build_from_generated_data(tiny_raw: Path, settings: Settings) -> None:
+    lake = Lake.from_settings(settings)
+    ingest(tiny_raw, lake)
+    build(settings)
+    for mart in MARTS:
+        count = query(settings, f"select count(*) from {mart}")[0][0]
+        assert count > 0, mart
+    # the default cutoff is the latest event, and the feature version says so
+    ((version, cutoff),) = query(settings, "select feature_version, cutoff_at from feature_builds")
+    latest = query(settings, "select max(event_at) from events")[0][0]
+    assert cutoff == latest
+    assert version.startswith("fv")
+    # every feature mart is exported to the lake under its version
+    exported = sorted(p.stem for p in (Path(lake.root) / "features" / version).glob("*.parquet"))
+    assert set(MARTS) <= set(exported)
+    exported_path = lake.url(f"features/{version}/interactions.parquet")
+    n = duckdb.sql(f"select count(*) from read_parquet('{exported_path}')").fetchall()[0][0]
+    assert n == query(settings, "select count(*) from interactions")[0][0]
+    # sessions add up to the events
+    assert query(settings, "select sum(n_events) from sessions") == query(
+        settings, "select count(*) from events"
+    )
+
+
+def test_an_event_after_the_cutoff_changes_no_feature(
+    tiny_raw: Path, settings: Settings, tmp_path: Path
+) -> None:
+    cutoff = "2015-08-01 00:00:00"
+    lake = Lake.from_settings(settings)
+    ingest(tiny_raw, lake)
+    build(settings, cutoff_at=cutoff)
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        con.execute("create schema before")
+        for mart in MARTS:
+            con.execute(f"create table before.{mart} as select * from main.{mart}")
+        visitor, item = con.execute(
+            "select visitor_id, item_id from interactions order by weight desc limit 1"
+        ).fetchone()  # type: ignore[misc]
+    # synthetic events after the cutoff: the busiest visitor buys its favourite item, and a
+    # property snapshot moves the item to another category and out of stock
+    raw = tmp_path / "raw_plus"
+    shutil.copytree(tiny_raw, raw)
+    after = 1438387200000 + 3_600_000  # 2015-08-01 01:00 UTC
+    with open(raw / "events.csv", "a") as fh:
+        fh.write(f"{after},{visitor},view,{item},\n")
+        fh.write(f"{after + 1000},{visitor},addtocart,{item},\n")
+        fh.write(f"{after + 2000},{visitor},transaction,{item},999999\n")
+        fh.write(f"{after + 3000},987654321,view,{item},\n")
+    with open(raw / "item_properties_part2.csv", "a") as fh:
+        fh.write(f"{after},{item},categoryid,999999\n{after},{item},available,0\n")
+    ingest(raw, lake)
+    build(settings, cutoff_at=cutoff)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        assert (
+            con.execute("select count(*) from before.events").fetchone()
+            == con.execute("select count(*) from main.events").fetchone()
+        )
+        for mart in MARTS:
+            changed = con.execute(
+                f"""
+                select count(*) from (
+                    (select * from main.{mart} except all select * from before.{mart})
+                    union all
+                    (select * from before.{mart} except all select * from main.{mart})
+                )
+                """
+            ).fetchone()
+            assert changed == (0,), mart
+        # and the new events are in the lake: the build would see them with a later cutoff
+        n_after = con.execute(
+            f"select count(*) from read_parquet('{lake.url('raw/events/*.parquet')}') "
+            f"where timestamp >= {after}"
+        ).fetchone()
+        assert n_after is not None and n_after[0] >= 4
+
+
+def test_dbt_build_runs_on_its_own_from_the_project_folder(
+    tiny_raw: Path, settings: Settings
+) -> None:
+    ingest(tiny_raw, Lake.from_settings(settings))
+    # a user in dbt_project/ with only the data dir set: no --project-dir, no --profiles-dir
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_LAKE")}
+    env["RECSYS_DATA_DIR"] = str(settings.data_dir)
+    result = subprocess.run(
+        [dbt_executable(), "build"], cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "ERROR=0" in result.stdout
+    # docs generate offline, and the analyses compile
+    dbt_command(settings, ["docs", "generate"], echo=False)
+    catalog = json.loads((DBT_PROJECT_DIR / "target" / "catalog.json").read_text())
+    assert any(node.endswith(".item_features") for node in catalog["nodes"])
+    dbt_command(settings, ["compile", "--select", "analyses"], echo=False)
+    compiled = DBT_PROJECT_DIR / "target" / "compiled" / "recsys" / "analyses"
+    names = sorted(p.name for p in compiled.glob("*.sql"))
+    assert names == [
+        "funnel_by_category.sql",
+        "session_length_distribution.sql",
+        "top_items_by_conversion.sql",
+    ]
+    # a compiled analysis runs against the warehouse
+    sql = (compiled / "funnel_by_category.sql").read_text()
+    assert query(settings, sql)
