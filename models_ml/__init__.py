@@ -1,0 +1,1 @@
+"""Training and scoring: ALS candidates, CatBoost ranker, evaluation, snapshot publishing."""

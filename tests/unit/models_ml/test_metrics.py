@@ -1,0 +1,58 @@
+"""Metric functions: a perfect ranking is 1, no hit is 0, and one case worked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from models_ml.metrics import (
+    METRICS,
+    catalogue_coverage,
+    evaluate,
+    hit_rate_at_k,
+    map_at_k,
+    mrr_at_k,
+    ndcg_at_k,
+    precision_at_k,
+    recall_at_k,
+)
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_perfect_ranking_scores_one(name: str) -> None:
+    relevant = {1, 2, 3}
+    assert METRICS[name]([1, 2, 3], relevant, 3) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_no_hit_scores_zero(name: str) -> None:
+    assert METRICS[name]([7, 8, 9, 10], {1, 2}, 4) == 0.0
+
+
+def test_hand_computed_case() -> None:
+    # relevant items at ranks 2 and 4 of the top 5; 3 relevant items in all
+    recommended, relevant, k = [9, 1, 8, 2, 7], {1, 2, 3}, 5
+    assert precision_at_k(recommended, relevant, k) == pytest.approx(2 / 5)
+    assert recall_at_k(recommended, relevant, k) == pytest.approx(2 / 3)
+    assert hit_rate_at_k(recommended, relevant, k) == 1.0
+    assert mrr_at_k(recommended, relevant, k) == pytest.approx(1 / 2)
+    # MAP: (1/2 + 2/4) / min(3, 5)
+    assert map_at_k(recommended, relevant, k) == pytest.approx((0.5 + 0.5) / 3)
+    dcg = 1 / math.log2(3) + 1 / math.log2(5)
+    idcg = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at_k(recommended, relevant, k) == pytest.approx(dcg / idcg)
+
+
+def test_k_cuts_the_list() -> None:
+    assert hit_rate_at_k([5, 1], {1}, 1) == 0.0
+    assert precision_at_k([1], {1}, 10) == pytest.approx(0.1)  # divides by k
+
+
+def test_evaluate_averages_and_counts_missing_visitors_as_misses() -> None:
+    truth = {1: {10}, 2: {20}, 3: set()}
+    recs = {1: [10, 11], 3: [30]}  # visitor 2 has no list; visitor 3 has nothing to find
+    out = evaluate(recs, truth, ks=(10,), catalogue_size=4)
+    assert out["hit_rate@10"] == pytest.approx(0.5)
+    assert out["coverage@10"] == pytest.approx(2 / 4)  # items 10 and 11 over 4 items
+    assert catalogue_coverage([[1, 2], [2, 3]], 10, 1) == pytest.approx(0.2)
