@@ -22,17 +22,32 @@ class LakeError(RuntimeError):
     """The lake cannot be read or written (bad credentials, no bucket, no permission)."""
 
 
+CREDENTIALS_HINT = (
+    "the S3 server refused the credentials: check AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a non-AWS server)"
+)
+_REFUSALS = (
+    "signaturedoesnotmatch",
+    "signature we calculated does not match",
+    "invalidaccesskeyid",
+    "does not exist in our records",
+    "accessdenied",
+    "forbidden",
+    "permissionerror",
+)
+
+
+def is_credentials_error(text: str) -> bool:
+    """Whether an error text (from s3fs, DuckDB or dbt) says S3 refused the credentials."""
+    lowered = text.lower()
+    return any(word in lowered for word in _REFUSALS)
+
+
 def _explain(exc: BaseException, uri: str) -> LakeError:
     text = f"{type(exc).__name__}: {exc}"
     lowered = text.lower()
-    if any(
-        word in lowered
-        for word in ("signaturedoesnotmatch", "invalidaccesskeyid", "accessdenied", "forbidden")
-    ) or isinstance(exc, PermissionError):
-        hint = (
-            "the S3 server refused the credentials: check AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a non-AWS server)"
-        )
+    if isinstance(exc, PermissionError) or is_credentials_error(text):
+        hint = CREDENTIALS_HINT
     elif "nosuchbucket" in lowered or ("bucket" in lowered and "not" in lowered):
         hint = "the bucket does not exist: create it or fix RECSYS_LAKE_URI"
     elif any(word in lowered for word in ("connect", "endpoint", "timed out", "name resolution")):

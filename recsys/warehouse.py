@@ -10,6 +10,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
+from recsys.lake import CREDENTIALS_HINT, is_credentials_error
 from recsys.settings import DBT_PROJECT_DIR, Settings
 
 
@@ -45,7 +46,7 @@ def dbt_command(
     if dbt_vars:
         cmd += ["--vars", json.dumps(dbt_vars)]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **settings.dbt_env()}
+    env = {**os.environ, **settings.dbt_env(), "DBT_USE_COLORS": "false"}
     tail: deque[str] = deque(maxlen=60)
     lines: list[str] = []
     with subprocess.Popen(
@@ -67,13 +68,7 @@ def dbt_command(
     if code != 0:
         reasons = [t for t in tail if "error" in t.lower() or "fail" in t.lower()]
         detail = "\n".join(reasons[-15:] or list(tail)[-15:])
-        hint = ""
-        text = "".join(lines).lower()
-        if any(w in text for w in ("signaturedoesnotmatch", "invalidaccesskeyid", "accessdenied")):
-            hint = (
-                "\nthe S3 server refused the credentials: check AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL)"
-            )
+        hint = f"\n{CREDENTIALS_HINT}" if is_credentials_error("".join(lines)) else ""
         raise BuildError(f"dbt {args[0]} failed (exit {code}):{hint}\n{detail}")
     return "".join(lines)
 

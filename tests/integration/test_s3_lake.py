@@ -55,9 +55,10 @@ def test_ingest_and_build_on_s3(
     con = duckdb.connect()
     con.register_filesystem(fs)
     n = con.execute(
-        f"select count(*) from read_parquet('s3://{bucket}/features/{version[0]}/events.parquet')"
+        f"select count(*) from read_parquet('s3://{bucket}/features/{version[0]}/sessions.parquet')"
     ).fetchone()
-    assert n == n_events
+    with duckdb.connect(str(s3_settings.warehouse_path), read_only=True) as warehouse:
+        assert n == warehouse.execute("select count(*) from sessions").fetchone()
 
 
 def test_a_wrong_secret_is_a_clear_error(

@@ -1,0 +1,75 @@
+{#
+    Where the lake is and how marts are exported to it.
+
+    The lake root comes from the environment, like every other setting of the pipeline:
+    RECSYS_LAKE_URI, else $RECSYS_DATA_DIR/lake, else ../data/lake (the repository's ./data when
+    dbt runs from dbt_project/). models/staging/_retailrocket__sources.yml repeats this rule in
+    YAML, where macros are not available: change both together.
+#}
+
+{% macro lake_uri() -%}
+    {%- set data_dir = env_var('RECSYS_DATA_DIR', '') or '../data' -%}
+    {%- set lake = env_var('RECSYS_LAKE_URI', '') or (data_dir.rstrip('/') ~ '/lake') -%}
+    {{- return(lake.rstrip('/')) -}}
+{%- endmacro %}
+
+
+{% macro feature_export_directory() -%}
+    {{- return(lake_uri() ~ '/features/' ~ feature_version()) -}}
+{%- endmacro %}
+
+
+{#
+    on-run-start hook: create <lake>/features/<feature_version>/ before the marts' post-hooks
+    write into it (once, so two threads never race to create it). Only `run` and `build` write.
+#}
+{% macro prepare_feature_export() -%}
+    {%- if execute and invocation_args_dict.get('which') in ('run', 'build') -%}
+        {{- make_directory(lake_uri() ~ '/features') -}};
+        {{- make_directory(feature_export_directory()) -}}
+    {%- endif -%}
+{%- endmacro %}
+
+
+{#
+    Post-hook of every mart: write the freshly built table to
+    <lake>/features/<feature_version>/<mart>.parquet (overwritten when rebuilt). A model opts out
+    with `config: {meta: {export_to_lake: false}}`.
+#}
+{% macro export_to_lake() -%}
+    {%- if execute and (config.get('meta') or {}).get('export_to_lake', true) -%}
+        {{- export_relation_to_parquet(this, feature_export_directory() ~ '/' ~ this.identifier ~ '.parquet') -}}
+    {%- endif -%}
+{%- endmacro %}
+
+
+{% macro export_relation_to_parquet(relation, location) -%}
+    {{- return(adapter.dispatch('export_relation_to_parquet', 'recsys')(relation, location)) -}}
+{%- endmacro %}
+
+{% macro duckdb__export_relation_to_parquet(relation, location) -%}
+    copy (select * from {{ relation }}) to '{{ location }}' (format parquet, compression snappy)
+{%- endmacro %}
+
+
+{#
+    Create one directory level (its parent must exist). Object stores have no directories, so
+    this does nothing for a URI with a scheme (s3://...).
+#}
+{% macro make_directory(path) -%}
+    {{- return(adapter.dispatch('make_directory', 'recsys')(path)) -}}
+{%- endmacro %}
+
+{% macro default__make_directory(path) -%}
+    select 1 as nothing_to_do
+{%- endmacro %}
+
+{% macro duckdb__make_directory(path) -%}
+    {%- if '://' in path -%}
+        select 1 as nothing_to_do
+    {%- else -%}
+        {#- DuckDB has no mkdir: a partitioned COPY of zero rows creates its target directory and
+            writes no file; overwrite_or_ignore makes it a no-op when the directory exists. -#}
+        copy (select 1 as _partition, 1 as _column where false) to '{{ path }}' (format parquet, partition_by (_partition), overwrite_or_ignore true)
+    {%- endif -%}
+{%- endmacro %}

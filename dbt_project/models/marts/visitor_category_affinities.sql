@@ -1,0 +1,74 @@
+with
+
+events as (
+
+    select * from {{ ref('events') }}
+
+),
+
+events_weighted as (
+
+    select
+        visitor_id,
+        category_id,
+        event_type,
+        event_at,
+        {{ event_weight('event_type') }} as event_weight,
+        {{ time_decay(age_days_at_cutoff('event_at')) }} as time_decay
+
+    from events
+
+),
+
+affinities as (
+
+    select
+        visitor_id,
+        category_id,
+        count(*) as n_events,
+        sum(case when event_type = 'view' then 1 else 0 end) as n_views,
+        sum(case when event_type = 'addtocart' then 1 else 0 end) as n_carts,
+        sum(case when event_type = 'transaction' then 1 else 0 end) as n_purchases,
+        {{ exact_sum("event_weight * time_decay") }} as affinity_score,
+        max(event_at) as last_event_at
+
+    from events_weighted
+    group by visitor_id, category_id
+
+),
+
+affinities_shared as (
+
+    select
+        *,
+        {#- affinity_score is an exact decimal: the shares of a visitor add up to 1 -#}
+        affinity_score / nullif(sum(affinity_score) over (partition by visitor_id), 0)
+            as affinity_share,
+        row_number() over (
+            partition by visitor_id
+            order by affinity_score desc, category_id asc
+        ) as category_rank
+
+    from affinities
+
+),
+
+final as (
+
+    select
+        cast(visitor_id as bigint) as visitor_id,
+        cast(category_id as bigint) as category_id,
+        cast(n_events as bigint) as n_events,
+        cast(n_views as bigint) as n_views,
+        cast(n_carts as bigint) as n_carts,
+        cast(n_purchases as bigint) as n_purchases,
+        cast(affinity_score as double) as affinity_score,
+        cast(affinity_share as double) as affinity_share,
+        cast(category_rank as integer) as category_rank,
+        cast(last_event_at as timestamp) as last_event_at
+
+    from affinities_shared
+
+)
+
+select * from final
