@@ -69,15 +69,17 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
-    from recsys.warehouse import build
+    from recsys.warehouse import build, summary
 
     _timed("build", lambda: build(settings, cutoff_at=args.cutoff_at, select=args.select))
+    if not args.select:
+        _say(summary(settings))
     return 0
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from recsys.generate import generate
-    from recsys.warehouse import build
+    from recsys.warehouse import build, summary
 
     t0 = time.perf_counter()
     raw_dir = Path(args.raw_dir) if args.raw_dir else settings.data_dir / "demo" / args.scale
@@ -92,6 +94,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             )
     run_ingest(raw_dir, settings)
     _timed("build", lambda: build(settings, cutoff_at=args.cutoff_at))
+    _say(summary(settings))
     _say(f"pipeline finished in {time.perf_counter() - t0:.1f}s")
     return 0
 

@@ -79,3 +79,33 @@ def build(settings: Settings, cutoff_at: str | None = None, select: str | None =
     if select:
         args += ["--select", select]
     return dbt_command(settings, args, cutoff_at=cutoff_at)
+
+
+SUMMARY_TABLES = (
+    "events",
+    "sessions",
+    "categories",
+    "item_features",
+    "visitor_features",
+    "visitor_category_affinities",
+    "interactions",
+)
+
+
+def summary(settings: Settings) -> str:
+    """What the last build made: feature version, cutoff and the rows of each mart."""
+    import duckdb
+
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        row = con.execute(
+            "select feature_version, cutoff_at, invocation_id from feature_builds"
+        ).fetchone()
+        counts = {t: con.execute(f"select count(*) from {t}").fetchone() for t in SUMMARY_TABLES}
+    assert row is not None
+    lines = [
+        f"warehouse {settings.warehouse_path}",
+        f"  feature version {row[0]} (cutoff {row[1]}, dbt invocation {row[2]})",
+        f"  features exported to {settings.lake_uri}/features/{row[0]}/",
+    ]
+    lines += [f"  {name:<28} {c[0] if c else 0:>12,} rows" for name, c in counts.items()]
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""The `recsys` command: stages print what they did; bad input is a clear error, exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys.cli import main
+from recsys.settings import Settings
+
+
+def test_generate_then_ingest_prints_the_accounting(
+    tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = tmp_path / "raw"
+    assert main(["generate", "--scale", "tiny", "--seed", "5", "--out", str(raw)]) == 0
+    assert (raw / "events.csv").exists()
+    assert main(["ingest", "--raw-dir", str(raw)]) == 0
+    out = capsys.readouterr().out
+    assert "[generate] done in" in out
+    assert "[ingest] done in" in out
+    assert "accepted" in out and "rejected" in out
+    assert (settings.data_dir / "lake" / "raw" / "events" / "events.parquet").exists()
+
+
+def test_missing_input_is_exit_code_2_with_the_file_named(
+    tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["ingest", "--raw-dir", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "events.csv" in err
+
+
+def test_unknown_scale_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["generate", "--scale", "huge", "--out", "x"])
+    assert "invalid choice" in capsys.readouterr().err
