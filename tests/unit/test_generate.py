@@ -71,18 +71,20 @@ def test_tiny_is_a_few_thousand_events(tiny: tuple[Path, dict[str, int]]) -> Non
 
 def test_properties_look_like_retailrocket(tiny: tuple[Path, dict[str, int]]) -> None:
     out, _ = tiny
-    duckdb.sql(f"select * from read_csv('{out}/item_properties_part*.csv', all_varchar=true)")
-    names = {r[0] for r in duckdb.sql("select distinct property from props").fetchall()}
+    con = duckdb.connect()
+    con.execute(
+        "create view props as select * from "
+        f"read_csv('{out}/item_properties_part*.csv', all_varchar=true)"
+    )
+    names = {r[0] for r in con.sql("select distinct property from props").fetchall()}
     assert {"categoryid", "available", "790"} <= names
     assert any(n.isdigit() for n in names - {"790"})  # hashed property ids
-    available = duckdb.sql(
-        "select distinct value from props where property = 'available'"
-    ).fetchall()
-    assert {v[0] for v in available} == {"0", "1"}
-    price = duckdb.sql("select value from props where property = '790' limit 1").fetchall()[0]
-    assert price is not None and price[0].startswith("n") and price[0].endswith(".000")
+    available = con.sql("select distinct value from props where property = 'available'")
+    assert {v[0] for v in available.fetchall()} == {"0", "1"}
+    price = con.sql("select value from props where property = '790' limit 1").fetchall()[0]
+    assert price[0].startswith("n") and price[0].endswith(".000")
     # weekly snapshots, Sundays 03:00 UTC
-    stamps = duckdb.sql(
+    stamps = con.sql(
         "select distinct epoch_ms(timestamp::bigint) as t from props order by t"
     ).fetchall()
     assert len(stamps) >= 10
