@@ -1,0 +1,241 @@
+"""Candidates: implicit ALS on the `interactions` mart, written back to the warehouse.
+
+Reads only dbt marts. Writes two tables in the warehouse's `ml` schema, which dbt declares as
+sources (`source('ml', ...)`):
+
+- `ml.als_candidates`: top-N items per visitor (visitor_id, item_id, als_score, als_rank,
+  is_seen), seen items kept but flagged so that the ranker can learn from them;
+- `ml.als_similar_items`: top-M similar items per item (item_id, similar_item_id, similarity,
+  similarity_rank).
+
+Visitors and items unknown to ALS get nothing here: the API and the evaluation fall back to
+popularity and to the similar items of what the visitor looked at.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+DEFAULT_ALS_PARAMS: dict[str, Any] = {
+    "factors": 64,
+    "regularization": 0.05,
+    "iterations": 15,
+    "alpha": 20.0,  # confidence = 1 + alpha * weight ("alpha" weighting)
+    "weighting": "alpha",  # or "bm25"
+    "bm25_k1": 100.0,
+    "bm25_b": 0.8,
+    "n_candidates": 100,
+    "n_similar": 50,
+    # visitors with fewer distinct items get no personal candidates (one click says little;
+    # the session method serves them), which also keeps scoring affordable at full scale
+    "min_visitor_items": 2,
+    "batch_size": 20_000,
+}
+SEED = 42
+
+
+@dataclass
+class AlsResult:
+    """A fitted model with its id maps and what it was trained on."""
+
+    model: Any
+    visitor_ids: np.ndarray  # row index -> visitor_id
+    item_ids: np.ndarray  # column index -> item_id
+    user_items: sp.csr_matrix
+    params: dict[str, Any]
+    seed: int
+    fit_seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def confidence_matrix(
+    interactions: pd.DataFrame, params: dict[str, Any]
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Visitor x item confidence from the mart's `weight`, as alpha scaling or BM25."""
+    visitors, v_idx = np.unique(interactions["visitor_id"].to_numpy(), return_inverse=True)
+    items, i_idx = np.unique(interactions["item_id"].to_numpy(), return_inverse=True)
+    weight = interactions["weight"].to_numpy(dtype=np.float32)
+    matrix = sp.csr_matrix((weight, (v_idx, i_idx)), shape=(len(visitors), len(items)))
+    if params["weighting"] == "bm25":
+        from implicit.nearest_neighbours import bm25_weight
+
+        matrix = bm25_weight(matrix, K1=params["bm25_k1"], B=params["bm25_b"]).tocsr()
+    elif params["weighting"] == "alpha":
+        matrix = matrix.multiply(params["alpha"]).tocsr()
+    else:
+        raise ValueError(f"unknown weighting {params['weighting']!r}: use 'alpha' or 'bm25'")
+    # implicit adds the 1 of "1 + alpha * r" itself: it uses the values as confidence - 1
+    return matrix.astype(np.float32), visitors, items
+
+
+def fit(
+    interactions: pd.DataFrame,
+    params: dict[str, Any] | None = None,
+    seed: int = SEED,
+    show_progress: bool = True,
+) -> AlsResult:
+    """Fit ALS with a fixed seed on the interactions (visitor_id, item_id, weight)."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    p = {**DEFAULT_ALS_PARAMS, **(params or {})}
+    user_items, visitors, items = confidence_matrix(interactions, p)
+    model = AlternatingLeastSquares(
+        factors=p["factors"],
+        regularization=p["regularization"],
+        alpha=1.0,  # the weighting above already scaled the confidences
+        iterations=p["iterations"],
+        random_state=seed,
+    )
+    t0 = time.perf_counter()
+    # implicit runs its own threads: BLAS must use one (OPENBLAS_NUM_THREADS=1 at start-up
+    # does the same; this holds even when numpy was imported first)
+    with threadpool_limits(1, "blas"):
+        model.fit(user_items, show_progress=show_progress)
+    return AlsResult(
+        model=model,
+        visitor_ids=visitors,
+        item_ids=items,
+        user_items=user_items,
+        params=p,
+        seed=seed,
+        fit_seconds=time.perf_counter() - t0,
+        info={"n_visitors": len(visitors), "n_items": len(items), "nnz": user_items.nnz},
+    )
+
+
+def recommend(
+    result: AlsResult, visitor_ids: np.ndarray | None = None, show_progress: bool = True
+) -> pd.DataFrame:
+    """Top-N candidates for the given known visitors (default: those with enough items)."""
+    from tqdm import tqdm
+
+    p = result.params
+    if visitor_ids is None:
+        per_row = np.diff(result.user_items.indptr)
+        rows = np.flatnonzero(per_row >= p["min_visitor_items"])
+    else:
+        rows = np.flatnonzero(np.isin(result.visitor_ids, visitor_ids))
+    n = min(p["n_candidates"], len(result.item_ids))
+    frames = []
+    batches = range(0, len(rows), p["batch_size"])
+    for lo in tqdm(batches, desc="als candidates", disable=not show_progress, unit="batch"):
+        batch = rows[lo : lo + p["batch_size"]]
+        with threadpool_limits(1, "blas"):
+            ids, scores = result.model.recommend(
+                batch, result.user_items[batch], N=n, filter_already_liked_items=False
+            )
+        seen = result.user_items[batch]
+        is_seen = np.asarray(
+            [
+                np.isin(ids[i], seen.indices[seen.indptr[i] : seen.indptr[i + 1]])
+                for i in range(len(batch))
+            ]
+        )
+        frames.append(
+            pd.DataFrame(
+                {
+                    "visitor_id": np.repeat(result.visitor_ids[batch], n),
+                    "item_id": result.item_ids[ids.ravel()],
+                    "als_score": scores.ravel().astype(np.float64),
+                    "als_rank": np.tile(np.arange(1, n + 1, dtype=np.int32), len(batch)),
+                    "is_seen": is_seen.ravel(),
+                }
+            )
+        )
+    if not frames:
+        return pd.DataFrame(
+            {
+                "visitor_id": pd.Series([], dtype="int64"),
+                "item_id": pd.Series([], dtype="int64"),
+                "als_score": pd.Series([], dtype="float64"),
+                "als_rank": pd.Series([], dtype="int32"),
+                "is_seen": pd.Series([], dtype="bool"),
+            }
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def similar_items(result: AlsResult, show_progress: bool = True) -> pd.DataFrame:
+    """Top-M most similar items of every item (cosine on the item factors), self excluded."""
+    from tqdm import tqdm
+
+    n_items = len(result.item_ids)
+    m = min(result.params["n_similar"], n_items - 1)
+    if m <= 0:
+        return pd.DataFrame(columns=["item_id", "similar_item_id", "similarity", "similarity_rank"])
+    frames = []
+    all_rows = np.arange(n_items)
+    batches = range(0, n_items, result.params["batch_size"])
+    for lo in tqdm(batches, desc="als similar items", disable=not show_progress, unit="batch"):
+        batch = all_rows[lo : lo + result.params["batch_size"]]
+        with threadpool_limits(1, "blas"):
+            ids, scores = result.model.similar_items(batch, N=m + 1)
+        keep = ids != batch[:, None]
+        # each row keeps m items: drop itself, or the last one when itself is absent
+        keep[keep.sum(axis=1) > m, -1] = False
+        ids = ids[keep].reshape(len(batch), m)
+        scores = scores[keep].reshape(len(batch), m)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "item_id": np.repeat(result.item_ids[batch], m),
+                    "similar_item_id": result.item_ids[ids.ravel()],
+                    "similarity": scores.ravel().astype(np.float64),
+                    "similarity_rank": np.tile(np.arange(1, m + 1, dtype=np.int32), len(batch)),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_interactions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return con.execute("select visitor_id, item_id, weight from interactions").df()
+
+
+def write_tables(
+    con: duckdb.DuckDBPyConnection, candidates: pd.DataFrame, similar: pd.DataFrame
+) -> None:
+    """Replace `ml.als_candidates` and `ml.als_similar_items` in one transaction."""
+    con.execute("create schema if not exists ml")
+    con.execute("begin transaction")
+    try:
+        con.register("candidates_df", candidates)
+        con.register("similar_df", similar)
+        con.execute(
+            """
+            create or replace table ml.als_candidates as
+            select
+                cast(visitor_id as bigint) as visitor_id,
+                cast(item_id as bigint) as item_id,
+                cast(als_score as double) as als_score,
+                cast(als_rank as integer) as als_rank,
+                cast(is_seen as boolean) as is_seen,
+            from candidates_df
+            """
+        )
+        con.execute(
+            """
+            create or replace table ml.als_similar_items as
+            select
+                cast(item_id as bigint) as item_id,
+                cast(similar_item_id as bigint) as similar_item_id,
+                cast(similarity as double) as similarity,
+                cast(similarity_rank as integer) as similarity_rank,
+            from similar_df
+            """
+        )
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+    finally:
+        con.unregister("candidates_df")
+        con.unregister("similar_df")
