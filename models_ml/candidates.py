@@ -87,17 +87,17 @@ def fit(
 
     p = {**DEFAULT_ALS_PARAMS, **(params or {})}
     user_items, visitors, items = confidence_matrix(interactions, p)
-    model = AlternatingLeastSquares(
-        factors=p["factors"],
-        regularization=p["regularization"],
-        alpha=1.0,  # the weighting above already scaled the confidences
-        iterations=p["iterations"],
-        random_state=seed,
-    )
     t0 = time.perf_counter()
     # implicit runs its own threads: BLAS must use one (OPENBLAS_NUM_THREADS=1 at start-up
     # does the same; this holds even when numpy was imported first)
     with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=p["factors"],
+            regularization=p["regularization"],
+            alpha=1.0,  # the weighting above already scaled the confidences
+            iterations=p["iterations"],
+            random_state=seed,
+        )
         model.fit(user_items, show_progress=show_progress)
     return AlsResult(
         model=model,
@@ -126,7 +126,9 @@ def recommend(
     n = min(p["n_candidates"], len(result.item_ids))
     frames = []
     batches = range(0, len(rows), p["batch_size"])
-    for lo in tqdm(batches, desc="als candidates", disable=not show_progress, unit="batch"):
+    for lo in tqdm(
+        batches, desc="als candidates", disable=None if show_progress else True, unit="batch"
+    ):
         batch = rows[lo : lo + p["batch_size"]]
         with threadpool_limits(1, "blas"):
             ids, scores = result.model.recommend(
@@ -174,7 +176,9 @@ def similar_items(result: AlsResult, show_progress: bool = True) -> pd.DataFrame
     frames = []
     all_rows = np.arange(n_items)
     batches = range(0, n_items, result.params["batch_size"])
-    for lo in tqdm(batches, desc="als similar items", disable=not show_progress, unit="batch"):
+    for lo in tqdm(
+        batches, desc="als similar items", disable=None if show_progress else True, unit="batch"
+    ):
         batch = all_rows[lo : lo + result.params["batch_size"]]
         with threadpool_limits(1, "blas"):
             ids, scores = result.model.similar_items(batch, N=m + 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +15,9 @@ from recsys.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from recsys.ingest import TableReport
+
+# implicit (ALS) wants one BLAS thread; it must be set before numpy is first imported
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _say(message: str) -> None:
@@ -77,7 +81,30 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from models_ml import pipeline
+
+    _timed("train", lambda: pipeline.train(settings, say=_say, search_budget_s=args.search_budget))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from models_ml import pipeline
+
+    _timed("evaluate", lambda: pipeline.evaluate(settings, say=_say))
+    _say(f"wrote {settings.data_dir / 'reports' / 'metrics.json'} and report.md")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from models_ml import pipeline
+
+    _timed("publish", lambda: pipeline.publish_snapshot(settings, say=_say, force=args.force))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from models_ml import pipeline
     from recsys.generate import generate
     from recsys.warehouse import build, summary
 
@@ -93,8 +120,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 lambda: generate(args.scale, args.seed, raw_dir, progress=lambda m: _say(f"  {m}")),
             )
     run_ingest(raw_dir, settings)
-    _timed("build", lambda: build(settings, cutoff_at=args.cutoff_at))
+    _timed("build", lambda: build(settings, cutoff_at=args.cutoff_at, echo=False))
     _say(summary(settings))
+    if not args.skip_ml:
+        _timed(
+            "train", lambda: pipeline.train(settings, say=_say, search_budget_s=args.search_budget)
+        )
+        _timed("evaluate", lambda: pipeline.evaluate(settings, say=_say))
+        _timed("publish", lambda: pipeline.publish_snapshot(settings, say=_say, force=args.force))
     _say(f"pipeline finished in {time.perf_counter() - t0:.1f}s")
     return 0
 
@@ -120,16 +153,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", help="a dbt selection, e.g. 'marts'")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("run", help="every stage: generate demo data if needed, ingest, build")
+    p = sub.add_parser("train", help="ALS candidates, ranking features, CatBoost ranker")
+    p.add_argument("--search-budget", type=float, default=60.0, help="seconds of ranker search")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="reports/metrics.json and a report with plots")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("publish", help="write a snapshot if it passes the quality gate")
+    p.add_argument("--force", action="store_true", help="publish even if the gate refuses")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("run", help="every stage: demo data if needed, ingest ... publish")
     p.add_argument("--raw-dir", help="CSV folder (default: generate demo data)")
     p.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--cutoff-at", help="features as of this time (default: the latest event)")
+    p.add_argument("--search-budget", type=float, default=60.0, help="seconds of ranker search")
+    p.add_argument("--force", action="store_true", help="publish even if the gate refuses")
+    p.add_argument("--skip-ml", action="store_true", help="stop after the warehouse build")
     p.set_defaults(func=cmd_run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from models_ml.publish import GateRefused
     from recsys.ingest import IngestError
     from recsys.lake import LakeError
     from recsys.warehouse import BuildError
@@ -138,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = get_settings()
     try:
         return int(args.func(args, settings))
-    except (IngestError, LakeError, BuildError) as exc:
+    except (IngestError, LakeError, BuildError, GateRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -124,6 +124,7 @@ class Lake:
         os.close(fd)
         try:
             shutil.copyfile(local, tmp_name)
+            os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the lake is shared
             with open(tmp_name, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp_name, target)
@@ -137,6 +138,15 @@ class Lake:
                 self.fs.rm(self._path(rel), recursive=True)
         except Exception as exc:
             raise _explain(exc, self.url(rel)) from exc
+
+    def duckdb(self) -> Any:
+        """A DuckDB connection that reads this lake's URIs (S3 through the fsspec filesystem)."""
+        import duckdb
+
+        con = duckdb.connect()
+        if self.is_s3:
+            con.register_filesystem(self.fs)
+        return con
 
     def check_access(self) -> None:
         """Fail early with a clear message when the lake cannot be listed."""

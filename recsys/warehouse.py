@@ -73,12 +73,18 @@ def dbt_command(
     return "".join(lines)
 
 
-def build(settings: Settings, cutoff_at: str | None = None, select: str | None = None) -> str:
+def build(
+    settings: Settings,
+    cutoff_at: str | None = None,
+    select: str | None = None,
+    extra_vars: dict[str, object] | None = None,
+    echo: bool = True,
+) -> str:
     """`dbt build`: every model and test, as of `cutoff_at` (default: the latest event)."""
     args = ["build"]
     if select:
         args += ["--select", select]
-    return dbt_command(settings, args, cutoff_at=cutoff_at)
+    return dbt_command(settings, args, cutoff_at=cutoff_at, extra_vars=extra_vars, echo=echo)
 
 
 SUMMARY_TABLES = (

@@ -1,0 +1,156 @@
+"""Offline evaluation on the test window: popularity, ALS and ALS + CatBoost, side by side.
+
+Relevant items of a visitor are the items they viewed, carted or bought in the test window
+`(t2, end]`, seen before or not. Models are compared on the same visitors: those who have an
+event in the test window and ALS candidates as of `t2` (visitors ALS knows). The session method
+(similar items of the session's last item) is scored on next-item prediction in test-window
+sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from models_ml.metrics import evaluate
+
+KS = (10, 20)
+
+
+def popular_items(con: duckdb.DuckDBPyConnection, k: int = 100) -> list[int]:
+    """The most popular available items as of the build's cutoff (last 7 days, then decayed)."""
+    rows = con.execute(
+        """
+        select item_id from item_features
+        where is_available and n_events_all > 0
+        order by n_events_7d desc, popularity_score desc, item_id
+        limit ?
+        """,
+        [k],
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def truth_from_labels(con: duckdb.DuckDBPyConnection) -> dict[int, set[int]]:
+    """Items each visitor interacted with in the label window (ranking_labels)."""
+    frame = con.execute("select visitor_id, item_id from ranking_labels").df()
+    truth: dict[int, set[int]] = {}
+    for visitor, item in zip(frame["visitor_id"].tolist(), frame["item_id"].tolist(), strict=True):
+        truth.setdefault(int(visitor), set()).add(int(item))
+    return truth
+
+
+def ranked_lists(frame: pd.DataFrame, score: np.ndarray) -> dict[int, list[int]]:
+    """Each visitor's candidates ordered by `score`, best first (ties by ALS rank)."""
+    ordered = frame.assign(_score=score).sort_values(
+        ["visitor_id", "_score", "als_rank"], ascending=[True, False, True]
+    )
+    lists: dict[int, list[int]] = {}
+    visitors, items = ordered["visitor_id"].tolist(), ordered["item_id"].tolist()
+    for visitor, item in zip(visitors, items, strict=True):
+        lists.setdefault(int(visitor), []).append(int(item))
+    return lists
+
+
+def compare_models(
+    frame: pd.DataFrame,
+    ranker_scores: np.ndarray,
+    popularity: Sequence[int],
+    truth: Mapping[int, set[int]],
+    catalogue_size: int,
+) -> tuple[dict[str, dict[str, float]], int]:
+    """Metrics of popularity, als and als_catboost on visitors with candidates and truth."""
+    known = set(map(int, frame["visitor_id"].unique()))
+    eval_truth = {v: items for v, items in truth.items() if v in known and items}
+    als = ranked_lists(frame, -frame["als_rank"].to_numpy(dtype=float))
+    als_catboost = ranked_lists(frame, ranker_scores)
+    pop = {v: list(popularity) for v in eval_truth}
+    models = {
+        "popularity": evaluate(pop, eval_truth, KS, catalogue_size),
+        "als": evaluate(als, eval_truth, KS, catalogue_size),
+        "als_catboost": evaluate(als_catboost, eval_truth, KS, catalogue_size),
+    }
+    return models, len(eval_truth)
+
+
+def session_next_item(
+    con: duckdb.DuckDBPyConnection,
+    start: datetime,
+    end: datetime,
+    k: int = 20,
+    gap_minutes: int = 30,
+) -> dict[str, Any]:
+    """HR@k and MRR@k of "similar items of the last item" for the next item in a session.
+
+    Sessions are the test window's views cut at `gap_minutes` of inactivity; each step from one
+    item to a different next item is a prediction. Similar items come from ml.als_similar_items
+    (fitted as of `start`). Steps whose last item ALS does not know count as misses.
+    """
+    row = con.execute(
+        f"""
+        with views as (
+            select visitor_id, item_id, event_at
+            from stg_retailrocket__events
+            where event_type = 'view' and event_at > ? and event_at <= ?
+        ),
+        flagged as (
+            select *,
+                case
+                    when lag(event_at) over by_visitor is null
+                        or event_at - lag(event_at) over by_visitor
+                            > interval {int(gap_minutes)} minute
+                    then 1 else 0
+                end as is_new_session,
+            from views
+            window by_visitor as (partition by visitor_id order by event_at, item_id)
+        ),
+        sessions as (
+            select *,
+                sum(is_new_session) over (
+                    partition by visitor_id order by event_at, item_id
+                    rows between unbounded preceding and current row
+                ) as session_number,
+            from flagged
+        ),
+        steps as (
+            select
+                lag(item_id) over by_session as previous_item_id,
+                item_id as next_item_id,
+            from sessions
+            window by_session as (
+                partition by visitor_id, session_number order by event_at, item_id
+            )
+        ),
+        predictions as (
+            select
+                steps.previous_item_id,
+                steps.next_item_id,
+                similar_items.similarity_rank,
+            from steps
+            left join ml.als_similar_items as similar_items
+                on steps.previous_item_id = similar_items.item_id
+                and steps.next_item_id = similar_items.similar_item_id
+                and similar_items.similarity_rank <= {int(k)}
+            where steps.previous_item_id is not null
+                and steps.previous_item_id <> steps.next_item_id
+        )
+        select
+            count(*) as n_steps,
+            count(similarity_rank) as n_hits,
+            coalesce(sum(1.0 / similarity_rank), 0) as reciprocal_ranks,
+        from predictions
+        """,
+        [start, end],
+    ).fetchone()
+    n_steps, n_hits, rr = (int(row[0]), int(row[1]), float(row[2])) if row else (0, 0, 0.0)
+    return {
+        "method": "similar items (ALS item factors) of the session's last viewed item",
+        "n_steps": n_steps,
+        f"hit_rate@{k}": n_hits / n_steps if n_steps else 0.0,
+        f"mrr@{k}": rr / n_steps if n_steps else 0.0,
+    }

@@ -1,0 +1,267 @@
+"""Train, evaluate and publish: the stages of `recsys train|evaluate|publish|run`.
+
+One code path for the command line and the Airflow DAGs. Everything is read from dbt marts; the
+ALS outputs are written back to the warehouse as the `ml` source; the ranker, the report and
+the metrics land under `RECSYS_DATA_DIR` (`models/`, `reports/`), snapshots in the lake.
+
+- `train`: features as of t1 with labels from (t1, t2]; ALS; ranking features; a CatBoost
+  ranker with a small randomized search validated on held-out visitors; split-conformal
+  calibration on other held-out visitors.
+- `evaluate`: features and ALS recomputed as of t2; the three models and the session method
+  scored on (t2, end]; `reports/metrics.json` and a Markdown report with plots.
+- `publish`: features and ALS as of the latest event, ranked by the trained ranker, written as
+  a snapshot through the quality gate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models_ml import conformal, evaluation, ranker, report, steps
+from models_ml.publish import GateRefused, Published, publish
+from models_ml.snapshot import build_snapshot
+from recsys.lake import Lake
+from recsys.settings import Settings
+
+SEED = 42
+ALPHA = 0.1  # conformal: prediction sets at level 1 - alpha
+NEGATIVES_PER_VISITOR = 30
+
+
+def sample_negatives(frame: pd.DataFrame, per_visitor: int, seed: int) -> pd.DataFrame:
+    """Keep visitors that have a positive, with all positives and up to `per_visitor` negatives."""
+    has_positive = frame.groupby("visitor_id")["label"].transform("max") > 0
+    frame = frame[has_positive]
+    draw = np.random.default_rng(seed).random(len(frame))
+    order = frame.assign(_draw=np.where(frame["label"] > 0, -1.0, draw))
+    order = order.sort_values(["visitor_id", "_draw"], kind="stable")
+    keep = (order["label"] > 0) | (order.groupby("visitor_id").cumcount() < per_visitor)
+    kept = order[keep].drop(columns="_draw")
+    return kept.sort_values(["visitor_id", "als_rank"], kind="stable")
+
+
+def _paths(settings: Settings) -> dict[str, Path]:
+    data = settings.data_dir
+    return {
+        "models": data / "models",
+        "ranker": data / "models" / "ranker",
+        "calibration": data / "models" / "conformal.json",
+        "training": data / "models" / "training.json",
+        "reports": data / "reports",
+        "metrics": data / "reports" / "metrics.json",
+    }
+
+
+def train(
+    settings: Settings,
+    say: steps.Say = print,
+    search_budget_s: float = 60.0,
+    test_days: float = 14,
+    label_days: float = 14,
+) -> dict[str, Any]:
+    """Fit ALS and the ranker as of t1, validated on (t1, t2]; calibrate conformal sets."""
+    paths = _paths(settings)
+    win = steps.windows(settings, test_days, label_days)
+    say(f"windows: t1 {win.t1}, t2 {win.t2}, end {win.end}")
+    info = steps.build_features(settings, win.t1, win.t2, say)
+    t0 = time.perf_counter()
+    als = steps.fit_candidates(settings, say)
+    als_seconds = time.perf_counter() - t0
+    steps.build_ranking(settings, win.t1, win.t2)
+    frame = steps.ranking_frame(settings)
+    features = steps.feature_columns(frame)
+    fit_part, valid_part, calib_part = steps.split_visitors(
+        frame["visitor_id"].to_numpy(), (0.6, 0.2, 0.2), SEED
+    )
+    in_part = {
+        name: frame[frame["visitor_id"].isin(part)]
+        for name, part in (("fit", fit_part), ("valid", valid_part), ("calib", calib_part))
+    }
+    # YetiRank's cost grows with the pairs of a group: train on every positive and a sample of
+    # the negatives (the calibration part keeps every candidate, as scoring will)
+    for name in ("fit", "valid"):
+        in_part[name] = sample_negatives(in_part[name], NEGATIVES_PER_VISITOR, SEED)
+    say(
+        f"ranking frame: {len(frame):,} candidates of {frame['visitor_id'].nunique():,} "
+        f"visitors, {int((frame['label'] > 0).sum()):,} with a label"
+    )
+    t0 = time.perf_counter()
+    result = ranker.train(
+        in_part["fit"],
+        in_part["valid"],
+        features,
+        list(steps.CATEGORICAL_FEATURES),
+        search_budget_s=search_budget_s,
+        seed=SEED,
+        progress=lambda m: say(f"  {m}"),
+    )
+    ranker_seconds = time.perf_counter() - t0
+    ranker.save(result, paths["ranker"], info["feature_version"])
+    calib = in_part["calib"]
+    calibrator = conformal.calibrate(
+        ranker.score(result, calib),
+        calib["visitor_id"].to_numpy(),
+        calib["label"].to_numpy(),
+        alpha=ALPHA,
+        seed=SEED,
+    )
+    steps.write_json(paths["calibration"], calibrator.to_dict())
+    training = {
+        "windows": win.to_dict(),
+        "feature_build": info,
+        "als": {
+            "params": als.params,
+            "seed": als.seed,
+            **als.info,
+            "fit_seconds": round(als.fit_seconds, 2),
+            "seconds": round(als_seconds, 2),
+        },
+        "ranker": {
+            "best_valid_ndcg@10": result.best_valid_ndcg10,
+            "seconds": round(ranker_seconds, 2),
+            "n_trials": len(result.search_log),
+        },
+        "conformal": {"alpha": ALPHA, "prediction_set_size": calibrator.prediction_set_size},
+    }
+    steps.write_json(paths["training"], training)
+    importance = ranker.feature_importance(result)
+    paths["reports"].mkdir(parents=True, exist_ok=True)
+    importance.to_csv(paths["reports"] / "feature_importance.csv", index=False)
+    ranker.plot_feature_importance(importance, paths["reports"] / "feature_importance.png")
+    say(
+        f"ranker: best validation NDCG@10 {result.best_valid_ndcg10:.4f} after "
+        f"{len(result.search_log)} trials ({ranker_seconds:.1f}s)"
+    )
+    return training
+
+
+def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
+    """Score popularity, ALS, ALS + CatBoost and the session method on (t2, end]."""
+    paths = _paths(settings)
+    training = json.loads(paths["training"].read_text())
+    win = steps.Windows(
+        **{k: pd.Timestamp(v).to_pydatetime() for k, v in training["windows"].items()}
+    )
+    model, _meta = ranker.load(paths["ranker"])
+    calibrator = conformal.ConformalCalibrator.from_dict(
+        json.loads(paths["calibration"].read_text())
+    )
+    info = steps.build_features(settings, win.t2, win.end, say)
+    steps.fit_candidates(settings, say)
+    steps.build_ranking(settings, win.t2, win.end)
+    frame = steps.ranking_frame(settings)
+    scores = ranker.score(model, frame) if len(frame) else np.zeros(0)
+    with steps.connect(settings) as con:
+        popularity = evaluation.popular_items(con)
+        truth = evaluation.truth_from_labels(con)
+        catalogue = con.execute(
+            "select count(*) from item_features where n_events_all > 0"
+        ).fetchone()
+        session = evaluation.session_next_item(con, win.t2, win.end)
+    models, n_eval = evaluation.compare_models(
+        frame, scores, popularity, truth, int(catalogue[0]) if catalogue else 0
+    )
+    coverage = conformal.coverage(
+        calibrator, scores, frame["visitor_id"].to_numpy(), frame["label"].to_numpy(), seed=SEED
+    )
+    metrics = {
+        "protocol": {
+            **win.to_dict(),
+            "n_eval_visitors": n_eval,
+            "n_test_window_visitors": len(truth),
+            "feature_version": info["feature_version"],
+            "dbt_invocation_id": info["dbt_invocation_id"],
+            "relevant": "items viewed, carted or bought in (t2, end]",
+        },
+        "models": models,
+        "session": session,
+        "conformal": {
+            "method": "split conformal, rank of a relevant candidate, one per visitor",
+            "nominal": coverage["nominal"],
+            "empirical_coverage": coverage["empirical_coverage"],
+            "n_groups": coverage["n_groups"],
+            "prediction_set_size": calibrator.prediction_set_size,
+        },
+        "training": training,
+    }
+    steps.write_json(paths["metrics"], metrics)
+    report.write(paths["reports"], metrics, _calibration_curve(calibrator, frame, scores))
+    say(report.metric_table(metrics))
+    return metrics
+
+
+def _calibration_curve(
+    calibrator: conformal.ConformalCalibrator, frame: pd.DataFrame, scores: np.ndarray
+) -> dict[str, list[float]] | None:
+    """Calibrated confidence per rank beside the share observed on the test window."""
+    observed = conformal.relevant_ranks(
+        scores, frame["visitor_id"].to_numpy(), frame["label"].to_numpy(), seed=SEED
+    )
+    if not len(observed.ranks):
+        return None
+    ranks = np.arange(1, calibrator.max_candidates + 1)
+    sorted_ranks = np.sort(observed.ranks)
+    empirical = np.searchsorted(sorted_ranks, ranks, side="right") / len(sorted_ranks)
+    return {
+        "rank": ranks.tolist(),
+        "calibrated": calibrator.confidences(ranks).tolist(),
+        "empirical": empirical.tolist(),
+    }
+
+
+def publish_snapshot(settings: Settings, say: steps.Say = print, force: bool = False) -> Published:
+    """Features and ALS as of the latest event, ranked, written as a snapshot (gated)."""
+    paths = _paths(settings)
+    metrics = json.loads(paths["metrics"].read_text())
+    model, meta = ranker.load(paths["ranker"])
+    calibrator = conformal.ConformalCalibrator.from_dict(
+        json.loads(paths["calibration"].read_text())
+    )
+    info = steps.build_features(settings, None, None, say)
+    als = steps.fit_candidates(settings, say)
+    steps.build_ranking(settings, None, None)
+    frame = steps.ranking_frame(settings)
+    scores = ranker.score(model, frame) if len(frame) else np.zeros(0)
+    snapshot_file = settings.data_dir / "snapshot_build" / "snapshot.duckdb"
+    snapshot_file.parent.mkdir(parents=True, exist_ok=True)
+    model_version = f"{meta.get('feature_version')}-catboost-{meta.get('seed')}"
+    counts = build_snapshot(
+        settings.warehouse_path,
+        snapshot_file,
+        frame,
+        scores,
+        calibrator.confidences,
+        paths["ranker"] / "ranker.cbm",
+        meta,
+        {
+            "feature_version": info["feature_version"],
+            "cutoff_at": info["cutoff_at"],
+            "model_version": model_version,
+        },
+    )
+    say(f"snapshot built: {counts}")
+    manifest = {
+        "feature_version": info["feature_version"],
+        "cutoff_at": str(info["cutoff_at"]),
+        "dbt_invocation_id": info["dbt_invocation_id"],
+        "model_version": model_version,
+        "models": {
+            "als": {"params": als.params, "seed": als.seed},
+            "ranker": {k: meta.get(k) for k in ("params", "seed", "features", "feature_version")},
+        },
+        "metrics": metrics,
+    }
+    lake = Lake.from_settings(settings)
+    try:
+        published = publish(lake, snapshot_file, manifest, force=force)
+    except GateRefused as exc:
+        say(f"quality gate refused the snapshot: {exc} (use --force to publish anyway)")
+        raise
+    say(f"published snapshot {published.version} to {lake.url('snapshots/' + published.version)}")
+    return published

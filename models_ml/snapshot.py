@@ -1,0 +1,149 @@
+"""Build the snapshot file the API serves: everything it needs, in one DuckDB database.
+
+Tables (the API's contract; `models_ml.publish.SNAPSHOT_TABLES`):
+- `recommendations`: top-K per known visitor (visitor_id, item_id, rank, score, confidence),
+  never an item the visitor bought or an unavailable one;
+- `items`, `visitors`, `interactions`, `visitor_category_affinities`: the features the ranker
+  needs to score candidates at request time (a subset of the marts, as of the cutoff);
+- `similar_items`: top-M similar items per item (ALS item factors);
+- `popular_items`: available items by recent popularity, overall (category_id null) and per
+  category, top 100 each;
+- `ranker`: the CatBoost model file and its metadata (features, parameters, versions);
+- `metadata`: key/value pairs (feature version, cutoff, model versions).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+TOP_K = 50
+POPULAR_PER_SCOPE = 100
+
+
+def build_snapshot(
+    warehouse: Path,
+    out: Path,
+    frame: pd.DataFrame,
+    scores: np.ndarray,
+    confidence: Callable[[np.ndarray], np.ndarray],
+    ranker_file: Path,
+    ranker_metadata: dict[str, Any],
+    metadata: dict[str, Any],
+    top_k: int = TOP_K,
+) -> dict[str, int]:
+    """Write the snapshot database to `out` (replaced); return its row counts."""
+    out.unlink(missing_ok=True)
+    scored = frame[["visitor_id", "item_id", "is_available", "has_purchased_item"]].copy()
+    scored["score"] = scores
+    scored = scored[scored["is_available"] & ~scored["has_purchased_item"]]
+    scored = scored.sort_values(["visitor_id", "score"], ascending=[True, False], kind="stable")
+    scored["rank"] = scored.groupby("visitor_id").cumcount() + 1
+    scored = scored[scored["rank"] <= top_k]
+    scored["confidence"] = confidence(scored["rank"].to_numpy())
+    recommendations = scored[["visitor_id", "item_id", "rank", "score", "confidence"]]
+
+    with duckdb.connect(str(out)) as con:
+        con.execute(f"attach '{warehouse}' as wh (read_only)")
+        con.execute(
+            """
+            create table items as
+            select item_id, category_id, root_category_id, is_available, price,
+                n_views_7d, n_views_30d, n_views_all, n_carts_all, n_purchases_all,
+                cart_rate, purchase_rate, trend_7d, popularity_score, days_since_last_event,
+            from wh.item_features
+            """
+        )
+        con.execute(
+            """
+            create table visitors as
+            select visitor_id, n_events, n_sessions, n_distinct_items, n_carts, n_purchases,
+                recency_days, tenure_days, top_category_id, top_category_share,
+            from wh.visitor_features
+            """
+        )
+        con.execute(
+            """
+            create table interactions as
+            select visitor_id, item_id, n_events, n_views, n_carts, n_purchases, weight,
+                last_interaction_at,
+            from wh.interactions
+            """
+        )
+        con.execute(
+            """
+            create table visitor_category_affinities as
+            select visitor_id, category_id, n_events, n_carts, affinity_share, affinity_score,
+                last_event_at,
+            from wh.visitor_category_affinities
+            """
+        )
+        con.execute("create table similar_items as select * from wh.ml.als_similar_items")
+        con.execute(
+            f"""
+            create table popular_items as
+            with ranked as (
+                select
+                    category_id,
+                    item_id,
+                    popularity_score as score,
+                    row_number() over (
+                        partition by category_id
+                        order by n_events_7d desc, popularity_score desc, item_id
+                    ) as rank,
+                from wh.item_features
+                where is_available and n_events_all > 0
+            ),
+            overall as (
+                select
+                    cast(null as bigint) as category_id,
+                    item_id,
+                    popularity_score as score,
+                    row_number() over (
+                        order by n_events_7d desc, popularity_score desc, item_id
+                    ) as rank,
+                from wh.item_features
+                where is_available and n_events_all > 0
+            )
+            select * from overall where rank <= {POPULAR_PER_SCOPE}
+            union all
+            select * from ranked where rank <= {POPULAR_PER_SCOPE}
+            """
+        )
+        con.register("recommendations_df", recommendations)
+        con.execute(
+            """
+            create table recommendations as
+            select
+                cast(visitor_id as bigint) as visitor_id,
+                cast(item_id as bigint) as item_id,
+                cast(rank as integer) as rank,
+                cast(score as double) as score,
+                cast(confidence as double) as confidence,
+            from recommendations_df
+            order by visitor_id, rank
+            """
+        )
+        con.execute("create table ranker (name varchar, model blob, metadata json)")
+        con.execute(
+            "insert into ranker values ('catboost', ?, ?)",
+            [ranker_file.read_bytes(), json.dumps(ranker_metadata, default=str)],
+        )
+        con.execute("create table metadata (key varchar primary key, value varchar)")
+        con.executemany(
+            "insert into metadata values (?, ?)",
+            [(k, json.dumps(v, default=str)) for k, v in sorted(metadata.items())],
+        )
+        con.execute("detach wh")
+        con.execute("checkpoint")
+        counts = {}
+        for (table,) in con.execute("select table_name from duckdb_tables()").fetchall():
+            row = con.execute(f"select count(*) from {table}").fetchone()
+            counts[table] = int(row[0]) if row else 0
+    return counts

@@ -1,0 +1,166 @@
+"""The ML steps over the warehouse, shared by the `recsys` command and the Airflow DAGs.
+
+Time follows DESIGN.md's three windows, oldest first: history up to `t1` (features and ALS for
+ranker training), `(t1, t2]` (labels for training and hyper-parameter validation), `(t2, end]`
+(the test window; features and candidates recomputed as of `t2`). The published snapshot is
+built as of `end`, the latest event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from models_ml import candidates
+from recsys.lake import Lake
+from recsys.settings import Settings
+from recsys.warehouse import build, dbt_command
+
+Say = Callable[[str], None]
+
+# what the ranker learns from: every ranking_features column but the keys
+ID_COLUMNS = ("visitor_id", "item_id")
+CATEGORICAL_FEATURES = ("category_id", "root_category_id")
+
+
+@dataclass(frozen=True)
+class Windows:
+    t1: datetime
+    t2: datetime
+    end: datetime
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v.isoformat(sep=" ") for k, v in asdict(self).items()}
+
+
+def _ts(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def connect(settings: Settings, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(settings.warehouse_path), read_only=read_only)
+
+
+def build_info(settings: Settings) -> dict[str, Any]:
+    """The feature_builds row of the last build: version, cutoff and dbt invocation."""
+    with connect(settings) as con:
+        row = con.execute(
+            "select feature_version, cutoff_at, invocation_id from feature_builds"
+        ).fetchone()
+    if row is None:
+        raise RuntimeError("feature_builds is empty: run `recsys build` first")
+    return {"feature_version": row[0], "cutoff_at": row[1], "dbt_invocation_id": row[2]}
+
+
+def latest_event(settings: Settings) -> datetime:
+    """The time of the latest ingested event, read from the lake's raw events."""
+    lake = Lake.from_settings(settings)
+    with lake.duckdb() as con:
+        row = con.execute(
+            f"select max(timestamp) from read_parquet('{lake.url('raw/events/*.parquet')}')"
+        ).fetchone()
+    if row is None or row[0] is None:
+        raise RuntimeError("no events in the lake: run `recsys ingest` first")
+    return datetime(1970, 1, 1) + timedelta(milliseconds=int(row[0]))
+
+
+def windows(settings: Settings, test_days: float = 14, label_days: float = 14) -> Windows:
+    """The three windows, ending at the latest event."""
+    end = latest_event(settings)
+    t2 = end - timedelta(days=test_days)
+    return Windows(t1=t2 - timedelta(days=label_days), t2=t2, end=end)
+
+
+def build_features(
+    settings: Settings, cutoff: datetime | None, label_end: datetime | None, say: Say
+) -> dict[str, Any]:
+    """dbt build of the feature graph as of `cutoff` (labels up to `label_end`)."""
+    extra: dict[str, object] | None = {"label_end_at": _ts(label_end)} if label_end else None
+    say(
+        f"dbt build as of {cutoff or 'the latest event'}"
+        + (f", labels to {label_end}" if label_end else "")
+    )
+    build(settings, cutoff_at=_ts(cutoff) if cutoff else None, extra_vars=extra, echo=False)
+    return build_info(settings)
+
+
+def fit_candidates(
+    settings: Settings, say: Say, params: dict[str, Any] | None = None, show_progress: bool = True
+) -> candidates.AlsResult:
+    """ALS on the interactions mart; writes ml.als_candidates and ml.als_similar_items."""
+    with connect(settings) as con:
+        interactions = candidates.read_interactions(con)
+    if interactions.empty:
+        raise RuntimeError("the interactions mart is empty: nothing to train ALS on")
+    result = candidates.fit(interactions, params, show_progress=show_progress)
+    say(
+        f"ALS fitted on {result.info['n_visitors']:,} visitors x {result.info['n_items']:,} "
+        f"items ({result.info['nnz']:,} interactions) in {result.fit_seconds:.1f}s"
+    )
+    recs = candidates.recommend(result, show_progress=show_progress)
+    similar = candidates.similar_items(result, show_progress=show_progress)
+    with connect(settings, read_only=False) as con:
+        candidates.write_tables(con, recs, similar)
+    say(
+        f"wrote {len(recs):,} candidates for {recs['visitor_id'].nunique():,} visitors and "
+        f"{len(similar):,} similar-item pairs"
+    )
+    return result
+
+
+def build_ranking(settings: Settings, cutoff: datetime | None, label_end: datetime | None) -> None:
+    """dbt build of the ranking models over the candidates just written."""
+    extra: dict[str, object] = {"label_end_at": _ts(label_end)} if label_end else {}
+    dbt_command(
+        settings,
+        ["build", "--select", "tag:ranking"],
+        cutoff_at=_ts(cutoff) if cutoff else None,
+        extra_vars=extra,
+        echo=False,
+    )
+
+
+def ranking_frame(settings: Settings) -> pd.DataFrame:
+    """ranking_features with the label of each pair (0 when no event in the label window)."""
+    with connect(settings) as con:
+        return con.execute(
+            """
+            select
+                ranking_features.*,
+                coalesce(ranking_labels.label, 0) as label,
+            from ranking_features
+            left join ranking_labels
+                on ranking_features.visitor_id = ranking_labels.visitor_id
+                and ranking_features.item_id = ranking_labels.item_id
+            order by ranking_features.visitor_id, ranking_features.als_rank
+            """
+        ).df()
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in (*ID_COLUMNS, "label")]
+
+
+def split_visitors(
+    visitor_ids: np.ndarray, shares: tuple[float, ...], seed: int
+) -> list[np.ndarray]:
+    """Disjoint random groups of visitors with the given shares (seeded)."""
+    unique = np.unique(visitor_ids)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    cuts = np.cumsum([round(s * len(unique)) for s in shares[:-1]])
+    return [unique[part] for part in np.split(order, cuts)]
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
