@@ -72,3 +72,27 @@ def test_a_wrong_secret_is_a_clear_error(
     with pytest.raises(BuildError, match="refused the credentials"):
         build(wrong)
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "not-the-secret"
+
+
+def test_publish_a_snapshot_to_s3(
+    s3_settings: Settings, seaweed_s3: SeaweedS3, tmp_path: Path
+) -> None:
+    from models_ml.publish import SNAPSHOT_TABLES, latest_manifest, latest_version, publish
+
+    snapshot = tmp_path / "snapshot.duckdb"
+    with duckdb.connect(str(snapshot)) as con:
+        for table in SNAPSHOT_TABLES:
+            con.execute(f"create table {table} (x integer)")
+    lake = Lake.from_settings(s3_settings)
+    metrics = {"models": {"popularity": {"ndcg@10": 0.1}, "als_catboost": {"ndcg@10": 0.2}}}
+    published = publish(lake, snapshot, {"metrics": metrics})
+    assert latest_version(lake) == published.version
+    manifest = latest_manifest(lake)
+    assert manifest is not None and manifest["sha256"] == published.manifest["sha256"]
+    fs = s3fs.S3FileSystem(**seaweed_s3.s3fs_options(), use_listings_cache=False)
+    bucket = s3_settings.lake_uri.removeprefix("s3://")
+    assert fs.cat(f"{bucket}/snapshots/LATEST").decode().strip() == published.version
+    assert (
+        fs.size(f"{bucket}/snapshots/{published.version}/snapshot.duckdb")
+        == snapshot.stat().st_size
+    )

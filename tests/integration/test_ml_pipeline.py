@@ -1,0 +1,84 @@
+"""`recsys run` end to end on tiny data: train, evaluate, publish, and the gate on real output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from models_ml.publish import SNAPSHOT_TABLES, latest_version
+from recsys.cli import main
+from recsys.lake import Lake
+from recsys.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+METRIC_KEYS = {
+    f"{name}@{k}"
+    for name in ("precision", "recall", "ndcg", "map", "hit_rate", "mrr", "coverage")
+    for k in (10, 20)
+}
+
+
+def test_run_trains_evaluates_and_publishes(
+    tiny_raw: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--raw-dir", str(tiny_raw), "--search-budget", "3", "--force"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("ingest", "build", "train", "evaluate", "publish"):
+        assert f"[{stage}] done in" in out
+    assert "als_catboost" in out  # the metric table is printed
+
+    metrics = json.loads((settings.data_dir / "reports" / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"popularity", "als", "als_catboost"}
+    for values in metrics["models"].values():
+        assert set(values) >= METRIC_KEYS
+        assert all(0.0 <= v <= 1.0 for v in values.values())
+    protocol = metrics["protocol"]
+    assert protocol["t1"] < protocol["t2"] < protocol["end"]
+    assert protocol["n_eval_visitors"] > 0
+    assert {"hit_rate@20", "mrr@20", "n_steps"} <= set(metrics["session"])
+    assert 0 < metrics["conformal"]["nominal"] < 1
+    assert 0 <= metrics["conformal"]["empirical_coverage"] <= 1
+    reports = settings.data_dir / "reports"
+    for name in ("report.md", "metrics.png", "feature_importance.png", "feature_importance.csv"):
+        assert (reports / name).exists(), name
+
+    lake = Lake.from_settings(settings)
+    version = latest_version(lake)
+    assert version is not None
+    snapshot = Path(lake.root) / "snapshots" / version / "snapshot.duckdb"
+    manifest = json.loads((snapshot.parent / "manifest.json").read_text())
+    assert manifest["feature_version"].startswith("fv1_")
+    assert manifest["metrics"]["models"] == metrics["models"]
+    with duckdb.connect(str(snapshot), read_only=True) as con:
+        tables = {r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()}
+        assert set(SNAPSHOT_TABLES) <= tables
+        # never a purchased or unavailable item in the published lists
+        bad = con.execute(
+            """
+            select count(*) from recommendations
+            left join items on recommendations.item_id = items.item_id
+            left join interactions
+                on recommendations.visitor_id = interactions.visitor_id
+                and recommendations.item_id = interactions.item_id
+            where not coalesce(items.is_available, true)
+                or coalesce(interactions.n_purchases, 0) > 0
+            """
+        ).fetchone()
+        assert bad == (0,)
+        conf = con.execute(
+            "select min(confidence), max(confidence) from recommendations"
+        ).fetchone()
+        assert conf is not None and 0 <= conf[0] <= conf[1] <= 1
+
+    # the gate on real output: a ranker worse than popularity is refused, LATEST stays
+    metrics_path = settings.data_dir / "reports" / "metrics.json"
+    worse = json.loads(metrics_path.read_text())
+    worse["models"]["als_catboost"]["ndcg@10"] = worse["models"]["popularity"]["ndcg@10"] / 2
+    metrics_path.write_text(json.dumps(worse))
+    assert main(["publish"]) == 2
+    assert "quality gate refused" in capsys.readouterr().out
+    assert latest_version(lake) == version
