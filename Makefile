@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export OPENBLAS_NUM_THREADS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit lint format bench-warehouse docs clean
+.PHONY: help install run test test-unit lint format bench-warehouse bench-ml docs clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -14,7 +14,7 @@ install: ## install uv if missing and sync the locked environment (.venv)
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@$(UV) sync --frozen --quiet
 
-run: install ## demo data -> lake -> dbt warehouse (RECSYS_DATA_DIR, default ./data)
+run: install ## demo data -> lake -> warehouse -> ALS + CatBoost -> evaluation -> snapshot
 	$(UV) run recsys run
 
 test: install ## the whole test suite (unit and integration, real dbt / DuckDB / S3 server)
@@ -34,6 +34,9 @@ format: install ## apply ruff's formatting and fixes
 
 bench-warehouse: install ## generate full scale, ingest, dbt build; seconds and peak RSS per stage
 	$(UV) run python benchmarks/bench_warehouse.py
+
+bench-ml: install ## recsys run end to end on full scale; ALS, ranker and total seconds, peak RSS
+	$(UV) run python benchmarks/bench_ml.py
 
 docs: install ## dbt docs (offline) into dbt_project/target
 	cd dbt_project && ../.venv/bin/dbt docs generate --profiles-dir .

@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 DEFAULT_ALS_PARAMS: dict[str, Any] = {
     "factors": 64,
     "regularization": 0.05,
-    "iterations": 15,
+    "iterations": 10,
     "alpha": 20.0,  # confidence = 1 + alpha * weight ("alpha" weighting)
     "weighting": "alpha",  # or "bm25"
     "bm25_k1": 100.0,
@@ -37,6 +37,9 @@ DEFAULT_ALS_PARAMS: dict[str, Any] = {
     # visitors with fewer distinct items get no personal candidates (one click says little;
     # the session method serves them), which also keeps scoring affordable at full scale
     "min_visitor_items": 2,
+    # similar items are computed for items with at least this many visitors (the rest are too
+    # rare for their factors to mean much, and the brute-force search grows with their square)
+    "min_item_visitors": 2,
     "batch_size": 20_000,
 }
 SEED = 42
@@ -174,7 +177,8 @@ def similar_items(result: AlsResult, show_progress: bool = True) -> pd.DataFrame
     if m <= 0:
         return pd.DataFrame(columns=["item_id", "similar_item_id", "similarity", "similarity_rank"])
     frames = []
-    all_rows = np.arange(n_items)
+    visitors_per_item = np.diff(result.user_items.tocsc().indptr)
+    all_rows = np.flatnonzero(visitors_per_item >= result.params["min_item_visitors"])
     batches = range(0, n_items, result.params["batch_size"])
     for lo in tqdm(
         batches, desc="als similar items", disable=None if show_progress else True, unit="batch"
@@ -205,9 +209,16 @@ def read_interactions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def write_tables(
-    con: duckdb.DuckDBPyConnection, candidates: pd.DataFrame, similar: pd.DataFrame
+    con: duckdb.DuckDBPyConnection,
+    candidates: pd.DataFrame,
+    similar: pd.DataFrame,
+    feature_version: str,
 ) -> None:
-    """Replace `ml.als_candidates` and `ml.als_similar_items` in one transaction."""
+    """Replace `ml.als_candidates` and `ml.als_similar_items` in one transaction.
+
+    Both carry the feature version they were fitted on: ranking_features only uses candidates
+    of the cutoff it is built for, never stale ones from another run.
+    """
     con.execute("create schema if not exists ml")
     con.execute("begin transaction")
     try:
@@ -222,8 +233,10 @@ def write_tables(
                 cast(als_score as double) as als_score,
                 cast(als_rank as integer) as als_rank,
                 cast(is_seen as boolean) as is_seen,
+                cast(? as varchar) as feature_version,
             from candidates_df
-            """
+            """,
+            [feature_version],
         )
         con.execute(
             """
@@ -233,8 +246,10 @@ def write_tables(
                 cast(similar_item_id as bigint) as similar_item_id,
                 cast(similarity as double) as similarity,
                 cast(similarity_rank as integer) as similarity_rank,
+                cast(? as varchar) as feature_version,
             from similar_df
-            """
+            """,
+            [feature_version],
         )
         con.execute("commit")
     except BaseException:

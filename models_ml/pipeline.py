@@ -32,12 +32,20 @@ from recsys.settings import Settings
 SEED = 42
 ALPHA = 0.1  # conformal: prediction sets at level 1 - alpha
 NEGATIVES_PER_VISITOR = 30
+MAX_GROUPS = {"fit": 4_000, "valid": 1_500}  # visitors: YetiRank's time grows with them
 
 
-def sample_negatives(frame: pd.DataFrame, per_visitor: int, seed: int) -> pd.DataFrame:
-    """Keep visitors that have a positive, with all positives and up to `per_visitor` negatives."""
+def sample_negatives(
+    frame: pd.DataFrame, per_visitor: int, seed: int, max_groups: int | None = None
+) -> pd.DataFrame:
+    """Visitors that have a positive (at most `max_groups`, drawn at random), each with all
+    positives and up to `per_visitor` negatives."""
     has_positive = frame.groupby("visitor_id")["label"].transform("max") > 0
     frame = frame[has_positive]
+    visitors = frame["visitor_id"].unique()
+    if max_groups is not None and len(visitors) > max_groups:
+        chosen = np.random.default_rng(seed).choice(visitors, max_groups, replace=False)
+        frame = frame[frame["visitor_id"].isin(chosen)]
     draw = np.random.default_rng(seed).random(len(frame))
     order = frame.assign(_draw=np.where(frame["label"] > 0, -1.0, draw))
     order = order.sort_values(["visitor_id", "_draw"], kind="stable")
@@ -71,7 +79,7 @@ def train(
     say(f"windows: t1 {win.t1}, t2 {win.t2}, end {win.end}")
     info = steps.build_features(settings, win.t1, win.t2, say)
     t0 = time.perf_counter()
-    als = steps.fit_candidates(settings, say)
+    als = steps.fit_candidates(settings, say, window=(win.t1, win.t2))
     als_seconds = time.perf_counter() - t0
     steps.build_ranking(settings, win.t1, win.t2)
     frame = steps.ranking_frame(settings)
@@ -86,7 +94,9 @@ def train(
     # YetiRank's cost grows with the pairs of a group: train on every positive and a sample of
     # the negatives (the calibration part keeps every candidate, as scoring will)
     for name in ("fit", "valid"):
-        in_part[name] = sample_negatives(in_part[name], NEGATIVES_PER_VISITOR, SEED)
+        in_part[name] = sample_negatives(
+            in_part[name], NEGATIVES_PER_VISITOR, SEED, MAX_GROUPS[name]
+        )
     say(
         f"ranking frame: {len(frame):,} candidates of {frame['visitor_id'].nunique():,} "
         f"visitors, {int((frame['label'] > 0).sum()):,} with a label"
@@ -153,7 +163,7 @@ def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
         json.loads(paths["calibration"].read_text())
     )
     info = steps.build_features(settings, win.t2, win.end, say)
-    steps.fit_candidates(settings, say)
+    steps.fit_candidates(settings, say, window=(win.t2, win.end))
     steps.build_ranking(settings, win.t2, win.end)
     frame = steps.ranking_frame(settings)
     scores = ranker.score(model, frame) if len(frame) else np.zeros(0)

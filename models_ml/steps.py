@@ -92,8 +92,45 @@ def build_features(
     return build_info(settings)
 
 
+ACTIVE_DAYS = 30  # published lists: visitors seen in the last month
+
+
+def candidate_visitors(
+    settings: Settings, window: tuple[datetime, datetime] | None, min_items: int
+) -> np.ndarray:
+    """Who gets ALS candidates.
+
+    With a window (training labels, or the test window): the visitors active in it, since only
+    they can have a label; every model is evaluated on the same visitors. Without one (the
+    published lists): visitors with at least `min_items` items, seen in the last ACTIVE_DAYS
+    days before the cutoff; everyone else is served by the session and popularity fallbacks.
+    """
+    with connect(settings) as con:
+        if window is not None:
+            rows = con.execute(
+                """
+                select distinct visitor_id from stg_retailrocket__events
+                where event_at > ? and event_at <= ?
+                """,
+                [window[0], window[1]],
+            ).fetchnumpy()
+        else:
+            rows = con.execute(
+                f"""
+                select visitor_id from visitor_features
+                where n_distinct_items >= ? and recency_days <= {ACTIVE_DAYS}
+                """,
+                [min_items],
+            ).fetchnumpy()
+    return np.asarray(rows["visitor_id"], dtype=np.int64)
+
+
 def fit_candidates(
-    settings: Settings, say: Say, params: dict[str, Any] | None = None, show_progress: bool = True
+    settings: Settings,
+    say: Say,
+    window: tuple[datetime, datetime] | None = None,
+    params: dict[str, Any] | None = None,
+    show_progress: bool = True,
 ) -> candidates.AlsResult:
     """ALS on the interactions mart; writes ml.als_candidates and ml.als_similar_items."""
     with connect(settings) as con:
@@ -105,10 +142,12 @@ def fit_candidates(
         f"ALS fitted on {result.info['n_visitors']:,} visitors x {result.info['n_items']:,} "
         f"items ({result.info['nnz']:,} interactions) in {result.fit_seconds:.1f}s"
     )
-    recs = candidates.recommend(result, show_progress=show_progress)
+    visitors = candidate_visitors(settings, window, result.params["min_visitor_items"])
+    recs = candidates.recommend(result, visitors, show_progress=show_progress)
     similar = candidates.similar_items(result, show_progress=show_progress)
+    feature_version = build_info(settings)["feature_version"]
     with connect(settings, read_only=False) as con:
-        candidates.write_tables(con, recs, similar)
+        candidates.write_tables(con, recs, similar, feature_version)
     say(
         f"wrote {len(recs):,} candidates for {recs['visitor_id'].nunique():,} visitors and "
         f"{len(similar):,} similar-item pairs"

@@ -11,7 +11,12 @@
     {%- set relation = adapter.get_relation(
         database=target.database, schema='ml', identifier='als_candidates'
     ) -%}
-    {{- return(relation is not none) -}}
+    {%- if relation is none -%}
+        {{- return(false) -}}
+    {%- endif -%}
+    {#- a table from an older release, without the feature version, cannot be trusted -#}
+    {%- set columns = adapter.get_columns_in_relation(relation) | map(attribute='name') | list -%}
+    {{- return('feature_version' in columns) -}}
 {%- endmacro %}
 
 

@@ -27,7 +27,7 @@ def test_run_trains_evaluates_and_publishes(
 ) -> None:
     assert main(["run", "--raw-dir", str(tiny_raw), "--search-budget", "3", "--force"]) == 0
     out = capsys.readouterr().out
-    for stage in ("ingest", "build", "train", "evaluate", "publish"):
+    for stage in ("ingest", "train", "evaluate", "publish"):
         assert f"[{stage}] done in" in out
     assert "als_catboost" in out  # the metric table is printed
 

@@ -67,8 +67,24 @@ def test_an_event_after_the_cutoff_changes_no_feature(
     ingest(tiny_raw, lake)
     build(settings, cutoff_at=cutoff)
     with duckdb.connect(str(settings.warehouse_path)) as con:
+        # fixed candidates (as ALS would write them) so that ranking_features is built too
+        con.execute("create schema ml")
+        con.execute(
+            """
+            create table ml.als_candidates as
+            select visitor_id, item_id, weight as als_score,
+                cast(row_number() over (partition by visitor_id order by weight desc, item_id)
+                    as integer) as als_rank,
+                true as is_seen,
+                (select feature_version from feature_builds) as feature_version,
+            from interactions
+            """
+        )
+    build(settings, cutoff_at=cutoff, select="tag:ranking")
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        assert con.execute("select count(*) from ranking_features").fetchone() != (0,)
         con.execute("create schema before")
-        for mart in MARTS:
+        for mart in (*MARTS, "ranking_features"):
             con.execute(f"create table before.{mart} as select * from main.{mart}")
         visitor, item = con.execute(
             "select visitor_id, item_id from interactions order by weight desc limit 1"
@@ -86,13 +102,13 @@ def test_an_event_after_the_cutoff_changes_no_feature(
     with open(raw / "item_properties_part2.csv", "a") as fh:
         fh.write(f"{after},{item},categoryid,999999\n{after},{item},available,0\n")
     ingest(raw, lake)
-    build(settings, cutoff_at=cutoff)
+    build(settings, cutoff_at=cutoff)  # ranking_features too: the ml source is still there
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         assert (
             con.execute("select count(*) from before.events").fetchone()
             == con.execute("select count(*) from main.events").fetchone()
         )
-        for mart in MARTS:
+        for mart in (*MARTS, "ranking_features"):
             changed = con.execute(
                 f"""
                 select count(*) from (

@@ -16,6 +16,8 @@ candidates as (
         als_rank,
         is_seen
     from {{ source('ml', 'als_candidates') }}
+    -- only candidates fitted as of this build's cutoff: never stale ones from another run
+    where feature_version = '{{ feature_version() }}'
     {% else %}
     select
         cast(null as bigint) as visitor_id,
