@@ -12,6 +12,7 @@ import pytest
 from models_ml import ranker
 from models_ml.metrics import ndcg_at_k
 
+DEFAULTS_BEFORE_TRAINING = dict(ranker.DEFAULT_PARAMS)
 FEATURES = ["f1", "f2", "noise", "is_flag", "category_id"]
 CATS = ["category_id"]
 FAST = {"iterations": 80, "od_wait": 20}  # keeps each trial under a second
@@ -93,7 +94,7 @@ def test_result_records_the_search(trained: ranker.RankerResult) -> None:
     assert trained.params["random_seed"] == trained.seed == 42
     assert trained.features == FEATURES and trained.cat_features == CATS
     assert trained.train_seconds > 0
-    assert ranker.DEFAULT_PARAMS["iterations"] == 500  # copied, never mutated
+    assert ranker.DEFAULT_PARAMS == DEFAULTS_BEFORE_TRAINING  # copied, never mutated
 
 
 def test_tiny_budget_runs_exactly_one_trial(data: dict[str, pd.DataFrame]) -> None:
