@@ -17,10 +17,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
+from measure import run_measured
 
 TARGETS = {"als fit": 60.0, "ranker training": 180.0, "recsys run": 480.0}
 PEAK_TARGET_GB = 8.0
@@ -70,23 +69,11 @@ def main() -> int:
         "--force",
     ]
     print("running", " ".join(cmd[2:]))
-    t0 = time.perf_counter()
-    log = (work / "run.log").open("w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    parent, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            procs = [parent, *parent.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    total = time.perf_counter() - t0
-    log.close()
+    total, peak_gb, code = run_measured(cmd, env, work / "run.log")
     output = (work / "run.log").read_text()
-    if proc.returncode != 0:
+    if code != 0:
         print(output[-5000:])
-        raise SystemExit(f"recsys run failed with exit code {proc.returncode}")
+        raise SystemExit(f"recsys run failed with exit code {code}")
     for line in output.splitlines():
         if line.startswith("[") and "] done in" in line:
             print("  " + line)
@@ -101,9 +88,8 @@ def main() -> int:
     for label, value in figures.items():
         verdict = "ok" if value <= TARGETS[label] else "OVER TARGET"
         print(f"{label:<18} {value:>8.1f} s (target <= {TARGETS[label]:g} s): {verdict}")
-    gb = peak / 1e9
-    verdict = "ok" if gb <= PEAK_TARGET_GB else "OVER TARGET"
-    print(f"{'peak memory':<18} {gb:>8.2f} GB (target <= {PEAK_TARGET_GB:g} GB): {verdict}")
+    verdict = "ok" if peak_gb <= PEAK_TARGET_GB else "OVER TARGET"
+    print(f"{'peak memory':<18} {peak_gb:>8.2f} GB (target <= {PEAK_TARGET_GB:g} GB): {verdict}")
     models = metrics["models"]
     ratio = models["als_catboost"]["ndcg@10"] / max(models["popularity"]["ndcg@10"], 1e-12)
     print(

@@ -12,46 +12,28 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
+from measure import run_measured
 
 TARGETS = {"generate": 120.0, "ingest + build": 120.0}
 PEAK_TARGET_GB = 6.0
 
 
-def run_stage(name: str, args: list[str], env: dict[str, str]) -> tuple[float, float]:
+def run_stage(name: str, args: list[str], env: dict[str, str], work: Path) -> tuple[float, float]:
     """Run `recsys <args>`; return (seconds, peak RSS in GB)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "recsys.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    peak = 0
-    parent = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        try:
-            procs = [parent, *parent.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    seconds = time.perf_counter() - t0
-    output = proc.stdout.read() if proc.stdout else ""
-    if proc.returncode != 0:
+    log = work / f"{name}.log"
+    seconds, peak_gb, code = run_measured([sys.executable, "-m", "recsys.cli", *args], env, log)
+    output = log.read_text()
+    if code != 0:
         print(output[-5000:])
-        raise SystemExit(f"{name} failed with exit code {proc.returncode}")
+        raise SystemExit(f"{name} failed with exit code {code}")
     tail = [line for line in output.splitlines() if line.strip()][-4:]
     for line in tail:
         print(f"    {line.strip()[:150]}")
-    return seconds, peak / 1e9
+    return seconds, peak_gb
 
 
 def main() -> int:
@@ -62,6 +44,7 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-warehouse-"))
+    work.mkdir(parents=True, exist_ok=True)
     raw, data = work / "raw", work / "data"
     shutil.rmtree(data, ignore_errors=True)
     env = {**os.environ, "RECSYS_DATA_DIR": str(data), "OPENBLAS_NUM_THREADS": "1"}
@@ -78,7 +61,7 @@ def main() -> int:
     ]
     for name, stage_args in stages:
         print(f"== {name}")
-        results[name] = run_stage(name, stage_args, env)
+        results[name] = run_stage(name, stage_args, env, work)
         print(f"   {results[name][0]:.1f} s, peak RSS {results[name][1]:.2f} GB")
 
     ingest_build = results["ingest"][0] + results["build"][0]
