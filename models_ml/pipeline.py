@@ -158,7 +158,7 @@ def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
     win = steps.Windows(
         **{k: pd.Timestamp(v).to_pydatetime() for k, v in training["windows"].items()}
     )
-    model, _meta = ranker.load(paths["ranker"])
+    model, _ = ranker.load(paths["ranker"])
     calibrator = conformal.ConformalCalibrator.from_dict(
         json.loads(paths["calibration"].read_text())
     )

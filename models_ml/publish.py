@@ -139,7 +139,7 @@ def publish(
     # read it back: what the lake holds must be what we built
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "snapshot.duckdb"
-        lake.fs.get_file(lake._path(f"{base}/snapshot.duckdb"), str(copy))
+        lake.get(f"{base}/snapshot.duckdb", copy)
         if sha256_file(copy) != digest:
             lake.remove(base)
             raise RuntimeError(f"snapshot {version} changed on the way to the lake; not published")

@@ -132,6 +132,13 @@ class Lake:
             Path(tmp_name).unlink(missing_ok=True)
             raise
 
+    def get(self, rel: str, local: Path) -> None:
+        """Copy `rel` from the lake to a local file."""
+        try:
+            self.fs.get_file(self._path(rel), str(local))
+        except Exception as exc:
+            raise _explain(exc, self.url(rel)) from exc
+
     def remove(self, rel: str) -> None:
         try:
             if self.fs.exists(self._path(rel)):

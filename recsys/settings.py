@@ -40,10 +40,6 @@ class Settings(BaseSettings):
         return self.recsys_lake_uri or str(self.data_dir / "lake")
 
     @property
-    def lake_is_s3(self) -> bool:
-        return self.lake_uri.startswith("s3://")
-
-    @property
     def warehouse_path(self) -> Path:
         return self.data_dir / "warehouse.duckdb"
 
@@ -64,8 +60,7 @@ class Settings(BaseSettings):
 
     def dbt_env(self) -> dict[str, str]:
         """Environment for a dbt subprocess: absolute paths so dbt's cwd does not matter."""
-        env = {"RECSYS_DATA_DIR": str(self.data_dir), "RECSYS_LAKE_URI": self.lake_uri}
-        return env
+        return {"RECSYS_DATA_DIR": str(self.data_dir), "RECSYS_LAKE_URI": self.lake_uri}
 
 
 def get_settings() -> Settings:

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections import deque
 from pathlib import Path
 
 from recsys.lake import CREDENTIALS_HINT, is_credentials_error
@@ -47,7 +46,6 @@ def dbt_command(
         cmd += ["--vars", json.dumps(dbt_vars)]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.dbt_env(), "DBT_USE_COLORS": "false"}
-    tail: deque[str] = deque(maxlen=60)
     lines: list[str] = []
     with subprocess.Popen(
         cmd,
@@ -61,13 +59,13 @@ def dbt_command(
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            tail.append(line.rstrip())
             if echo:
                 print(f"  {line.rstrip()}", flush=True)
         code = proc.wait()
     if code != 0:
+        tail = [line.rstrip() for line in lines[-60:]]
         reasons = [t for t in tail if "error" in t.lower() or "fail" in t.lower()]
-        detail = "\n".join(reasons[-15:] or list(tail)[-15:])
+        detail = "\n".join(reasons[-15:] or tail[-15:])
         hint = f"\n{CREDENTIALS_HINT}" if is_credentials_error("".join(lines)) else ""
         raise BuildError(f"dbt {args[0]} failed (exit {code}):{hint}\n{detail}")
     return "".join(lines)
