@@ -78,21 +78,10 @@ def compare_models(
     return models, len(eval_truth)
 
 
-def session_next_item(
-    con: duckdb.DuckDBPyConnection,
-    start: datetime,
-    end: datetime,
-    k: int = 20,
-    gap_minutes: int = 30,
-) -> dict[str, Any]:
-    """HR@k and MRR@k of "similar items of the last item" for the next item in a session.
-
-    Sessions are the test window's views cut at `gap_minutes` of inactivity; each step from one
-    item to a different next item is a prediction. Similar items come from ml.als_similar_items
-    (fitted as of `start`). Steps whose last item ALS does not know count as misses.
-    """
-    row = con.execute(
-        f"""
+def _session_steps(gap_minutes: int) -> str:
+    """CTEs ending in `steps` (previous_item_id, next_item_id): consecutive views of the
+    test window's sessions, cut at `gap_minutes` of inactivity. Parameters: start, end."""
+    return f"""
         with views as (
             select visitor_id, item_id, event_at
             from stg_retailrocket__events
@@ -125,7 +114,42 @@ def session_next_item(
             window by_session as (
                 partition by visitor_id, session_number order by event_at, item_id
             )
-        ),
+        )
+    """
+
+
+def session_query_items(
+    con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, gap_minutes: int = 30
+) -> np.ndarray:
+    """The items the session method is asked about in (start, end]: only they need similar
+    items for the evaluation."""
+    rows = con.execute(
+        f"""
+        {_session_steps(gap_minutes)}
+        select distinct previous_item_id as item_id from steps
+        where previous_item_id is not null and previous_item_id <> next_item_id
+        """,
+        [start, end],
+    ).fetchnumpy()
+    return np.asarray(rows["item_id"], dtype=np.int64)
+
+
+def session_next_item(
+    con: duckdb.DuckDBPyConnection,
+    start: datetime,
+    end: datetime,
+    k: int = 20,
+    gap_minutes: int = 30,
+) -> dict[str, Any]:
+    """HR@k and MRR@k of "similar items of the last item" for the next item in a session.
+
+    Sessions are the test window's views cut at `gap_minutes` of inactivity; each step from one
+    item to a different next item is a prediction. Similar items come from ml.als_similar_items
+    (fitted as of `start`). Steps whose last item ALS does not know count as misses.
+    """
+    row = con.execute(
+        f"""
+        {_session_steps(gap_minutes)},
         predictions as (
             select
                 steps.previous_item_id,

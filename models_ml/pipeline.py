@@ -79,9 +79,10 @@ def train(
     say(f"windows: t1 {win.t1}, t2 {win.t2}, end {win.end}")
     info = steps.build_features(settings, win.t1, win.t2, say)
     t0 = time.perf_counter()
+    # no similar items: the ranker does not use them (evaluation and publishing do)
     als = steps.fit_candidates(settings, say, window=(win.t1, win.t2))
     als_seconds = time.perf_counter() - t0
-    steps.build_ranking(settings, win.t1, win.t2)
+    steps.build_ranking(settings, win.t1, win.t2, say)
     frame = steps.ranking_frame(settings)
     features = steps.feature_columns(frame)
     fit_part, valid_part, calib_part = steps.split_visitors(
@@ -163,10 +164,12 @@ def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
         json.loads(paths["calibration"].read_text())
     )
     info = steps.build_features(settings, win.t2, win.end, say)
-    steps.fit_candidates(settings, say, window=(win.t2, win.end))
-    steps.build_ranking(settings, win.t2, win.end)
-    frame = steps.ranking_frame(settings)
-    scores = ranker.score(model, frame) if len(frame) else np.zeros(0)
+    with steps.connect(settings) as con:
+        session_items = evaluation.session_query_items(con, win.t2, win.end)
+    steps.fit_candidates(settings, say, window=(win.t2, win.end), similar_queries=session_items)
+    steps.build_ranking(settings, win.t2, win.end, say)
+    frame = steps.scored_candidates(settings, model, say)
+    scores = frame["score"].to_numpy()
     with steps.connect(settings) as con:
         popularity = evaluation.popular_items(con)
         truth = evaluation.truth_from_labels(con)
@@ -234,28 +237,30 @@ def publish_snapshot(settings: Settings, say: steps.Say = print, force: bool = F
         json.loads(paths["calibration"].read_text())
     )
     info = steps.build_features(settings, None, None, say)
-    als = steps.fit_candidates(settings, say)
-    steps.build_ranking(settings, None, None)
-    frame = steps.ranking_frame(settings)
-    scores = ranker.score(model, frame) if len(frame) else np.zeros(0)
+    queries, pool = steps.publish_similar_items(settings)
+    als = steps.fit_candidates(settings, say, similar_queries=queries, similar_pool=pool)
+    steps.build_ranking(settings, None, None, say)
+    frame = steps.scored_candidates(settings, model, say)
+    scores = frame["score"].to_numpy()
     snapshot_file = settings.data_dir / "snapshot_build" / "snapshot.duckdb"
     snapshot_file.parent.mkdir(parents=True, exist_ok=True)
     model_version = f"{meta.get('feature_version')}-catboost-{meta.get('seed')}"
-    counts = build_snapshot(
-        settings.warehouse_path,
-        snapshot_file,
-        frame,
-        scores,
-        calibrator.confidences,
-        paths["ranker"] / "ranker.cbm",
-        meta,
-        {
-            "feature_version": info["feature_version"],
-            "cutoff_at": info["cutoff_at"],
-            "model_version": model_version,
-        },
-    )
-    say(f"snapshot built: {counts}")
+    with steps.timed(say, "snapshot built"):
+        counts = build_snapshot(
+            settings.warehouse_path,
+            snapshot_file,
+            frame,
+            scores,
+            calibrator.confidences,
+            paths["ranker"] / "ranker.cbm",
+            meta,
+            {
+                "feature_version": info["feature_version"],
+                "cutoff_at": info["cutoff_at"],
+                "model_version": model_version,
+            },
+        )
+    say(f"  rows: {counts}")
     manifest = {
         "feature_version": info["feature_version"],
         "cutoff_at": str(info["cutoff_at"]),
@@ -269,7 +274,8 @@ def publish_snapshot(settings: Settings, say: steps.Say = print, force: bool = F
     }
     lake = Lake.from_settings(settings)
     try:
-        published = publish(lake, snapshot_file, manifest, force=force)
+        with steps.timed(say, "snapshot verified and published"):
+            published = publish(lake, snapshot_file, manifest, force=force)
     except GateRefused as exc:
         say(f"quality gate refused the snapshot: {exc} (use --force to publish anyway)")
         raise

@@ -9,7 +9,9 @@ built as of `end`, the latest event.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,6 +31,14 @@ Say = Callable[[str], None]
 # what the ranker learns from: every ranking_features column but the keys
 ID_COLUMNS = ("visitor_id", "item_id")
 CATEGORICAL_FEATURES = ("category_id", "root_category_id")
+
+
+@contextmanager
+def timed(say: Say, what: str) -> Iterator[None]:
+    """Say how long the block took: every slow step of a run shows its time."""
+    t0 = time.perf_counter()
+    yield
+    say(f"  {what} ({time.perf_counter() - t0:.1f}s)")
 
 
 @dataclass(frozen=True)
@@ -88,7 +98,8 @@ def build_features(
         f"dbt build as of {cutoff or 'the latest event'}"
         + (f", labels to {label_end}" if label_end else "")
     )
-    build(settings, cutoff_at=_ts(cutoff) if cutoff else None, extra_vars=extra, echo=False)
+    with timed(say, "features built"):
+        build(settings, cutoff_at=_ts(cutoff) if cutoff else None, extra_vars=extra, echo=False)
     return build_info(settings)
 
 
@@ -125,63 +136,130 @@ def candidate_visitors(
     return np.asarray(rows["visitor_id"], dtype=np.int64)
 
 
+def publish_similar_items(settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, pool) of the published similar items: items seen in the last 30 days (what a
+    session is made of), answered with available items only."""
+    with connect(settings) as con:
+        queries = con.execute(
+            "select item_id from item_features where n_events_30d > 0"
+        ).fetchnumpy()["item_id"]
+        pool = con.execute(
+            "select item_id from item_features where is_available is not false"
+        ).fetchnumpy()["item_id"]
+    return np.asarray(queries, dtype=np.int64), np.asarray(pool, dtype=np.int64)
+
+
 def fit_candidates(
     settings: Settings,
     say: Say,
     window: tuple[datetime, datetime] | None = None,
+    similar_queries: np.ndarray | None = None,
+    similar_pool: np.ndarray | None = None,
     params: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> candidates.AlsResult:
-    """ALS on the interactions mart; writes ml.als_candidates and ml.als_similar_items."""
+    """ALS on the interactions mart; writes ml.als_candidates and ml.als_similar_items.
+
+    Similar items are searched for `similar_queries` only (none when None: ranker training
+    does not use them), among `similar_pool` when given.
+    """
     with connect(settings) as con:
         interactions = candidates.read_interactions(con)
     if interactions.empty:
         raise RuntimeError("the interactions mart is empty: nothing to train ALS on")
     result = candidates.fit(interactions, params, show_progress=show_progress)
+    del interactions
     say(
-        f"ALS fitted on {result.info['n_visitors']:,} visitors x {result.info['n_items']:,} "
-        f"items ({result.info['nnz']:,} interactions) in {result.fit_seconds:.1f}s"
+        f"  ALS fitted on {result.info['n_fitted_visitors']:,} visitors with "
+        f"{result.params['min_fit_items']}+ items x {result.info['n_items']:,} items "
+        f"({result.info['fitted_nnz']:,} interactions) in {result.fit_seconds:.1f}s"
     )
     visitors = candidate_visitors(settings, window, result.params["min_visitor_items"])
-    recs = candidates.recommend(result, visitors, show_progress=show_progress)
-    similar = candidates.similar_items(result, show_progress=show_progress)
+    with timed(say, f"ALS candidates for {len(visitors):,} visitors"):
+        recs = candidates.recommend(result, visitors, show_progress=show_progress)
+    if similar_queries is None:
+        similar = candidates.similar_items(result, np.zeros(0, dtype=np.int64))
+    else:
+        with timed(say, f"similar items of {len(similar_queries):,} items"):
+            similar = candidates.similar_items(
+                result, similar_queries, similar_pool, show_progress=show_progress
+            )
     feature_version = build_info(settings)["feature_version"]
     with connect(settings, read_only=False) as con:
         candidates.write_tables(con, recs, similar, feature_version)
     say(
-        f"wrote {len(recs):,} candidates for {recs['visitor_id'].nunique():,} visitors and "
+        f"  wrote {len(recs):,} candidates for {recs['visitor_id'].nunique():,} visitors and "
         f"{len(similar):,} similar-item pairs"
     )
     return result
 
 
-def build_ranking(settings: Settings, cutoff: datetime | None, label_end: datetime | None) -> None:
+def build_ranking(
+    settings: Settings, cutoff: datetime | None, label_end: datetime | None, say: Say
+) -> None:
     """dbt build of the ranking models over the candidates just written."""
     extra: dict[str, object] = {"label_end_at": _ts(label_end)} if label_end else {}
-    dbt_command(
-        settings,
-        ["build", "--select", "tag:ranking"],
-        cutoff_at=_ts(cutoff) if cutoff else None,
-        extra_vars=extra,
-        echo=False,
-    )
+    with timed(say, "ranking features built"):
+        dbt_command(
+            settings,
+            ["build", "--select", "tag:ranking"],
+            cutoff_at=_ts(cutoff) if cutoff else None,
+            extra_vars=extra,
+            echo=False,
+        )
+
+
+_RANKING_SQL = """
+    select
+        ranking_features.*,
+        coalesce(ranking_labels.label, 0) as label,
+    from ranking_features
+    left join ranking_labels
+        on ranking_features.visitor_id = ranking_labels.visitor_id
+        and ranking_features.item_id = ranking_labels.item_id
+"""
 
 
 def ranking_frame(settings: Settings) -> pd.DataFrame:
     """ranking_features with the label of each pair (0 when no event in the label window)."""
     with connect(settings) as con:
         return con.execute(
-            """
-            select
-                ranking_features.*,
-                coalesce(ranking_labels.label, 0) as label,
-            from ranking_features
-            left join ranking_labels
-                on ranking_features.visitor_id = ranking_labels.visitor_id
-                and ranking_features.item_id = ranking_labels.item_id
-            order by ranking_features.visitor_id, ranking_features.als_rank
-            """
+            _RANKING_SQL + "order by ranking_features.visitor_id, ranking_features.als_rank"
         ).df()
+
+
+# what evaluation and publishing keep of a scored candidate
+SCORED_COLUMNS = (
+    "visitor_id",
+    "item_id",
+    "als_rank",
+    "is_available",
+    "has_purchased_item",
+    "label",
+)
+
+
+def scored_candidates(
+    settings: Settings, model: Any, say: Say, batch_rows: int = 500_000
+) -> pd.DataFrame:
+    """Every candidate of ranking_features scored by the ranker, SCORED_COLUMNS + `score`.
+
+    The features are streamed from DuckDB `batch_rows` at a time and dropped once scored
+    (scores do not depend on the other rows of a visitor), so memory stays bounded by the
+    batch, not by visitors x candidates x features.
+    """
+    from models_ml import ranker
+
+    parts = []
+    with connect(settings) as con, timed(say, "candidates scored"):
+        for batch in con.sql(_RANKING_SQL).to_arrow_reader(batch_rows):
+            frame = batch.to_pandas()
+            parts.append(frame[list(SCORED_COLUMNS)].assign(score=ranker.score(model, frame)))
+    if not parts:
+        empty = ranking_frame(settings)[list(SCORED_COLUMNS)]
+        return empty.assign(score=np.zeros(0, dtype=np.float64))
+    scored = pd.concat(parts, ignore_index=True)
+    return scored.sort_values(["visitor_id", "als_rank"], kind="stable", ignore_index=True)
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:

@@ -1,0 +1,104 @@
+"""ALS candidates: two clusters of items that visitors never mix must come back apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models_ml import candidates
+
+CLUSTER_A = np.arange(100, 110)  # item ids
+CLUSTER_B = np.arange(200, 210)
+SMALL = {"factors": 2, "iterations": 15, "n_candidates": 8, "n_similar": 5}
+
+
+def make_interactions(seed: int = 0) -> pd.DataFrame:
+    """300 visitors, each viewing 3-6 items of one cluster; visitor 9001 saw one A item only."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for visitor in range(300):
+        cluster = CLUSTER_A if visitor % 2 == 0 else CLUSTER_B
+        for item in rng.choice(cluster, size=rng.integers(3, 7), replace=False):
+            rows.append((visitor, int(item), float(rng.integers(1, 4))))
+    rows.append((9001, int(CLUSTER_A[0]), 1.0))
+    return pd.DataFrame(rows, columns=["visitor_id", "item_id", "weight"])
+
+
+@pytest.fixture(scope="module")
+def fitted() -> candidates.AlsResult:
+    return candidates.fit(make_interactions(), SMALL, show_progress=False)
+
+
+def test_one_item_visitors_are_left_out_of_the_fit_but_still_get_candidates(
+    fitted: candidates.AlsResult,
+) -> None:
+    assert fitted.info["n_visitors"] == 301
+    assert fitted.info["n_fitted_visitors"] == 300
+    recs = candidates.recommend(fitted, np.array([9001]), show_progress=False)
+    assert len(recs) == SMALL["n_candidates"]
+    # folded in from its one item: the rest of its list is that item's cluster
+    assert recs["item_id"].isin(CLUSTER_A).all()
+    assert recs.loc[recs["item_id"] == CLUSTER_A[0], "is_seen"].all()
+    assert recs["is_seen"].sum() == 1
+
+
+def test_candidates_stay_in_the_visitors_cluster_and_flag_seen_items(
+    fitted: candidates.AlsResult,
+) -> None:
+    interactions = make_interactions()
+    recs = candidates.recommend(fitted, np.array([0, 1]), show_progress=False)
+    assert list(recs.groupby("visitor_id")["als_rank"].max()) == [8, 8]
+    for visitor, cluster in ((0, CLUSTER_A), (1, CLUSTER_B)):
+        mine = recs[recs["visitor_id"] == visitor]
+        assert mine["item_id"].isin(cluster).all()
+        assert (np.diff(mine["als_score"].to_numpy()) <= 1e-6).all()  # best first
+        seen = set(interactions.loc[interactions["visitor_id"] == visitor, "item_id"])
+        assert set(mine.loc[mine["is_seen"], "item_id"]) == seen & set(mine["item_id"])
+
+
+def test_fit_is_reproducible_with_its_seed() -> None:
+    a = candidates.fit(make_interactions(), SMALL, show_progress=False)
+    b = candidates.fit(make_interactions(), SMALL, show_progress=False)
+    np.testing.assert_array_equal(a.model.item_factors, b.model.item_factors)
+
+
+def test_similar_items_exclude_the_item_itself_and_respect_queries_and_pool(
+    fitted: candidates.AlsResult,
+) -> None:
+    everything = candidates.similar_items(fitted, show_progress=False)
+    assert everything["item_id"].nunique() == len(CLUSTER_A) + len(CLUSTER_B)
+    assert (everything["item_id"] != everything["similar_item_id"]).all()
+    assert (everything.groupby("item_id").size() == SMALL["n_similar"]).all()
+    same_cluster = everything["item_id"] // 100 == everything["similar_item_id"] // 100
+    assert same_cluster.all()
+
+    # only the asked items (an unknown one skipped), answered from the pool only
+    asked = candidates.similar_items(
+        fitted,
+        query_item_ids=np.array([CLUSTER_A[3], 999_999]),
+        pool_item_ids=CLUSTER_A[:8],
+        show_progress=False,
+    )
+    assert set(asked["item_id"]) == {CLUSTER_A[3]}
+    assert set(asked["similar_item_id"]) <= set(CLUSTER_A[:8]) - {CLUSTER_A[3]}
+    assert list(asked["similarity_rank"]) == [1, 2, 3, 4, 5]
+
+    none = candidates.similar_items(fitted, np.zeros(0, dtype=np.int64), show_progress=False)
+    assert none.empty and list(none.columns) == list(everything.columns)
+
+
+def test_weighting_is_alpha_or_bm25_and_nothing_else() -> None:
+    interactions = make_interactions()
+    alpha, _, _ = candidates.confidence_matrix(
+        interactions, {**candidates.DEFAULT_ALS_PARAMS, "alpha": 10.0}
+    )
+    assert alpha.max() == pytest.approx(10.0 * interactions["weight"].max())
+    bm25, _, _ = candidates.confidence_matrix(
+        interactions, {**candidates.DEFAULT_ALS_PARAMS, "weighting": "bm25"}
+    )
+    assert bm25.nnz == alpha.nnz and not np.allclose(bm25.data, alpha.data)
+    with pytest.raises(ValueError, match="unknown weighting"):
+        candidates.confidence_matrix(
+            interactions, {**candidates.DEFAULT_ALS_PARAMS, "weighting": "tfidf"}
+        )
