@@ -33,6 +33,7 @@ SNAPSHOT_TABLES = (
     "interactions",
     "visitor_category_affinities",
     "recommendations",
+    "candidates",
     "similar_items",
     "popular_items",
     "ranker",

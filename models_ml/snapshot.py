@@ -3,8 +3,11 @@
 Tables (the API's contract; `models_ml.publish.SNAPSHOT_TABLES`):
 - `recommendations`: top-K per known visitor (visitor_id, item_id, rank, score, confidence),
   never an item the visitor bought or an unavailable one;
+- `candidates`: the ALS candidates of those visitors (visitor_id, item_id, als_score, als_rank,
+  is_seen), to rank again at request time with a session's items;
 - `items`, `visitors`, `interactions`, `visitor_category_affinities`: the features the ranker
-  needs to score candidates at request time (a subset of the marts, as of the cutoff);
+  needs to score candidates at request time (a subset of the marts, as of the cutoff; the API
+  computes ranking_features' columns from them as dbt does);
 - `similar_items`: top-M similar items per item (ALS item factors);
 - `popular_items`: available items by recent popularity, overall (category_id null) and per
   category, top 100 each;
@@ -84,7 +87,22 @@ def build_snapshot(
             from wh.visitor_category_affinities
             """
         )
-        con.execute("create table similar_items as select * from wh.ml.als_similar_items")
+        con.execute(
+            """
+            create table candidates as
+            select visitor_id, item_id, als_score, als_rank, is_seen,
+            from wh.ml.als_candidates
+            order by visitor_id, als_rank
+            """
+        )
+        con.execute(
+            """
+            create table similar_items as
+            select item_id, similar_item_id, similarity, similarity_rank,
+            from wh.ml.als_similar_items
+            order by item_id, similarity_rank
+            """
+        )
         con.execute(
             f"""
             create table popular_items as

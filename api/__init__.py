@@ -1,0 +1,1 @@
+"""The HTTP service over DuckDB snapshots (see DESIGN.md, "HTTP")."""
