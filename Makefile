@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export OPENBLAS_NUM_THREADS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit lint format bench-warehouse bench-ml docs clean
+.PHONY: help install tools run test test-unit lint format bench-warehouse bench-ml docs clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -14,10 +14,23 @@ install: ## install uv if missing and sync the locked environment (.venv)
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@$(UV) sync --frozen --quiet
 
+# Prometheus and promtool 2.42 from Debian's package, unpacked into .tools/ (no system install,
+# none of the package's dependencies): the monitoring tests start the real server.
+PROMETHEUS := .tools/prometheus/usr/bin/prometheus
+APT_GET := apt-get -qq -o APT::Sandbox::User=root
+tools: $(PROMETHEUS) ## fetch the test tools that PyPI does not carry (Prometheus, promtool)
+
+$(PROMETHEUS):
+	@mkdir -p .tools/deb
+	@cd .tools/deb && { $(APT_GET) download prometheus || { $(APT_GET) update && $(APT_GET) download prometheus; }; }
+	@dpkg -x .tools/deb/prometheus_*.deb .tools/prometheus
+	@rm -rf .tools/deb
+	@$(PROMETHEUS) --version | head -1
+
 run: install ## demo data -> lake -> warehouse -> ALS + CatBoost -> evaluation -> snapshot
 	$(UV) run recsys run
 
-test: install ## the whole test suite (unit and integration, real dbt / DuckDB / S3 server)
+test: install tools ## the whole test suite (real dbt / DuckDB / S3 server / Prometheus)
 	$(UV) run pytest
 
 test-unit: install ## unit tests only
@@ -42,4 +55,4 @@ docs: install ## dbt docs (offline) into dbt_project/target
 	cd dbt_project && ../.venv/bin/dbt docs generate --profiles-dir .
 
 clean: ## remove generated data and build output
-	rm -rf data dbt_project/target dbt_project/logs reports
+	rm -rf data dbt_project/target dbt_project/logs reports .tools
