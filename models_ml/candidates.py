@@ -131,8 +131,20 @@ def fit(
     )
 
 
+def item_pool(result: AlsResult, pool_item_ids: np.ndarray | None = None) -> np.ndarray:
+    """Column indices of the items that may be returned: those with `min_item_visitors`
+    fitted visitors (rarer items have factors that mean little), within `pool_item_ids`."""
+    pool = np.flatnonzero(result.item_visitors >= result.params["min_item_visitors"])
+    if pool_item_ids is not None:
+        pool = pool[np.isin(result.item_ids[pool], pool_item_ids)]
+    return pool
+
+
 def recommend(
-    result: AlsResult, visitor_ids: np.ndarray | None = None, show_progress: bool = True
+    result: AlsResult,
+    visitor_ids: np.ndarray | None = None,
+    pool_item_ids: np.ndarray | None = None,
+    show_progress: bool = True,
 ) -> pd.DataFrame:
     """Top-N candidates for the given known visitors (default: those with enough items).
 
@@ -148,7 +160,10 @@ def recommend(
         rows = np.flatnonzero(per_row >= p["min_visitor_items"])
     else:
         rows = np.flatnonzero(np.isin(result.visitor_ids, visitor_ids))
-    n = min(p["n_candidates"], len(result.item_ids))
+    pool = item_pool(result, pool_item_ids)
+    n = min(p["n_candidates"], len(pool))
+    if n == 0:
+        rows = rows[:0]
     frames = []
     batches = range(0, len(rows), p["batch_size"])
     for lo in tqdm(
@@ -162,6 +177,7 @@ def recommend(
                 N=n,
                 filter_already_liked_items=False,
                 recalculate_user=True,
+                items=pool,
             )
         seen = result.user_items[batch]
         is_seen = np.asarray(
@@ -217,9 +233,7 @@ def similar_items(
             "similarity_rank": pd.Series([], dtype="int32"),
         }
     )
-    pool = np.flatnonzero(result.item_visitors >= result.params["min_item_visitors"])
-    if pool_item_ids is not None:
-        pool = pool[np.isin(result.item_ids[pool], pool_item_ids)]
+    pool = item_pool(result, pool_item_ids)
     if query_item_ids is None:
         queries = pool
     else:

@@ -33,6 +33,10 @@ SEED = 42
 ALPHA = 0.1  # conformal: prediction sets at level 1 - alpha
 NEGATIVES_PER_VISITOR = 30
 MAX_GROUPS = {"fit": 4_000, "valid": 1_500}  # visitors: YetiRank's time grows with them
+# visitors of the label window given candidates for training: about a third of them have a
+# positive among their candidates, enough for MAX_GROUPS and a calibration part of ~2,500
+# visitors with a positive; scoring every visitor of the window would only cost time
+MAX_TRAIN_VISITORS = 40_000
 
 
 def sample_negatives(
@@ -80,7 +84,9 @@ def train(
     info = steps.build_features(settings, win.t1, win.t2, say)
     t0 = time.perf_counter()
     # no similar items: the ranker does not use them (evaluation and publishing do)
-    als = steps.fit_candidates(settings, say, window=(win.t1, win.t2))
+    als = steps.fit_candidates(
+        settings, say, window=(win.t1, win.t2), max_visitors=MAX_TRAIN_VISITORS, seed=SEED
+    )
     als_seconds = time.perf_counter() - t0
     steps.build_ranking(settings, win.t1, win.t2, say)
     frame = steps.ranking_frame(settings)
@@ -237,8 +243,8 @@ def publish_snapshot(settings: Settings, say: steps.Say = print, force: bool = F
         json.loads(paths["calibration"].read_text())
     )
     info = steps.build_features(settings, None, None, say)
-    queries, pool = steps.publish_similar_items(settings)
-    als = steps.fit_candidates(settings, say, similar_queries=queries, similar_pool=pool)
+    queries, available = steps.publish_items(settings)
+    als = steps.fit_candidates(settings, say, similar_queries=queries, pool_item_ids=available)
     steps.build_ranking(settings, None, None, say)
     frame = steps.scored_candidates(settings, model, say)
     scores = frame["score"].to_numpy()

@@ -136,9 +136,10 @@ def candidate_visitors(
     return np.asarray(rows["visitor_id"], dtype=np.int64)
 
 
-def publish_similar_items(settings: Settings) -> tuple[np.ndarray, np.ndarray]:
-    """(queries, pool) of the published similar items: items seen in the last 30 days (what a
-    session is made of), answered with available items only."""
+def publish_items(settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """(similar-item queries, available items) of a published snapshot: similar items for the
+    items seen in the last 30 days (what a session is made of); candidates and similar items
+    drawn from available items only (the others are never recommended)."""
     with connect(settings) as con:
         queries = con.execute(
             "select item_id from item_features where n_events_30d > 0"
@@ -154,14 +155,18 @@ def fit_candidates(
     say: Say,
     window: tuple[datetime, datetime] | None = None,
     similar_queries: np.ndarray | None = None,
-    similar_pool: np.ndarray | None = None,
+    pool_item_ids: np.ndarray | None = None,
+    max_visitors: int | None = None,
     params: dict[str, Any] | None = None,
     show_progress: bool = True,
+    seed: int = 42,
 ) -> candidates.AlsResult:
     """ALS on the interactions mart; writes ml.als_candidates and ml.als_similar_items.
 
-    Similar items are searched for `similar_queries` only (none when None: ranker training
-    does not use them), among `similar_pool` when given.
+    Candidates go to `candidate_visitors` that ALS knows, at most `max_visitors` of them drawn
+    at random (seeded) when given. Similar items are searched for `similar_queries` only (none
+    when None: ranker training does not use them). Both come from `pool_item_ids` when given
+    (published lists: available items only).
     """
     with connect(settings) as con:
         interactions = candidates.read_interactions(con)
@@ -175,14 +180,18 @@ def fit_candidates(
         f"({result.info['fitted_nnz']:,} interactions) in {result.fit_seconds:.1f}s"
     )
     visitors = candidate_visitors(settings, window, result.params["min_visitor_items"])
+    visitors = visitors[np.isin(visitors, result.visitor_ids)]
+    if max_visitors is not None and len(visitors) > max_visitors:
+        rng = np.random.default_rng(seed)
+        visitors = np.sort(rng.choice(visitors, max_visitors, replace=False))
     with timed(say, f"ALS candidates for {len(visitors):,} visitors"):
-        recs = candidates.recommend(result, visitors, show_progress=show_progress)
+        recs = candidates.recommend(result, visitors, pool_item_ids, show_progress=show_progress)
     if similar_queries is None:
         similar = candidates.similar_items(result, np.zeros(0, dtype=np.int64))
     else:
         with timed(say, f"similar items of {len(similar_queries):,} items"):
             similar = candidates.similar_items(
-                result, similar_queries, similar_pool, show_progress=show_progress
+                result, similar_queries, pool_item_ids, show_progress=show_progress
             )
     feature_version = build_info(settings)["feature_version"]
     with connect(settings, read_only=False) as con:
