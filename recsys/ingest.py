@@ -13,6 +13,16 @@ duplicates are found by grouping on a 64-bit row hash in DuckDB and confirmed on
 Before anything is written, every file and header is checked: a missing file or column gives one
 error naming it and leaves the lake as it was. Ingest is idempotent: the sha256 of the inputs is
 recorded per table, and the same input again changes nothing.
+
+Events the API accepted wait in the lake's `landing/events/` as small files in the `events.csv`
+layout (`api/events.py`). Every ingest also picks them up, exactly once (`ingest_landing`): each
+file is checked with the same rules, its rows written as a Parquet part of their own,
+`raw/events/landed-<file>.parquet` (rejected rows: `raw/rejected/landed-<file>.parquet`), and
+only then is the file moved to `landing/events/_ingested/`. The part is named after the file,
+so a run that stops between the two steps writes the same part again on the next run instead of
+a second copy. A reload of `events.csv` replaces `raw/events/events.parquet` only: landed parts
+stay. (Exactly once from landing to raw; a client that posts the same events twice sends two
+batches.)
 """
 
 from __future__ import annotations
@@ -37,6 +47,9 @@ from recsys.lake import Lake
 BLOCK = 65_536  # lines per UTF-8 check on the slow path
 MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01: anything later is not a real event
 EVENT_TYPES = ("view", "addtocart", "transaction")
+LANDING_DIR = "landing/events"
+INGESTED_DIR = f"{LANDING_DIR}/_ingested"
+LANDED_PREFIX = "landed-"
 
 
 class IngestError(ValueError):
@@ -552,4 +565,63 @@ def ingest(
                 f"raw/_ingest/{spec.name}.json",
                 json.dumps({"sha256": digest, "report": report.to_dict()}, indent=2),
             )
+        landed = ingest_landing(lake, out_dir / "landing", say)
+        if landed is not None:
+            reports.append(landed)
     return reports
+
+
+def ingest_landing(
+    lake: Lake, work_dir: Path, say: Callable[[str], None] | None = None
+) -> TableReport | None:
+    """Move the API's landed event files into `raw/events/`, exactly once (see the module doc).
+
+    Returns one report over all the files picked up, or None when there were none.
+    """
+    say = say or (lambda _msg: None)
+    files = lake.glob(f"{LANDING_DIR}/*.csv")
+    if not files:
+        return None
+    t0 = time.perf_counter()
+    report = TableReport(table="landed_events", files=[f.rsplit("/", 1)[-1] for f in files])
+    counts: dict[str, int] = {}
+    header = ",".join(EVENTS.names)
+    con = duckdb.connect()
+    try:
+        for rel in files:
+            name = rel.rsplit("/", 1)[-1]
+            stem = name[: -len(".csv")]
+            folder = work_dir / stem
+            folder.mkdir(parents=True, exist_ok=True)
+            local = folder / name
+            lake.get(rel, local)
+            first = _read_header(local).decode("utf-8", errors="replace").strip("\r\n")
+            if first != header:
+                raise IngestError(
+                    f"{lake.url(rel)}: unexpected header {first!r}; expected {header} "
+                    "(landing files are written by the API; nothing was moved)"
+                )
+            part = _ingest_table(con, EVENTS, [local], folder, lambda _msg: None)
+            if part.accepted:
+                lake.put(folder / "events.parquet", f"raw/events/{LANDED_PREFIX}{stem}.parquet")
+            if part.rejected:
+                lake.put(
+                    folder / "rejected_events.parquet",
+                    f"raw/rejected/{LANDED_PREFIX}{stem}.parquet",
+                )
+            # the rows are in raw/ now: only then does the file leave the landing area
+            lake.put(local, f"{INGESTED_DIR}/{name}")
+            lake.remove(rel)
+            report.raw_rows += part.raw_rows
+            report.accepted += part.accepted
+            report.rejected += part.rejected
+            for reason, count in part.reasons.items():
+                counts[reason] = counts.get(reason, 0) + count
+    finally:
+        con.close()
+    report.reasons = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    say(
+        f"landed events: {len(files):,} files, {report.raw_rows:,} rows = {report.accepted:,} "
+        f"accepted + {report.rejected:,} rejected ({time.perf_counter() - t0:.1f}s)"
+    )
+    return report

@@ -167,3 +167,114 @@ def test_windows_line_endings_are_accepted(tmp_path: Path, lake: Lake) -> None:
     reports = {r.table: r for r in ingest(folder, lake)}
     assert reports["events"].accepted == len(GOOD)
     assert reports["events"].rejected == 0
+
+
+# --- events the API landed (landing/events/): picked up by every ingest, exactly once
+
+LANDED = [
+    (1430622700000, 5, "view", 12, None),
+    (1430622710000, 5, "addtocart", 12, None),
+    (1430622720000, 5, "transaction", 12, 99),
+]
+
+
+def land(lake: Lake, batch_id: str, text: str) -> str:
+    from api.events import land as api_land
+
+    return api_land(lake, batch_id, text)
+
+
+def landed_rows() -> str:
+    from api.events import to_csv
+
+    return to_csv(LANDED)
+
+
+def count_events(lake: Lake) -> int:
+    return len(read(lake, "raw/events/*.parquet"))
+
+
+def test_landed_events_are_ingested_exactly_once(tmp_path: Path, lake: Lake) -> None:
+    raw = write_events(tmp_path / "raw", GOOD)
+    land(lake, "20260101T000000000000Z-a", landed_rows())
+    # a file the API would never write, to show the CSV rules apply: one bad, one duplicate
+    land(
+        lake,
+        "20260101T000001000000Z-b",
+        "timestamp,visitorid,event,itemid,transactionid\n"
+        "1430622800000,6,view,13,\n"
+        "1430622800000,6,transaction,13,\n"
+        "1430622800000,6,view,13,\n",
+    )
+    reports = {r.table: r for r in ingest(raw, lake)}
+    landed = reports["landed_events"]
+    assert (landed.raw_rows, landed.accepted, landed.rejected) == (6, 4, 2)
+    assert landed.reasons == {"exact duplicate": 1, "transaction without transactionid": 1}
+    assert count_events(lake) == len(GOOD) + 4
+    root = Path(lake.root)
+    assert sorted(p.name for p in (root / "raw/events").glob("*.parquet")) == [
+        "events.parquet",
+        "landed-20260101T000000000000Z-a.parquet",
+        "landed-20260101T000001000000Z-b.parquet",
+    ]
+    rejected = read(lake, "raw/rejected/landed-20260101T000001000000Z-b.parquet")
+    assert [(r[0], r[1], r[2]) for r in rejected] == [
+        ("20260101T000001000000Z-b.csv", 3, "transaction without transactionid"),
+        (
+            "20260101T000001000000Z-b.csv",
+            4,
+            "exact duplicate of line 2 of 20260101T000001000000Z-b.csv",
+        ),
+    ]
+    assert not list((root / "landing/events").glob("*.csv"))
+    assert len(list((root / "landing/events/_ingested").glob("*.csv"))) == 2
+    # the same input again: nothing new to pick up, nothing counted twice
+    reports = {r.table: r for r in ingest(raw, lake)}
+    assert "landed_events" not in reports
+    assert count_events(lake) == len(GOOD) + 4
+    assert sorted(read(lake, "raw/events/landed-20260101T000000000000Z-a.parquet")) == sorted(
+        LANDED
+    )
+
+
+def test_a_crash_between_part_and_move_duplicates_nothing(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = write_events(tmp_path / "raw", GOOD)
+    land(lake, "20260101T000000000000Z-a", landed_rows())
+    put = Lake.put
+
+    def crash_on_move(self: Lake, local: Path, rel: str) -> None:
+        if rel.startswith("landing/events/_ingested/"):
+            raise OSError("the machine went away")
+        put(self, local, rel)
+
+    monkeypatch.setattr(Lake, "put", crash_on_move)
+    with pytest.raises(OSError, match="went away"):
+        ingest(raw, lake)
+    # the part is written, the file still waits: the state a crash leaves
+    assert count_events(lake) == len(GOOD) + len(LANDED)
+    assert (Path(lake.root) / "landing/events/20260101T000000000000Z-a.csv").exists()
+    monkeypatch.setattr(Lake, "put", put)
+    reports = {r.table: r for r in ingest(raw, lake)}
+    assert reports["landed_events"].accepted == len(LANDED)  # picked up again ...
+    assert count_events(lake) == len(GOOD) + len(LANDED)  # ... into the same part
+    assert not list((Path(lake.root) / "landing/events").glob("*.csv"))
+
+
+def test_a_csv_reload_keeps_the_landed_parts(tmp_path: Path, lake: Lake) -> None:
+    raw = write_events(tmp_path / "raw", GOOD)
+    land(lake, "20260101T000000000000Z-a", landed_rows())
+    ingest(raw, lake)
+    write_events(raw, GOOD[:2])  # a changed events.csv replaces its table ...
+    reports = {r.table: r for r in ingest(raw, lake)}
+    assert not reports["events"].unchanged
+    assert count_events(lake) == 2 + len(LANDED)  # ... and only its table
+
+
+def test_a_landing_file_with_a_wrong_header_is_refused(tmp_path: Path, lake: Lake) -> None:
+    raw = write_events(tmp_path / "raw", GOOD)
+    land(lake, "20260101T000000000000Z-a", "visitorid,itemid\n1,2\n")
+    with pytest.raises(IngestError, match="unexpected header 'visitorid,itemid'"):
+        ingest(raw, lake)
+    assert (Path(lake.root) / "landing/events/20260101T000000000000Z-a.csv").exists()
