@@ -1,0 +1,256 @@
+"""The app: `create_app()` builds it (uvicorn runs it as a factory, see `recsys serve`).
+
+Nothing heavy happens at import or in `create_app`: the lifespan handler makes the lake and the
+snapshot store, loads `LATEST` (in a worker thread, so that a slow download does not stall the
+loop), and starts the task that polls for newer snapshots.
+
+One ASGI middleware (`ServiceMiddleware`, plain ASGI: Starlette's `BaseHTTPMiddleware` costs
+tens of microseconds a request) does what every request needs, in this order:
+
+1. the API key, for `/v1` routes when `RECSYS_API_KEYS` is set: checked before the body is
+   read, so a caller without a key learns nothing (401, never a 422);
+2. the body limit: a declared `Content-Length` over `RECSYS_API_MAX_BODY_BYTES` is refused
+   at once (413), and a streamed body is counted as it is read;
+3. the request duration histogram, by route template (not the raw path: ids would explode
+   the label set) and status, and the version headers on every answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from starlette.routing import Match
+
+from api.memory import tune_allocator
+from api.metrics import Metrics
+from api.routes import events, health, items, recommendations
+from api.store import SnapshotStore
+from recsys.lake import Lake
+from recsys.settings import Settings, get_settings
+
+log = logging.getLogger("api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+API_KEY_HEADER = "X-API-Key"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, detail=f"the request body is larger than {limit:,} bytes")
+
+
+class ServiceMiddleware:
+    """Key check, body limit, metrics and version headers (see the module doc)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        service: FastAPI,
+        metrics: Metrics,
+        api_keys: tuple[str, ...],
+        max_body_bytes: int,
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.metrics = metrics
+        # digests: compare_digest on equal-length inputs does not leak a key's length
+        self.key_digests = tuple(hashlib.sha256(k.encode()).digest() for k in api_keys)
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        method = scope["method"]
+        status = 500  # what the client gets if the app fails before answering
+        path = scope["path"]
+        early: tuple[int, str, dict[str, str]] | None = None
+        needs_key = self.key_digests and (path == "/v1" or path.startswith("/v1/"))
+        if needs_key and not self._authorized(scope):
+            early = (
+                401,
+                f"a valid {API_KEY_HEADER} header is required",
+                {"www-authenticate": "ApiKey"},
+            )
+        if early is None and method in BODY_METHODS:
+            declared = _header(scope, b"content-length")
+            if declared is not None and (
+                not declared.isdigit() or int(declared) > self.max_body_bytes
+            ):
+                early = (413, BodyTooLarge(self.max_body_bytes).detail, {})
+            else:
+                receive = self._limited(receive)
+        if early is not None:
+            status, detail, headers = early
+            await _send_json(send, status, {"detail": detail}, headers)
+            self.metrics.observe_request(
+                method, self._template(scope), status, time.perf_counter() - started
+            )
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                if not any(k == b"x-snapshot-version" for k, _ in headers):
+                    store: SnapshotStore | None = getattr(self.service.state, "store", None)
+                    snapshot = store.current if store is not None else None
+                    if snapshot is not None:
+                        headers.append((b"x-snapshot-version", snapshot.version.encode()))
+                        headers.append((b"x-model-version", snapshot.model_version.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(method, template, status, time.perf_counter() - started)
+
+    def _authorized(self, scope: Scope) -> bool:
+        given = _header(scope, API_KEY_HEADER.lower().encode())
+        if given is None:
+            return False
+        digest = hashlib.sha256(given.encode("latin-1")).digest()
+        accepted = False
+        for key in self.key_digests:  # no early exit: the time does not say which key matched
+            accepted |= hmac.compare_digest(digest, key)
+        return accepted
+
+    def _limited(self, receive: Receive) -> Receive:
+        limit = self.max_body_bytes
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)  # FastAPI turns it into the 413 answer
+            return message
+
+        return limited
+
+    def _template(self, scope: Scope) -> str:
+        """The route template of a request answered before routing (401, 413)."""
+        for route in self.service.router.routes:
+            match, _ = route.matches(scope)
+            if match != Match.NONE:
+                return str(getattr(route, "path", "unmatched"))
+        return "unmatched"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: dict[str, str]
+) -> None:
+    payload = json.dumps(body).encode()
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *((k.encode(), v.encode()) for k, v in headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _poll(store: SnapshotStore, interval: float) -> None:
+    """Look for a newer LATEST every `interval` seconds, for as long as the app runs."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await anyio.to_thread.run_sync(store.refresh)
+        except Exception:  # never let the poller die: the next poll tries again
+            log.exception("snapshot poll failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service over the lake's latest snapshot (settings: the environment by default)."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tune_allocator()
+        lake = Lake.from_settings(settings)
+        store = SnapshotStore(
+            lake,
+            settings.api_cache_dir,
+            metrics,
+            cache_entries=settings.recsys_api_cache_entries,
+        )
+        app.state.lake = lake
+        app.state.store = store
+        await anyio.to_thread.run_sync(store.refresh)
+        if store.current is None:
+            log.warning("starting without a snapshot: %s", store.last_error)
+        poller = asyncio.create_task(_poll(store, settings.recsys_api_poll_seconds))
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+    app = FastAPI(
+        title="recsys",
+        version="0.1.0",
+        summary="Recommendations for an online shop, served from published snapshots.",
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+    app.state.settings = settings
+    # with keys, the scheme is documented in OpenAPI; the check itself is ServiceMiddleware's
+    v1_dependencies = (
+        [Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))] if settings.api_keys else []
+    )
+    unauthorized: dict[int | str, dict[str, Any]] = (
+        {401: {"description": f"missing or wrong {API_KEY_HEADER}"}} if settings.api_keys else {}
+    )
+    for router in (recommendations.router, items.router, events.router):
+        app.include_router(router, dependencies=v1_dependencies, responses=unauthorized)
+    app.include_router(health.router)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """The last resort: a bug, logged with its traceback; the client gets a plain 500."""
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    app.add_middleware(
+        ServiceMiddleware,
+        service=app,
+        metrics=metrics,
+        api_keys=settings.api_keys,
+        max_body_bytes=settings.recsys_api_max_body_bytes,
+    )
+    return app

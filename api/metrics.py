@@ -1,0 +1,150 @@
+"""Prometheus metrics of the service, on a registry of its own.
+
+Each app gets a fresh `CollectorRegistry` (tests build many apps in one process, and the global
+registry would refuse the second set of names). `/metrics` renders it with `generate_latest`.
+
+With several uvicorn workers, every worker has its own registry and a scrape reaches one of
+them: run one worker per pod and scale pods (DESIGN.md, "Growing past one machine").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
+
+# request latencies are milliseconds on the hot path: resolve them, and still see a slow tail
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+# (route, strategy) pairs that exist: GET / POST recommendations, similar items
+ANSWERS = (
+    ("visitor", "personalized"),
+    ("visitor", "session"),
+    ("visitor", "popular"),
+    ("session", "personalized"),
+    ("session", "session"),
+    ("session", "popular"),
+    ("similar", "similar"),
+    ("similar", "popular"),
+)
+SWAP_FAILURE_REASONS = ("lake", "manifest", "download", "checksum", "invalid", "error")
+CACHES = ("recommendations", "similar")
+
+
+class Metrics:
+    """Every metric the service exports; one instance per app."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "recsys_http_request_duration_seconds",
+            "Time from request to the end of the response, by route template and status.",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.recommendations = Counter(
+            "recsys_recommendations",
+            "Answers given, by kind of request (visitor: GET, session: POST, similar) and "
+            "strategy.",
+            ["route", "strategy"],
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "recsys_cache_hits",
+            "Answers served from the per-snapshot cache.",
+            ["cache"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "recsys_cache_misses", "Answers computed (not in the cache).", ["cache"], registry=r
+        )
+        self.snapshot_age = Gauge(
+            "recsys_snapshot_age_seconds",
+            "Seconds since the served snapshot's feature cutoff (feature freshness); NaN when "
+            "no snapshot is loaded.",
+            registry=r,
+        )
+        self.snapshot_info = Info(
+            "recsys_snapshot", "The snapshot being served.", registry=r
+        )  # exported as recsys_snapshot_info{version=..., model_version=..., ...} 1
+        self.snapshot_load_seconds = Gauge(
+            "recsys_snapshot_load_seconds",
+            "How long the served snapshot took to download, verify, load and warm.",
+            registry=r,
+        )
+        self.swaps = Counter(
+            "recsys_snapshot_swaps", "Snapshots loaded and swapped in.", registry=r
+        )
+        self.swap_failures = Counter(
+            "recsys_snapshot_swap_failures",
+            "Snapshots refused or not loadable, by reason; the old one kept serving.",
+            ["reason"],
+            registry=r,
+        )
+        self.events_accepted = Counter(
+            "recsys_events_accepted",
+            "Events durably written to the landing area.",
+            registry=r,
+        )
+        ProcessCollector(registry=r)  # resident memory, CPU, open files of this process
+        # children by label values, made once (`labels()` takes a lock on every call); every
+        # series exists from the start, at 0, so that rates and alerts see them
+        self._answers = {key: self.recommendations.labels(*key) for key in ANSWERS}
+        self._hits = {cache: self.cache_hits.labels(cache) for cache in CACHES}
+        self._misses = {cache: self.cache_misses.labels(cache) for cache in CACHES}
+        for reason in SWAP_FAILURE_REASONS:
+            self.swap_failures.labels(reason)
+        self.snapshot_age.set(math.nan)
+        self._durations: dict[tuple[str, str, int], Histogram] = {}
+
+    def count_answer(self, route: str, strategy: str) -> None:
+        child = self._answers.get((route, strategy))
+        if child is None:
+            child = self._answers[(route, strategy)] = self.recommendations.labels(route, strategy)
+        child.inc()
+
+    def count_cache(self, cache: str, hit: bool) -> None:
+        (self._hits if hit else self._misses)[cache].inc()
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        child = self._durations.get(key)
+        if child is None:
+            child = self.request_duration.labels(method, route, str(status))
+            self._durations[key] = child
+        child.observe(seconds)
+
+    def track_snapshot_age(self, cutoff_epoch: Callable[[], float | None]) -> None:
+        """Compute the age at scrape time from whatever snapshot is served then."""
+
+        def age() -> float:
+            cutoff = cutoff_epoch()
+            return math.nan if cutoff is None else time.time() - cutoff
+
+        self.snapshot_age.set_function(age)

@@ -1,0 +1,304 @@
+"""The strategies: what a visitor, a session or an item gets, from one snapshot.
+
+Every list is built the same way (`_Picker`): sources are offered in order of preference and
+each keeps the items that pass the filters (not excluded, not bought by the visitor, available,
+in the asked category, not already picked) until `k` are picked. The last source is always the
+catalogue by popularity, so `k` items come back whenever the catalogue has them.
+
+- `for_visitor` (GET): the published list (`personalized`); a visitor without one but with
+  history gets the similar items of their latest items (`session`, unranked: the GET path does
+  not run the ranker, to stay in the microseconds); anyone else popular items (`popular`).
+  The published list is refilled from the visitor's ALS candidates, then from popular items.
+- `for_session` (POST): candidates = the visitor's ALS candidates + the similar items of the
+  session's latest items (or of the visitor's latest items when there is no session and no
+  candidates), ranked by the snapshot's CatBoost ranker on request-time features
+  (`api.features`). `personalized` when the visitor has ALS candidates, `session` otherwise.
+- `similar_to` (similar items): the item's similar items, then popular items of its category.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from api import features
+from api.snapshot import Snapshot
+
+SEED_ITEMS = 10  # the latest items of a session (or history) whose similar items are candidates
+SESSION_CANDIDATES = 100  # similar items ranked per request, beside the visitor's ALS candidates
+
+
+@dataclass
+class Answer:
+    """A finished list: strategy and one entry per item, in rank order."""
+
+    strategy: str
+    item_ids: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # ranker | als | similar | popular
+    confidences: list[float | None] = field(default_factory=list)
+
+    def items_json(self, snapshot: Snapshot) -> bytes:
+        """The `items` array as JSON bytes (rendered once, cached with the answer)."""
+        categories = snapshot.items.category_of(np.asarray(self.item_ids, dtype=np.int64))
+        rows = [
+            {
+                "item_id": item,
+                "rank": rank,
+                "score": _finite(score),
+                "source": source,
+                "confidence": None if conf is None else _finite(conf),
+                "category_id": int(category),
+            }
+            for rank, (item, score, source, conf, category) in enumerate(
+                zip(
+                    self.item_ids,
+                    self.scores,
+                    self.sources,
+                    self.confidences,
+                    categories,
+                    strict=True,
+                ),
+                start=1,
+            )
+        ]
+        return json.dumps(rows, separators=(",", ":")).encode()
+
+
+def _finite(value: float) -> float:
+    """JSON has no NaN or infinity; a score that is not finite says nothing: 0."""
+    value = float(value)
+    return round(value, 6) if math.isfinite(value) else 0.0
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Which `values` are in `sorted_set` (sorted, unique): np.isin without its setup cost."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(sorted_set.searchsorted(values), len(sorted_set) - 1)
+    return np.asarray(sorted_set[pos] == values)
+
+
+class _Picker:
+    """Builds one list from sources offered in order (see the module doc)."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        k: int,
+        category_id: int | None,
+        exclude: Sequence[int],
+        visitor_id: int | None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.k = k
+        self.category_id = category_id
+        self.excluded = np.unique(np.asarray(exclude, dtype=np.int64))
+        self.visitor_id = visitor_id
+        self._blocked: np.ndarray | None = None
+        self.answer = Answer(strategy="popular")
+
+    @property
+    def blocked(self) -> np.ndarray:
+        """Excluded and bought items, sorted (looked up only when a source needs it)."""
+        if self._blocked is None:
+            bought = self.snapshot.purchased(self.visitor_id)
+            self._blocked = np.union1d(self.excluded, bought) if len(bought) else self.excluded
+        return self._blocked
+
+    @property
+    def missing(self) -> int:
+        return self.k - len(self.answer.item_ids)
+
+    def offer(
+        self,
+        items: np.ndarray,
+        scores: np.ndarray,
+        source: str,
+        confidences: np.ndarray | None = None,
+        *,
+        published: bool = False,
+        catalogue: bool = False,
+    ) -> int:
+        """Pick from `items` (unique, in order) those that pass the filters; return how many.
+
+        `published`: the visitor's published list, already free of bought and unavailable
+        items (models_ml/snapshot.py), so only `exclude` and the category apply.
+        `catalogue`: available items of the asked scope, so only the first
+        `missing + blocked + picked` can be needed.
+        """
+        missing = self.missing
+        if missing <= 0 or len(items) == 0:
+            return 0
+        blocked = self.excluded if published else self.blocked
+        picked = self.answer.item_ids
+        if catalogue:
+            limit = missing + len(blocked) + len(picked)
+            items, scores = items[:limit], scores[:limit]
+        ok: np.ndarray | None = None
+        if len(blocked):
+            ok = ~_member(items, blocked)
+        if picked:
+            fresh = ~_member(items, np.unique(np.asarray(picked, dtype=np.int64)))
+            ok = fresh if ok is None else ok & fresh
+        if not catalogue:
+            if not published:
+                available = self.snapshot.items.available_of(items)
+                ok = available if ok is None else ok & available
+            if self.category_id is not None:
+                in_scope = self.snapshot.items.category_of(items) == self.category_id
+                ok = in_scope if ok is None else ok & in_scope
+        index = (
+            np.flatnonzero(ok)[:missing] if ok is not None else np.arange(min(missing, len(items)))
+        )
+        answer = self.answer
+        answer.item_ids.extend(items[index].tolist())
+        answer.scores.extend(scores[index].tolist())
+        answer.sources.extend([source] * len(index))
+        if confidences is None:
+            answer.confidences.extend([None] * len(index))
+        else:
+            answer.confidences.extend(confidences[index].tolist())
+        return len(index)
+
+    def fill_with_popular(self, category_id: int | None = None) -> None:
+        """Popular items of a category (default: the asked one, or overall), then that whole
+        catalogue by popularity."""
+        scope = self.category_id if category_id is None else category_id
+        (head, head_scores), (tail, tail_scores) = self.snapshot.popular_for(scope)
+        self.offer(head, head_scores, "popular")
+        vetted = self.category_id is None or scope == self.category_id
+        self.offer(tail, tail_scores, "popular", catalogue=vetted)
+
+
+def similar_of(snapshot: Snapshot, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Items similar to any of `seeds`, by summed similarity (ties: smaller id first)."""
+    cols = snapshot.similar_cols
+    parts_items, parts_scores = [], []
+    for seed in seeds:
+        start, end = snapshot.similar.span(int(seed))
+        if end > start:
+            parts_items.append(cols["similar_item_id"][start:end])
+            parts_scores.append(cols["similarity"][start:end])
+    if not parts_items:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    items = np.concatenate(parts_items).astype(np.int64)
+    scores = np.concatenate(parts_scores).astype(np.float64)
+    unique, inverse = np.unique(items, return_inverse=True)
+    total = np.bincount(inverse, weights=scores, minlength=len(unique))
+    order = np.lexsort((unique, -total))
+    return unique[order], total[order]
+
+
+def latest_items(snapshot: Snapshot, visitor_id: int, n: int = SEED_ITEMS) -> np.ndarray:
+    """The visitor's `n` most recent items before the cutoff (most recent first)."""
+    start, end = snapshot.interactions.span(visitor_id)
+    if end == start:
+        return np.zeros(0, dtype=np.int64)
+    cols = snapshot.interaction_cols
+    days = np.nan_to_num(cols["days_since"][start:end], nan=np.inf)
+    order = np.lexsort((cols["item_id"][start:end], days))[:n]
+    return cols["item_id"][start:end][order].astype(np.int64)
+
+
+def session_seeds(session_item_ids: Sequence[int], n: int = SEED_ITEMS) -> np.ndarray:
+    """The session's `n` latest distinct items, most recent first (the list is in time order)."""
+    seen: dict[int, None] = {}
+    for item in reversed(session_item_ids):
+        if item not in seen:
+            seen[item] = None
+            if len(seen) == n:
+                break
+    return np.fromiter(seen, dtype=np.int64, count=len(seen))
+
+
+def for_visitor(
+    snapshot: Snapshot,
+    visitor_id: int,
+    k: int,
+    category_id: int | None = None,
+    exclude: Sequence[int] = (),
+) -> Answer:
+    """GET /v1/recommendations/{visitor_id}: see the module doc."""
+    picker = _Picker(snapshot, k, category_id, exclude, visitor_id)
+    start, end = snapshot.recs.span(visitor_id)
+    if end > start:
+        picker.answer.strategy = "personalized"
+        cols = snapshot.rec_cols
+        picker.offer(
+            cols["item_id"][start:end],
+            cols["score"][start:end],
+            "ranker",
+            snapshot.rec_confidences(start, end),
+            published=True,
+        )
+        if picker.missing > 0:
+            c_start, c_end = snapshot.candidates.span(visitor_id)
+            ccols = snapshot.candidate_cols
+            picker.offer(ccols["item_id"][c_start:c_end], ccols["als_score"][c_start:c_end], "als")
+    else:
+        seeds = latest_items(snapshot, visitor_id)
+        if len(seeds):
+            items, scores = similar_of(snapshot, seeds)
+            if picker.offer(items, scores, "similar"):
+                picker.answer.strategy = "session"
+    if picker.missing > 0:
+        picker.fill_with_popular()
+    return picker.answer
+
+
+def for_session(
+    snapshot: Snapshot,
+    visitor_id: int | None,
+    session_item_ids: Sequence[int],
+    k: int,
+    category_id: int | None = None,
+    exclude: Sequence[int] = (),
+) -> Answer:
+    """POST /v1/recommendations: ranks at request time; see the module doc."""
+    picker = _Picker(snapshot, k, category_id, exclude, visitor_id)
+    als_items = np.zeros(0, dtype=np.int64)
+    if visitor_id is not None:
+        start, end = snapshot.candidates.span(visitor_id)
+        als_items = snapshot.candidate_cols["item_id"][start:end].astype(np.int64)
+    seeds = session_seeds(session_item_ids)
+    if len(seeds) == 0 and len(als_items) == 0 and visitor_id is not None:
+        seeds = latest_items(snapshot, visitor_id)
+    session_items, _ = similar_of(snapshot, seeds)
+    session_items = session_items[~np.isin(session_items, als_items)][:SESSION_CANDIDATES]
+    pool = np.concatenate([als_items, session_items])
+    # filter before scoring: the ranker only sees what could be recommended
+    ok = ~_member(pool, picker.blocked) & snapshot.items.available_of(pool)
+    if category_id is not None:
+        ok &= snapshot.items.category_of(pool) == category_id
+    pool = pool[ok]
+    if len(pool):
+        scores = features.score(snapshot, features.feature_columns(snapshot, visitor_id, pool))
+        order = np.lexsort((pool, -scores))
+        picker.offer(pool[order], scores[order], "ranker")
+    if len(als_items):
+        picker.answer.strategy = "personalized"
+    elif picker.answer.item_ids:
+        picker.answer.strategy = "session"
+    if picker.missing > 0:
+        picker.fill_with_popular()
+    return picker.answer
+
+
+def similar_to(snapshot: Snapshot, item_id: int, k: int) -> Answer:
+    """GET /v1/items/{item_id}/similar: see the module doc."""
+    picker = _Picker(snapshot, k, None, (item_id,), None)
+    start, end = snapshot.similar.span(item_id)
+    cols = snapshot.similar_cols
+    if picker.offer(cols["similar_item_id"][start:end], cols["similarity"][start:end], "similar"):
+        picker.answer.strategy = "similar"
+    category = int(snapshot.items.category_of(np.asarray([item_id], np.int64))[0])
+    if picker.missing > 0 and category != -1:
+        picker.fill_with_popular(category)
+    if picker.missing > 0:
+        picker.fill_with_popular()
+    return picker.answer

@@ -1,0 +1,42 @@
+"""Items: what is similar to an item."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from api import recommend
+from api.deps import SimilarParams, snapshot_of
+from api.metrics import Metrics
+from api.responses import item_list
+from api.routes.recommendations import INVALID_RESPONSE, NO_SNAPSHOT_RESPONSE
+from api.schemas import SimilarItems
+
+router = APIRouter(prefix="/v1/items", tags=["items"])
+
+
+@router.get(
+    "/{item_id}/similar",
+    response_model=SimilarItems,
+    responses={**INVALID_RESPONSE, **NO_SNAPSHOT_RESPONSE},
+    openapi_extra={"parameters": SimilarParams.openapi()},
+    summary="Items similar to an item",
+)
+async def similar_items(request: Request) -> Response:
+    """Available items similar to the item (ALS item factors), best first (`similar`); filled
+    up with popular items of its category, then overall (`popular` when the item has no
+    similar items)."""
+    # `async`, parameters validated here: a lookup in memory, like the visitor route
+    params = SimilarParams.parse(request)
+    item_id, k = params.item_id, params.k
+    snapshot = snapshot_of(request)
+    metrics: Metrics = request.app.state.metrics
+    key = (item_id, k)
+    cached = snapshot.similar_cache.get(key)
+    metrics.count_cache("similar", cached is not None)
+    if cached is None:
+        answer = recommend.similar_to(snapshot, item_id, k)
+        cached = (answer.strategy, answer.items_json(snapshot))
+        snapshot.similar_cache.put(key, cached)
+    strategy, items = cached
+    metrics.count_answer("similar", strategy)
+    return item_list(snapshot, "item_id", item_id, items, strategy)

@@ -1,0 +1,93 @@
+"""Recommendations for a visitor (precomputed) and for a session (ranked now)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from api import recommend
+from api.deps import AppMetrics, CurrentSnapshot, VisitorParams, snapshot_of
+from api.metrics import Metrics
+from api.responses import item_list
+from api.schemas import ErrorMessage, RecommendationList, RecommendationRequest, ValidationErrors
+
+router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
+
+NO_SNAPSHOT_RESPONSE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorMessage, "description": "no snapshot is loaded yet"}
+}
+# for the routes that validate their own parameters (see api.deps)
+INVALID_RESPONSE: dict[int | str, dict[str, Any]] = {
+    422: {"model": ValidationErrors, "description": "Validation Error"}
+}
+
+
+@router.get(
+    "/{visitor_id}",
+    response_model=RecommendationList,
+    responses={**INVALID_RESPONSE, **NO_SNAPSHOT_RESPONSE},
+    openapi_extra={"parameters": VisitorParams.openapi()},
+    summary="A visitor's recommendations",
+)
+async def recommendations_for_visitor(request: Request) -> Response:
+    """The visitor's published list (`personalized`), filtered and refilled to `k` items from
+    the visitor's ALS candidates, then popular items. A visitor without a list gets the items
+    similar to their latest ones (`session`), or popular items (`popular`): never an error.
+    Bought and unavailable items never appear.
+    """
+    # `async` on purpose: the answer is a few array lookups in memory (microseconds), cheaper
+    # than a hop to the threadpool; nothing here blocks. The parameters are validated here,
+    # not declared to FastAPI (see api.deps); OpenAPI lists them all the same.
+    params = VisitorParams.parse(request)
+    snapshot = snapshot_of(request)
+    metrics: Metrics = request.app.state.metrics
+    visitor_id, k, category_id, excluded = (
+        params.visitor_id,
+        params.k,
+        params.category_id,
+        params.excluded,
+    )
+    known = visitor_id in snapshot.recs or visitor_id in snapshot.interactions
+    key = (visitor_id if known else None, k, category_id, excluded)
+    cached = snapshot.cache.get(key)
+    metrics.count_cache("recommendations", cached is not None)
+    if cached is None:
+        answer = recommend.for_visitor(snapshot, visitor_id, k, category_id, excluded)
+        cached = (answer.strategy, answer.items_json(snapshot))
+        snapshot.cache.put(key, cached)
+    strategy, items = cached
+    metrics.count_answer("visitor", strategy)
+    return item_list(snapshot, "visitor_id", visitor_id, items, strategy)
+
+
+@router.post(
+    "",
+    response_model=RecommendationList,
+    responses={
+        413: {"model": ErrorMessage, "description": "the body is too large"},
+        **NO_SNAPSHOT_RESPONSE,
+    },
+    summary="Rank now, with the session's items",
+)
+def recommendations_for_session(
+    request: RecommendationRequest, snapshot: CurrentSnapshot, metrics: AppMetrics
+) -> Response:
+    """Candidates from the visitor's ALS list and from the items similar to the session's
+    latest items, scored now by the snapshot's CatBoost ranker on the features the snapshot
+    carries. `personalized` for a visitor with ALS candidates, `session` for anyone else with
+    a session (or history), `popular` when there is nothing to go on.
+    """
+    # a plain `def`: CatBoost takes about a millisecond, which must not block the event loop
+    answer = recommend.for_session(
+        snapshot,
+        request.visitor_id,
+        request.session_item_ids,
+        request.k,
+        request.category_id,
+        tuple(request.exclude_item_ids),
+    )
+    metrics.count_answer("session", answer.strategy)
+    return item_list(
+        snapshot, "visitor_id", request.visitor_id, answer.items_json(snapshot), answer.strategy
+    )

@@ -1,0 +1,157 @@
+"""Request and response bodies. Bounds live here, so that OpenAPI states them.
+
+Ids are non-negative integers of at most 18 digits (what ingest accepts), given as JSON
+numbers: strings, floats and booleans are refused in bodies (`strict`), so a typo is a 422 that
+names the field rather than a silent conversion.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+)
+
+from recsys.ingest import MAX_TIMESTAMP_MS
+
+MAX_ID = 10**18 - 1
+MAX_K = 100
+MAX_SESSION_ITEMS = 100
+MAX_EXCLUDE = 1_000
+MAX_EVENTS = 1_000
+
+Id = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+Strategy = Literal["personalized", "session", "popular"]
+Source = Literal["ranker", "als", "similar", "popular"]
+
+
+class Recommendation(BaseModel):
+    item_id: int
+    rank: int = Field(description="1 = first, after filters")
+    score: float = Field(description="the score of `source` (scales differ between sources)")
+    source: Source = Field(
+        description="ranker: CatBoost; als: ALS candidate (refill); similar: similarity to "
+        "the session's or the visitor's latest items; popular: popularity (fallback, refill)"
+    )
+    confidence: float | None = Field(
+        default=None,
+        description="split-conformal: calibrated probability that a relevant item sits at or "
+        "above this item's rank in the visitor's published list; null for items not from it",
+    )
+    category_id: int = Field(description="-1 when unknown")
+
+
+class RecommendationList(BaseModel):
+    visitor_id: int | None
+    items: list[Recommendation]
+    strategy: Strategy
+    snapshot_version: str
+    model_version: str
+
+
+class SimilarItems(BaseModel):
+    item_id: int
+    items: list[Recommendation]
+    strategy: Literal["similar", "popular"]
+    snapshot_version: str
+    model_version: str
+
+
+class RecommendationRequest(BaseModel):
+    """A request to rank now, with what the visitor is doing in this session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    visitor_id: Id | None = None
+    session_item_ids: Annotated[list[Id], Field(max_length=MAX_SESSION_ITEMS)] = Field(
+        default_factory=list,
+        description="items of the current session in time order (the latest last)",
+    )
+    k: Annotated[int, Field(strict=True, ge=1, le=MAX_K)] = 10
+    category_id: Id | None = None
+    exclude_item_ids: Annotated[list[Id], Field(max_length=MAX_EXCLUDE)] = Field(
+        default_factory=list
+    )
+
+
+class Event(BaseModel):
+    """One event in the RetailRocket layout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: Annotated[int, Field(strict=True, ge=0, lt=MAX_TIMESTAMP_MS)] = Field(
+        description="milliseconds since the epoch, UTC"
+    )
+    visitorid: Id
+    event: Literal["view", "addtocart", "transaction"]
+    itemid: Id
+    transactionid: Id | None = Field(
+        default=None,
+        validate_default=True,
+        description="required for a transaction, absent otherwise",
+    )
+
+    @field_validator("transactionid")
+    @classmethod
+    def _transaction_id_iff_transaction(cls, value: int | None, info: ValidationInfo) -> int | None:
+        event = info.data.get("event")
+        if event == "transaction" and value is None:
+            raise ValueError("a transaction needs a transactionid")
+        if event is not None and event != "transaction" and value is not None:
+            raise ValueError(f"a {event} event has no transactionid")
+        return value
+
+
+def _one_or_many(value: Any) -> str:
+    return "events" if isinstance(value, list) else "event"
+
+
+EventBatch = Annotated[
+    Annotated[Event, Tag("event")]
+    | Annotated[Annotated[list[Event], Field(min_length=1, max_length=MAX_EVENTS)], Tag("events")],
+    Discriminator(_one_or_many),
+]
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="events written for the next ingest")
+    batch_id: str = Field(description="the landing file's name, without `.csv`")
+    snapshot_version: str | None
+    model_version: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    snapshot_version: str | None
+    model_version: str | None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    snapshot_version: str | None = None
+    model_version: str | None = None
+    feature_version: str | None = None
+    cutoff_at: str | None = None
+    snapshot_age_seconds: float | None = None
+    detail: str | None = None
+
+
+class ErrorMessage(BaseModel):
+    detail: str
+
+
+class ValidationErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="where: path, query or body, then the field")
+    msg: str
+    type: str
+
+
+class ValidationErrors(BaseModel):
+    detail: list[ValidationErrorItem]

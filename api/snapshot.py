@@ -1,0 +1,808 @@
+"""One published snapshot, verified and loaded into memory for serving.
+
+The snapshot file (`models_ml/snapshot.py` writes it) is opened read-only once, checked, and
+copied into NumPy arrays; the DuckDB connection is then closed. The hot path never touches
+DuckDB: a lookup is a binary search in sorted ids (`np.searchsorted`) and a slice.
+
+Layout in memory (`Groups`: rows sorted by a key, the rows of `keys[i]` at
+`offsets[i]:offsets[i + 1]`):
+
+- `recs`: the published list of each visitor, in rank order (item, score, confidence);
+- `candidates`: each published visitor's ALS candidates in ALS rank order;
+- `similar`: the similar items of each item in similarity order;
+- `interactions` and `affinities`: each visitor's items (sorted by item id) and categories
+  (sorted by category id), for request-time features and the purchased-items filter;
+- `items` and `visitors`: one row per id, sorted by id;
+- `popular`: the snapshot's popular items per scope (None = overall), then the whole available
+  catalogue per scope by popularity, so that a list can always be filled when the catalogue
+  allows.
+
+Feature values are stored as float32 (what `models_ml.ranker.feature_frame` hands CatBoost),
+counts as int32 and ids as int32 when they fit, to keep a full-scale snapshot well under a
+gigabyte (two are in memory for a moment during a swap).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from models_ml.publish import SNAPSHOT_TABLES, verify_snapshot
+
+# the columns the service reads from each table (models_ml/snapshot.py writes them)
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "metadata": ("key", "value"),
+    "items": (
+        "item_id",
+        "category_id",
+        "root_category_id",
+        "is_available",
+        "price",
+        "n_views_7d",
+        "n_views_30d",
+        "n_views_all",
+        "n_carts_all",
+        "n_purchases_all",
+        "cart_rate",
+        "purchase_rate",
+        "trend_7d",
+        "popularity_score",
+        "days_since_last_event",
+    ),
+    "visitors": (
+        "visitor_id",
+        "n_events",
+        "n_sessions",
+        "n_distinct_items",
+        "n_carts",
+        "n_purchases",
+        "recency_days",
+        "tenure_days",
+        "top_category_id",
+        "top_category_share",
+    ),
+    "interactions": (
+        "visitor_id",
+        "item_id",
+        "n_events",
+        "n_views",
+        "n_carts",
+        "n_purchases",
+        "weight",
+        "last_interaction_at",
+    ),
+    "visitor_category_affinities": (
+        "visitor_id",
+        "category_id",
+        "n_events",
+        "n_carts",
+        "affinity_share",
+        "affinity_score",
+        "last_event_at",
+    ),
+    "recommendations": ("visitor_id", "item_id", "rank", "score", "confidence"),
+    "candidates": ("visitor_id", "item_id", "als_score", "als_rank", "is_seen"),
+    "similar_items": ("item_id", "similar_item_id", "similarity", "similarity_rank"),
+    "popular_items": ("category_id", "item_id", "score", "rank"),
+    "ranker": ("name", "model", "metadata"),
+}
+assert set(COLUMNS) == set(SNAPSHOT_TABLES)
+REQUIRED_METADATA = ("cutoff_at", "model_version", "feature_version")
+BATCH_ROWS = 1_000_000
+# DuckDB's memory while loading (sorts spill to disk beyond it); a load that needs more than
+# that anyway is tried once more with the larger limit
+LOADER_MEMORY = ("64MB", "1GB")
+NO_CATEGORY = np.iinfo(np.int64).min  # a visitor without a top category: equals no category
+
+
+class SnapshotInvalid(ValueError):
+    """The snapshot cannot be served: a table, column, value or the model is wrong."""
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """int32 when every value fits (RetailRocket's ids and offsets do), else as given."""
+    wide = values.dtype.kind == "i" and values.itemsize > 4
+    if wide and (len(values) == 0 or (values.min() >= -(2**31) and values.max() < 2**31)):
+        return values.astype(np.int32)
+    return values
+
+
+@dataclass(frozen=True, eq=False)
+class Groups:
+    """Rows sorted by key: the rows of `keys[i]` are `offsets[i]:offsets[i + 1]`.
+
+    Keys and offsets are int32 when they fit; `span` takes any Python int (a key outside the
+    stored range is absent, never an overflow).
+    """
+
+    keys: np.ndarray  # sorted, unique
+    offsets: np.ndarray  # len(keys) + 1
+
+    @classmethod
+    def of(cls, keys: np.ndarray, offsets: np.ndarray) -> Groups:
+        return cls(_compact(keys), _compact(offsets))
+
+    @functools.cached_property
+    def bounds(self) -> tuple[int, int]:
+        return (int(self.keys[0]), int(self.keys[-1])) if len(self.keys) else (1, 0)
+
+    def span(self, key: int) -> tuple[int, int]:
+        """(start, end) of the key's rows; (0, 0) when the key is absent."""
+        lo, hi = self.bounds
+        if not lo <= key <= hi:
+            return 0, 0
+        # the method (np.searchsorted's wrapper costs 2 us), with a key of the keys' own type:
+        # a Python int would make NumPy convert the whole array to int64 first
+        i = int(self.keys.searchsorted(self.keys.dtype.type(key)))
+        if int(self.keys[i]) == key:
+            return int(self.offsets[i]), int(self.offsets[i + 1])
+        return 0, 0
+
+    def __contains__(self, key: int) -> bool:
+        start, end = self.span(key)
+        return end > start
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.keys.nbytes + self.offsets.nbytes)
+
+
+@dataclass(frozen=True)
+class Items:
+    """The catalogue: one row per item id (sorted), with its features as of the cutoff."""
+
+    ids: np.ndarray  # int64, sorted
+    category: np.ndarray  # int64, -1 when unknown (the marts' own "unknown")
+    root_category: np.ndarray  # int64
+    available: np.ndarray  # bool; unknown availability counts as available (as in the marts)
+    features: dict[str, np.ndarray]  # float32 by ranking feature name (item_* and price)
+
+    def positions(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of each id, whether it is in the catalogue)."""
+        pos = np.minimum(self.ids.searchsorted(item_ids), max(len(self.ids) - 1, 0))
+        found = (self.ids[pos] == item_ids) if len(self.ids) else np.zeros(len(item_ids), bool)
+        return pos, found
+
+    def category_of(self, item_ids: np.ndarray) -> np.ndarray:
+        pos, found = self.positions(item_ids)
+        return np.where(found, self.category[pos] if len(self.ids) else -1, -1)
+
+    def available_of(self, item_ids: np.ndarray) -> np.ndarray:
+        """Unknown items count as available, as `ranking_features` has it."""
+        pos, found = self.positions(item_ids)
+        return np.where(found, self.available[pos] if len(self.ids) else True, True)
+
+
+class AnswerCache:
+    """A bounded LRU of finished answers, owned by one snapshot.
+
+    Living on the snapshot object makes it keyed by snapshot version by construction: a swap
+    brings a new, empty cache, and the old one goes when the last request on the old snapshot
+    ends.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass
+class Ranker:
+    model: Any  # catboost.CatBoostRanker
+    features: list[str]  # the model's input columns, in order
+    cat_features: list[str]
+    metadata: dict[str, Any]
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [f for f in self.features if f not in self.cat_features]
+
+
+@dataclass
+class Snapshot:
+    """Everything one snapshot serves, in memory. Immutable once loaded (except its caches)."""
+
+    version: str
+    manifest: dict[str, Any]
+    metadata: dict[str, Any]
+    cutoff_at: datetime  # naive UTC, as dbt has it
+    items: Items
+    visitors: dict[str, np.ndarray]  # "ids" sorted, then one array per feature
+    interactions: Groups
+    interaction_cols: dict[str, np.ndarray]
+    affinities: Groups
+    affinity_cols: dict[str, np.ndarray]
+    recs: Groups
+    rec_cols: dict[str, np.ndarray]
+    candidates: Groups
+    candidate_cols: dict[str, np.ndarray]
+    similar: Groups
+    similar_cols: dict[str, np.ndarray]
+    popular: dict[int | None, tuple[np.ndarray, np.ndarray]]  # scope -> (items, scores)
+    catalogue: Groups  # available items per category, most popular first
+    catalogue_items: np.ndarray
+    catalogue_scores: np.ndarray
+    catalogue_all: tuple[np.ndarray, np.ndarray]  # every available item, most popular first
+    ranker: Ranker
+    max_als_rank: int
+    confidence_by_rank: np.ndarray | None  # [rank] -> confidence, when it depends on rank only
+    loaded_at: float = field(default_factory=time.time)
+    cache: AnswerCache = field(default_factory=lambda: AnswerCache(0))
+    similar_cache: AnswerCache = field(default_factory=lambda: AnswerCache(0))
+
+    @property
+    def model_version(self) -> str:
+        return str(self.metadata["model_version"])
+
+    @property
+    def feature_version(self) -> str:
+        return str(self.metadata["feature_version"])
+
+    @property
+    def cutoff_epoch(self) -> float:
+        return self.cutoff_at.replace(tzinfo=UTC).timestamp()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in arrays (the bulk of the snapshot's memory)."""
+        total = 0
+        for value in vars(self).values():
+            if isinstance(value, np.ndarray | Groups):
+                total += value.nbytes
+            elif isinstance(value, dict):
+                for v in value.values():
+                    if isinstance(v, np.ndarray):
+                        total += v.nbytes
+                    elif isinstance(v, tuple):
+                        total += sum(a.nbytes for a in v if isinstance(a, np.ndarray))
+            elif isinstance(value, Items):
+                total += sum(a.nbytes for a in (value.ids, value.category, value.root_category))
+                total += value.available.nbytes
+                total += sum(a.nbytes for a in value.features.values())
+        return total
+
+    def rec_confidences(self, start: int, end: int) -> np.ndarray:
+        """Confidence of the published rows start:end (of one visitor)."""
+        if self.confidence_by_rank is not None:
+            return self.confidence_by_rank[1 : end - start + 1]
+        return self.rec_cols["confidence"][start:end]
+
+    def candidate_ranks(self, start: int, end: int) -> np.ndarray:
+        """ALS rank of the candidate rows start:end (of one visitor)."""
+        if "als_rank" in self.candidate_cols:
+            return self.candidate_cols["als_rank"][start:end]
+        return np.arange(1, end - start + 1, dtype=np.int32)  # checked at load: 1, 2, ...
+
+    def visitor_row(self, visitor_id: int | None) -> int | None:
+        if visitor_id is None:
+            return None
+        ids = self.visitors["ids"]  # int64, as the key
+        i = int(ids.searchsorted(np.int64(visitor_id)))
+        return i if i < len(ids) and int(ids[i]) == visitor_id else None
+
+    def purchased(self, visitor_id: int | None) -> np.ndarray:
+        """Items the visitor bought before the cutoff (sorted)."""
+        if visitor_id is None:
+            return np.zeros(0, dtype=np.int64)
+        start, end = self.interactions.span(visitor_id)
+        items = self.interaction_cols["item_id"][start:end]
+        return items[self.interaction_cols["n_purchases"][start:end] > 0].astype(np.int64)
+
+    def popular_for(
+        self, category_id: int | None
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """((items, scores) of the snapshot's popular list of the scope, (items, scores) of the
+        scope's whole available catalogue by popularity, to fill up after it)."""
+        head = self.popular.get(category_id, (_EMPTY_IDS, _EMPTY_F))
+        if category_id is None:
+            return head, self.catalogue_all
+        start, end = self.catalogue.span(category_id)
+        return head, (self.catalogue_items[start:end], self.catalogue_scores[start:end])
+
+
+_EMPTY_IDS = np.zeros(0, dtype=np.int64)
+_EMPTY_F = np.zeros(0, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _id_type(con: duckdb.DuckDBPyConnection, table: str, column: str) -> str:
+    """`integer` when every id fits in int32 (RetailRocket's do), else `bigint`."""
+    ((lo, hi),) = con.execute(f"select min({column}), max({column}) from {table}").fetchall()
+    if lo is None or hi is None or (lo >= -(2**31) and hi < 2**31):
+        return "integer"
+    return "bigint"
+
+
+def _stream(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    select: dict[str, tuple[str, Any]],
+    order: Sequence[str],
+    group_key: str | None,
+    positional: str | None = None,
+) -> tuple[dict[str, np.ndarray], Groups | None]:
+    """Read `table` into preallocated arrays, rows in `order`, grouped by `group_key`.
+
+    `select` maps an output name to (SQL expression, NumPy dtype). The `order` columns must be
+    output names of integer type. Tables written in that order (models_ml/snapshot.py sorts
+    the big ones) are read as they are and checked on the way; only when the check fails is the
+    query run again with ORDER BY. A group key is never kept per row: only its distinct values
+    and where their rows start.
+
+    `positional` names a rank column that is checked to be 1, 2, ... within each group; when
+    it is, the column is dropped (the rank is the position), which saves its memory.
+    """
+    ((n,),) = con.execute(f"select count(*) from {table}").fetchall()
+    exprs = ", ".join(f"{expr} as {name}" for name, (expr, _) in select.items())
+    for sort in (False, True):
+        sql = f"select {exprs} from {table}"
+        if sort:
+            sql += " order by " + ", ".join(order)
+        out = {
+            name: np.empty(n, dtype=dtype)
+            for name, (_, dtype) in select.items()
+            if name != group_key
+        }
+        keys: list[np.ndarray] = []
+        starts: list[np.ndarray] = []
+        previous: tuple[int, ...] | None = None
+        last_key: int | None = None
+        last_rank = 0
+        is_positional = positional is not None
+        in_order = True
+        pos = 0
+        reader: Any = con.sql(sql).to_arrow_reader(BATCH_ROWS)
+        try:
+            for batch in reader:
+                m = batch.num_rows
+                if m == 0:
+                    continue
+                cols = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in select}
+                if not sort:
+                    ordered = [np.asarray(cols[c], dtype=np.int64) for c in order]
+                    if not _lexsorted(ordered, previous):
+                        in_order = False
+                        break
+                    previous = tuple(int(o[-1]) for o in ordered)
+                for name, values in cols.items():
+                    if name != group_key:
+                        out[name][pos : pos + m] = values
+                if group_key is not None:
+                    k = np.asarray(cols[group_key], dtype=np.int64)
+                    change = np.flatnonzero(k[1:] != k[:-1]) + 1
+                    first = change if last_key == int(k[0]) else np.r_[0, change]
+                    if is_positional:
+                        rank = np.asarray(cols[str(positional)], dtype=np.int64)
+                        expected = np.r_[last_rank, rank[:-1]] + 1
+                        expected[first] = 1
+                        is_positional = bool(np.array_equal(rank, expected))
+                        last_rank = int(rank[-1])
+                    keys.append(k[first])
+                    starts.append(first + pos)
+                    last_key = int(k[-1])
+                pos += m
+        finally:
+            reader.close()  # an unfinished result would block the next query
+        if in_order:
+            if pos != n:
+                raise SnapshotInvalid(f"{table}: read {pos:,} rows, counted {n:,}")
+            groups = None
+            if group_key is not None:
+                key_arr = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+                start_arr = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+                if len(key_arr) and not np.all(key_arr[1:] > key_arr[:-1]):
+                    raise SnapshotInvalid(f"{table}: {group_key} is not sorted")  # pragma: no cover
+                groups = Groups.of(key_arr, np.r_[start_arr, n].astype(np.int64))
+            if is_positional:
+                del out[str(positional)]
+            return out, groups
+    raise AssertionError("unreachable: the sorted query is always in order")  # pragma: no cover
+
+
+def _lexsorted(columns: list[np.ndarray], previous: tuple[int, ...] | None) -> bool:
+    """Whether rows are in ascending lexicographic order (ties allowed), after `previous`."""
+    if previous is not None:
+        columns = [np.r_[p, c] for p, c in zip(previous, columns, strict=True)]
+    if len(columns[0]) < 2:
+        return True
+    ahead = np.zeros(len(columns[0]) - 1, dtype=bool)  # decided: strictly greater
+    for col in columns:
+        diff = np.sign(col[1:] - col[:-1])
+        if np.any((diff < 0) & ~ahead):
+            return False
+        ahead |= diff > 0
+    return True
+
+
+def _check_columns(con: duckdb.DuckDBPyConnection) -> None:
+    present: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        "select table_name, column_name from duckdb_columns()"
+    ).fetchall():
+        present.setdefault(table, set()).add(column)
+    for table, columns in COLUMNS.items():
+        missing = [c for c in columns if c not in present.get(table, set())]
+        if missing:
+            raise SnapshotInvalid(f"table {table} lacks columns: {', '.join(missing)}")
+
+
+def _metadata(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in con.execute("select key, value from metadata").fetchall():
+        try:
+            data[str(key)] = json.loads(value)
+        except (TypeError, ValueError) as exc:
+            raise SnapshotInvalid(f"metadata {key!r} is not JSON: {value!r}") from exc
+    missing = [k for k in REQUIRED_METADATA if data.get(k) in (None, "")]
+    if missing:
+        raise SnapshotInvalid(f"metadata lacks {', '.join(missing)}")
+    return data
+
+
+def _parse_cutoff(value: Any) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise SnapshotInvalid(f"metadata cutoff_at {value!r} is not a timestamp") from exc
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def _load_ranker(con: duckdb.DuckDBPyConnection) -> Ranker:
+    from catboost import CatBoostRanker
+
+    from api.features import FEATURE_COLUMNS
+
+    rows = con.execute(
+        "select name, model, metadata from ranker order by name = 'catboost' desc, name"
+    ).fetchall()
+    if not rows:
+        raise SnapshotInvalid("the ranker table is empty")
+    _, blob, meta_text = rows[0]
+    try:
+        metadata = json.loads(meta_text) if isinstance(meta_text, str) else dict(meta_text)
+        model = CatBoostRanker()
+        model.load_model(blob=bytes(blob))
+    except Exception as exc:  # CatBoostError, JSON errors: a broken model is a broken snapshot
+        raise SnapshotInvalid(f"the ranker cannot be loaded: {exc}") from exc
+    columns = list(model.feature_names_)
+    cats = [columns[i] for i in model.get_cat_feature_indices()]
+    if metadata.get("features") is not None and list(metadata["features"]) != columns:
+        raise SnapshotInvalid(
+            f"the ranker's features {columns} differ from its metadata's {metadata['features']}"
+        )
+    unknown = [c for c in columns if c not in FEATURE_COLUMNS]
+    if unknown:
+        raise SnapshotInvalid(
+            f"the ranker needs features this service cannot compute: {', '.join(unknown)}"
+        )
+    return Ranker(model=model, features=columns, cat_features=cats, metadata=metadata)
+
+
+def load(path: Path, manifest: dict[str, Any], cache_entries: int = 0) -> Snapshot:
+    """Verify and load the snapshot file at `path` (its sha256 is checked by the caller).
+
+    Raises `SnapshotInvalid` for anything that would make answers wrong: a missing table or
+    column, row counts that differ from the manifest, metadata without a cutoff or versions,
+    a ranker that cannot be loaded or needs a feature the service does not compute.
+    """
+    try:
+        counts = verify_snapshot(path)
+    except (duckdb.Error, ValueError) as exc:
+        raise SnapshotInvalid(str(exc)) from exc
+    expected = manifest.get("row_counts") or {}
+    differ = [t for t in SNAPSHOT_TABLES if t in expected and int(expected[t]) != counts[t]]
+    if differ:
+        raise SnapshotInvalid(
+            "row counts differ from the manifest: "
+            + ", ".join(f"{t} {counts[t]:,} != {int(expected[t]):,}" for t in differ)
+        )
+    for attempt, memory in enumerate(LOADER_MEMORY):
+        try:
+            with duckdb.connect(str(path), read_only=True) as con:
+                # the arrays are the copy that counts: DuckDB's own cache of the file's
+                # blocks would otherwise grow to the whole file while a snapshot is loaded
+                # beside the served one
+                con.execute("set threads = 2")
+                con.execute(f"set memory_limit = '{memory}'")
+                con.execute(f"set temp_directory = '{path.parent / '.spill'}'")
+                return _load_tables(con, manifest, cache_entries)
+        except duckdb.OutOfMemoryException:
+            if attempt + 1 == len(LOADER_MEMORY):
+                raise
+        except duckdb.Error as exc:
+            raise SnapshotInvalid(f"{type(exc).__name__}: {exc}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _load_tables(
+    con: duckdb.DuckDBPyConnection, manifest: dict[str, Any], cache_entries: int
+) -> Snapshot:
+    _check_columns(con)
+    metadata = _metadata(con)
+    version = str(manifest.get("version") or "")
+    cutoff = _parse_cutoff(metadata["cutoff_at"])
+    cutoff_sql = f"cast('{cutoff.isoformat(sep=' ')}' as timestamp)"
+    f32, i32 = np.float32, np.int32
+
+    def days_since(column: str) -> str:  # ranking_features: seconds_between(x, cutoff) / 86400
+        return f"(epoch({cutoff_sql}) - epoch({column})) / 86400.0"
+
+    item_t = _id_type(con, "items", "item_id")
+    item_np = np.int32 if item_t == "integer" else np.int64
+
+    # -- items: one row per id; coalesces as ranking_features applies them
+    cols, _ = _stream(
+        con,
+        "items",
+        {
+            "item_id": ("cast(item_id as bigint)", np.int64),
+            "category_id": ("cast(coalesce(category_id, -1) as bigint)", np.int64),
+            "root_category_id": ("cast(coalesce(root_category_id, -1) as bigint)", np.int64),
+            "is_available": ("coalesce(is_available, true)", np.bool_),
+            "price": ("cast(price as double)", f32),
+            "item_views_7d": ("cast(coalesce(n_views_7d, 0) as double)", f32),
+            "item_views_30d": ("cast(coalesce(n_views_30d, 0) as double)", f32),
+            "item_views_all": ("cast(coalesce(n_views_all, 0) as double)", f32),
+            "item_carts_all": ("cast(coalesce(n_carts_all, 0) as double)", f32),
+            "item_purchases_all": ("cast(coalesce(n_purchases_all, 0) as double)", f32),
+            "item_cart_rate": ("cast(cart_rate as double)", f32),
+            "item_purchase_rate": ("cast(purchase_rate as double)", f32),
+            "item_trend_7d": ("cast(trend_7d as double)", f32),
+            "item_popularity_score": ("cast(coalesce(popularity_score, 0) as double)", f32),
+            "item_days_since_last_event": ("cast(days_since_last_event as double)", f32),
+        },
+        order=("item_id",),
+        group_key=None,
+    )
+    if len(cols["item_id"]) > 1 and not np.all(cols["item_id"][1:] > cols["item_id"][:-1]):
+        raise SnapshotInvalid("items: item_id is not unique")
+    items = Items(
+        ids=cols.pop("item_id"),
+        category=cols.pop("category_id"),
+        root_category=cols.pop("root_category_id"),
+        available=cols.pop("is_available"),
+        features=cols,
+    )
+
+    # -- visitors: one row per id
+    visitors, _ = _stream(
+        con,
+        "visitors",
+        {
+            "ids": ("cast(visitor_id as bigint)", np.int64),
+            "visitor_events": ("cast(coalesce(n_events, 0) as double)", f32),
+            "visitor_sessions": ("cast(coalesce(n_sessions, 0) as double)", f32),
+            "visitor_distinct_items": ("cast(coalesce(n_distinct_items, 0) as double)", f32),
+            "visitor_carts": ("cast(coalesce(n_carts, 0) as double)", f32),
+            "visitor_purchases": ("cast(coalesce(n_purchases, 0) as double)", f32),
+            "visitor_recency_days": ("cast(recency_days as double)", f32),
+            "visitor_tenure_days": ("cast(tenure_days as double)", f32),
+            "visitor_top_category_share": ("cast(top_category_share as double)", f32),
+            "top_category_id": (
+                f"cast(coalesce(top_category_id, {NO_CATEGORY + 1}) as bigint)",
+                np.int64,
+            ),
+            "has_top_category": ("top_category_id is not null", np.bool_),
+        },
+        order=("ids",),
+        group_key=None,
+    )
+    visitors["top_category_id"][~visitors.pop("has_top_category")] = NO_CATEGORY
+    ids = visitors["ids"]
+    if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
+        raise SnapshotInvalid("visitors: visitor_id is not unique")
+
+    # -- interactions: per visitor, items in id order (binary search within the visitor)
+    interaction_cols, interactions = _stream(
+        con,
+        "interactions",
+        {
+            "visitor_id": ("cast(visitor_id as bigint)", np.int64),
+            "item_id": (f"cast(item_id as {item_t})", item_np),
+            "n_events": ("cast(coalesce(n_events, 0) as integer)", i32),
+            "n_views": ("cast(coalesce(n_views, 0) as integer)", i32),
+            "n_carts": ("cast(coalesce(n_carts, 0) as integer)", i32),
+            "n_purchases": ("cast(coalesce(n_purchases, 0) as integer)", i32),
+            "weight": ("cast(coalesce(weight, 0) as double)", f32),
+            "days_since": (f"cast({days_since('last_interaction_at')} as double)", f32),
+        },
+        order=("visitor_id", "item_id"),
+        group_key="visitor_id",
+    )
+    # -- category affinities: per visitor, categories in id order
+    affinity_cols, affinities = _stream(
+        con,
+        "visitor_category_affinities",
+        {
+            "visitor_id": ("cast(visitor_id as bigint)", np.int64),
+            "category_id": ("cast(category_id as bigint)", np.int64),
+            "n_events": ("cast(coalesce(n_events, 0) as integer)", i32),
+            "n_carts": ("cast(coalesce(n_carts, 0) as integer)", i32),
+            "affinity_share": ("cast(coalesce(affinity_share, 0) as double)", f32),
+            "affinity_score": ("cast(coalesce(affinity_score, 0) as double)", f32),
+            "days_since": (f"cast({days_since('last_event_at')} as double)", f32),
+        },
+        order=("visitor_id", "category_id"),
+        group_key="visitor_id",
+    )
+    # -- published lists, in rank order
+    rec_item_t = _id_type(con, "recommendations", "item_id")
+    rec_cols, recs = _stream(
+        con,
+        "recommendations",
+        {
+            "visitor_id": ("cast(visitor_id as bigint)", np.int64),
+            "rank": ("cast(rank as bigint)", np.int64),
+            "item_id": (
+                f"cast(item_id as {rec_item_t})",
+                np.int32 if rec_item_t == "integer" else np.int64,
+            ),
+            "score": ("cast(score as double)", f32),
+            "confidence": ("cast(confidence as double)", f32),
+        },
+        order=("visitor_id", "rank"),
+        group_key="visitor_id",
+        positional="rank",
+    )
+    confidence_by_rank = None
+    if "rank" not in rec_cols:  # positional: the confidence may be a function of the rank
+        rows = con.execute(
+            """
+            select rank, min(confidence), max(confidence), count(confidence) = count(*)
+            from recommendations group by rank order by rank
+            """
+        ).fetchall()
+        if all(lo == hi and complete for _, lo, hi, complete in rows):
+            confidence_by_rank = np.zeros(len(rows) + 1, dtype=f32)
+            confidence_by_rank[1:] = [lo for _, lo, _, _ in rows]
+            del rec_cols["confidence"]
+    else:
+        del rec_cols["rank"]
+    # -- ALS candidates, in ALS rank order; the rank is small, is_seen a flag
+    cand_item_t = _id_type(con, "candidates", "item_id")
+    candidate_cols, candidates = _stream(
+        con,
+        "candidates",
+        {
+            "visitor_id": ("cast(visitor_id as bigint)", np.int64),
+            "als_rank": ("cast(coalesce(als_rank, 32767) as smallint)", np.int16),
+            "item_id": (
+                f"cast(item_id as {cand_item_t})",
+                np.int32 if cand_item_t == "integer" else np.int64,
+            ),
+            "als_score": ("cast(als_score as double)", f32),
+            "is_seen": ("coalesce(is_seen, false)", np.bool_),
+        },
+        order=("visitor_id", "als_rank"),
+        group_key="visitor_id",
+        positional="als_rank",
+    )
+    ((max_rank,),) = con.execute("select max(als_rank) from candidates").fetchall()
+    max_als_rank = 100 if max_rank is None else int(max_rank)  # ALS's default list: 100
+    # -- similar items, in similarity order
+    sim_item_t = _id_type(con, "similar_items", "similar_item_id")
+    similar_cols, similar = _stream(
+        con,
+        "similar_items",
+        {
+            "item_id": ("cast(item_id as bigint)", np.int64),
+            "similarity_rank": ("cast(similarity_rank as bigint)", np.int64),
+            "similar_item_id": (
+                f"cast(similar_item_id as {sim_item_t})",
+                np.int32 if sim_item_t == "integer" else np.int64,
+            ),
+            "similarity": ("cast(similarity as double)", f32),
+        },
+        order=("item_id", "similarity_rank"),
+        group_key="item_id",
+    )
+    del similar_cols["similarity_rank"]
+    # -- popular items per scope (small), then the catalogue by popularity for the tail
+    popular: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
+    rows = con.execute(
+        """
+        select category_id, list(item_id order by rank), list(score order by rank)
+        from popular_items group by category_id
+        """
+    ).fetchall()
+    for category, item_list, score_list in rows:
+        popular[None if category is None else int(category)] = (
+            np.asarray(item_list, dtype=np.int64),
+            np.nan_to_num(np.asarray(score_list, dtype=np.float64)),
+        )
+    catalogue_cols, catalogue = _stream(
+        con,
+        """
+        (select item_id, coalesce(category_id, -1) as category_id,
+            coalesce(popularity_score, 0) as popularity_score,
+            row_number() over (
+                partition by coalesce(category_id, -1)
+                order by coalesce(popularity_score, 0) desc, item_id
+            ) as position,
+        from items where coalesce(is_available, true))
+        """,
+        {
+            "category_id": ("cast(category_id as bigint)", np.int64),
+            "position": ("cast(position as bigint)", np.int64),
+            "item_id": ("cast(item_id as bigint)", np.int64),
+            "score": ("cast(popularity_score as double)", np.float64),
+        },
+        order=("category_id", "position"),
+        group_key="category_id",
+    )
+    overall = con.execute(
+        """
+        select cast(item_id as bigint), cast(coalesce(popularity_score, 0) as double)
+        from items where coalesce(is_available, true)
+        order by coalesce(popularity_score, 0) desc, item_id
+        """
+    ).fetchnumpy()
+    values = list(overall.values())
+    catalogue_all = (np.asarray(values[0], np.int64), np.asarray(values[1], np.float64))
+    assert catalogue is not None and interactions is not None and affinities is not None
+    assert recs is not None and candidates is not None and similar is not None
+
+    snapshot = Snapshot(
+        version=version,
+        manifest=manifest,
+        metadata=metadata,
+        cutoff_at=cutoff,
+        items=items,
+        visitors=visitors,
+        interactions=interactions,
+        interaction_cols=interaction_cols,
+        affinities=affinities,
+        affinity_cols=affinity_cols,
+        recs=recs,
+        rec_cols=rec_cols,
+        candidates=candidates,
+        candidate_cols=candidate_cols,
+        similar=similar,
+        similar_cols=similar_cols,
+        popular=popular,
+        catalogue=catalogue,
+        catalogue_items=catalogue_cols["item_id"],
+        catalogue_scores=np.nan_to_num(catalogue_cols["score"]),
+        catalogue_all=(catalogue_all[0], np.nan_to_num(catalogue_all[1])),
+        ranker=_load_ranker(con),
+        max_als_rank=max_als_rank,
+        confidence_by_rank=confidence_by_rank,
+        cache=AnswerCache(cache_entries),
+        similar_cache=AnswerCache(cache_entries),
+    )
+    return snapshot

@@ -1,0 +1,238 @@
+"""Which snapshot is served: load `LATEST` from the lake, and swap in newer ones atomically.
+
+`refresh()` (at start-up, then from a background task every `RECSYS_API_POLL_SECONDS`):
+
+1. read `snapshots/LATEST` and the manifest of the version it names;
+2. copy `snapshot.duckdb` into the local cache (`RECSYS_API_CACHE_DIR/<version>/`, kept across
+   restarts: a cached copy whose sha256 matches is not downloaded again), verify the sha256
+   against the manifest, then the tables, columns, row counts, metadata and ranker
+   (`api.snapshot.load`), and warm it (one answer of each kind);
+3. only then replace `current`: one reference assignment, atomic under the GIL. A request
+   reads `current` once and keeps that object, so requests in flight finish on the old
+   snapshot, which is freed when the last of them ends.
+
+A broken or half-written snapshot (no manifest, a wrong checksum, a missing table, a model that
+does not load) is refused: logged, counted in `recsys_snapshot_swap_failures_total{reason}`,
+and remembered with its manifest so that it is not retried on every poll (a re-published
+manifest is tried again). A lake that cannot be reached is retried on the next poll. Either
+way, the old snapshot keeps serving.
+
+The service follows `LATEST` wherever it points, also backwards: moving `LATEST` to an older
+version is how a bad model is rolled back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from api import recommend
+from api.memory import release_memory
+from api.metrics import Metrics
+from api.snapshot import Snapshot, SnapshotInvalid, load
+from models_ml.publish import latest_version, sha256_file
+from recsys.lake import Lake, LakeError
+
+log = logging.getLogger("api.snapshots")
+KEEP_CACHED = 2  # local copies kept: the served one and the one before (a quick roll-back)
+
+
+class Refused(RuntimeError):
+    """A snapshot was not swapped in; `reason` is the metric label, `permanent` whether to retry."""
+
+    def __init__(self, reason: str, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.permanent = permanent
+
+
+class SnapshotStore:
+    """Holds the served snapshot; `refresh` loads a newer one. See the module doc."""
+
+    def __init__(
+        self, lake: Lake, cache_dir: Path, metrics: Metrics, cache_entries: int = 0
+    ) -> None:
+        self.lake = lake
+        self.cache_dir = cache_dir
+        self.metrics = metrics
+        self.cache_entries = cache_entries
+        self.current: Snapshot | None = None
+        self.last_error: str | None = None
+        self._refused: set[tuple[str, str]] = set()  # (version, manifest digest)
+        self._lock = threading.Lock()  # one refresh at a time
+        metrics.track_snapshot_age(self._cutoff_epoch)
+
+    def _cutoff_epoch(self) -> float | None:
+        current = self.current
+        return None if current is None else current.cutoff_epoch
+
+    def refresh(self) -> bool:
+        """Load the version `LATEST` names if it is not the one served; True if swapped."""
+        with self._lock:
+            try:
+                return self._refresh()
+            except Refused as exc:
+                self._failed(exc.reason, str(exc))
+            except Exception as exc:  # a bug, or the machine (memory): tried again next poll
+                log.exception("loading a snapshot failed")
+                self._failed("error", f"{type(exc).__name__}: {exc}")
+            return False
+
+    def _failed(self, reason: str, message: str) -> None:
+        self.metrics.swap_failures.labels(reason).inc()
+        # the same problem on every poll is logged once, and counted every time
+        level = logging.DEBUG if message == self.last_error else logging.ERROR
+        log.log(level, "snapshot not swapped in (%s): %s", reason, message)
+        self.last_error = message
+
+    def _refresh(self) -> bool:
+        try:
+            version = latest_version(self.lake)
+        except (LakeError, OSError) as exc:
+            raise Refused("lake", f"cannot read snapshots/LATEST: {exc}", False) from exc
+        if version is None:
+            if self.current is None:
+                self.last_error = f"no snapshot published yet ({self.lake.url('snapshots/LATEST')})"
+            return False
+        current = self.current
+        if current is not None and current.version == version:
+            return False
+        previous = current.version if current is not None else None
+        manifest_text = self._manifest_text(version)
+        signature = (version, hashlib.sha256(manifest_text.encode()).hexdigest())
+        if signature in self._refused:
+            return False
+        t0 = time.perf_counter()
+        try:
+            snapshot = self._load(version, manifest_text)
+        except Refused as exc:
+            if exc.permanent:
+                self._refused.add(signature)
+            raise
+        seconds = time.perf_counter() - t0
+        self.current = snapshot  # the swap
+        del current  # requests in flight may still hold it; the last one frees it
+        release_memory()
+        self.last_error = None
+        self.metrics.swaps.inc()
+        self.metrics.snapshot_load_seconds.set(seconds)
+        self.metrics.snapshot_info.info(
+            {
+                "version": snapshot.version,
+                "model_version": snapshot.model_version,
+                "feature_version": snapshot.feature_version,
+                "cutoff_at": snapshot.cutoff_at.isoformat(sep=" "),
+            }
+        )
+        log.info(
+            "serving snapshot %s (model %s, features as of %s): %.1f MB in arrays, "
+            "loaded in %.2fs%s",
+            snapshot.version,
+            snapshot.model_version,
+            snapshot.cutoff_at,
+            snapshot.nbytes / 1e6,
+            seconds,
+            f", replacing {previous}" if previous else "",
+        )
+        self._prune_cache(keep=snapshot.version)
+        return True
+
+    def _manifest_text(self, version: str) -> str:
+        rel = f"snapshots/{version}/manifest.json"
+        try:
+            return self.lake.read_text(rel)
+        except FileNotFoundError as exc:
+            raise Refused(
+                "manifest", f"LATEST names {version}, which has no manifest.json", False
+            ) from exc
+        except (LakeError, OSError) as exc:
+            raise Refused("lake", f"cannot read {rel}: {exc}", False) from exc
+
+    def _load(self, version: str, manifest_text: str) -> Snapshot:
+        try:
+            manifest: dict[str, Any] = json.loads(manifest_text)
+            digest = str(manifest["sha256"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Refused("manifest", f"{version}: manifest.json is invalid: {exc}", True) from exc
+        if manifest.get("version") != version:
+            raise Refused(
+                "manifest",
+                f"{version}: manifest.json names version {manifest.get('version')!r}",
+                True,
+            )
+        local = self._fetch(version, digest)
+        try:
+            snapshot = load(local, manifest, cache_entries=self.cache_entries)
+            warm(snapshot)
+        except SnapshotInvalid as exc:
+            raise Refused("invalid", f"{version}: {exc}", True) from exc
+        return snapshot
+
+    def _fetch(self, version: str, digest: str) -> Path:
+        """The verified local copy of the version's file, downloaded unless already cached."""
+        target = self.cache_dir / version / "snapshot.duckdb"
+        if target.exists() and sha256_file(target) == digest:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # a name of its own: several workers may fetch the same version at once
+        partial = target.with_name(f".snapshot.duckdb.{os.getpid()}.{uuid.uuid4().hex}.part")
+        try:
+            try:
+                self.lake.get(f"snapshots/{version}/snapshot.duckdb", partial)
+            except FileNotFoundError as exc:
+                raise Refused("download", f"{version}: snapshot.duckdb is missing", True) from exc
+            except (LakeError, OSError) as exc:
+                raise Refused("download", f"{version}: download failed: {exc}", False) from exc
+            actual = sha256_file(partial)
+            if actual != digest:
+                raise Refused(
+                    "checksum",
+                    f"{version}: sha256 {actual[:12]}... differs from the manifest's "
+                    f"{digest[:12]}... (a broken or half-written file)",
+                    True,
+                )
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    def _prune_cache(self, keep: str) -> None:
+        """Delete cached versions older than the newest KEEP_CACHED (never `keep`)."""
+        if not self.cache_dir.is_dir():
+            return
+        versions = sorted((p for p in self.cache_dir.iterdir() if p.is_dir()), reverse=True)
+        for path in versions[KEEP_CACHED:]:
+            if path.name != keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def warm(snapshot: Snapshot) -> None:
+    """One answer of each kind, so that the first request does not pay for first-use costs
+    (CatBoost's model setup, NumPy's first calls). Any error here refuses the snapshot."""
+    try:
+        visitors = snapshot.recs.keys
+        candidates = snapshot.candidates.keys
+        visitor = int(visitors[0]) if len(visitors) else 0
+        recommend.for_visitor(snapshot, visitor, 10)
+        recommend.for_visitor(snapshot, -1, 10)
+        ranked = int(candidates[0]) if len(candidates) else None
+        recommend.for_session(snapshot, ranked, [], 10)
+        similar = snapshot.similar.keys
+        if len(similar):
+            recommend.for_session(snapshot, None, [int(similar[0])], 10)
+            recommend.similar_to(snapshot, int(similar[0]), 10)
+        if len(snapshot.items.ids):
+            recommend.for_session(snapshot, None, [int(snapshot.items.ids[0])], 10)
+        recommend.for_visitor(snapshot, int(np.iinfo(np.int64).max), 10)
+    except Exception as exc:
+        raise SnapshotInvalid(f"warming up failed: {type(exc).__name__}: {exc}") from exc
