@@ -135,6 +135,51 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def serve_log_config(level: str) -> dict[str, object]:
+    """uvicorn's logging, with the service's own `api` loggers on the same handler."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, object] = copy.deepcopy(LOGGING_CONFIG)
+    loggers = config["loggers"]
+    assert isinstance(loggers, dict)
+    loggers["api"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    if not settings.api_keys and args.host not in LOOPBACK_HOSTS and not args.allow_no_auth:
+        print(
+            f"error: refusing to listen on {args.host} without RECSYS_API_KEYS: anyone who can "
+            "reach it could use the API. Set RECSYS_API_KEYS, or pass --allow-no-auth if "
+            "something in front of the service checks callers.",
+            file=sys.stderr,
+        )
+        return 2
+    auth = "API keys required on /v1" if settings.api_keys else "no API keys (local only)"
+    _say(
+        f"serving on http://{args.host}:{args.port} with {args.workers} worker(s), "
+        f"snapshots from {settings.lake_uri}/snapshots; {auth}"
+    )
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        log_config=serve_log_config(args.log_level),
+        access_log=args.access_log,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recsys", description="Warehouse-first recommendations for online shops."
@@ -176,6 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="publish even if the gate refuses")
     p.add_argument("--skip-ml", action="store_true", help="stop after the warehouse build")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="start the API on the lake's latest snapshot")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes; each loads its own snapshot copy"
+    )
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request (off by default: the metrics count them, and a log line per "
+        "request costs throughput)",
+    )
+    p.add_argument(
+        "--allow-no-auth",
+        action="store_true",
+        help="listen on a non-local address without RECSYS_API_KEYS",
+    )
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
