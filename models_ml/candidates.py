@@ -220,7 +220,7 @@ def similar_items(
 
     Queries default to every item with `min_item_visitors` fitted visitors; the answers come
     from those items too, narrowed to `pool_item_ids` when given (for example available items
-    only). Query items without fitted factors are skipped. The search is brute force, so its cost is
+    only). Query items outside that rule are skipped. The search is brute force, so its cost is
     queries x pool: ask only for what will be used.
     """
     from tqdm import tqdm
@@ -237,9 +237,12 @@ def similar_items(
     if query_item_ids is None:
         queries = pool
     else:
-        # items no fitted visitor touched have no factors to compare
-        known = np.isin(result.item_ids, query_item_ids) & (result.item_visitors > 0)
-        queries = np.flatnonzero(known)
+        # items with fewer fitted visitors have factors too vague to compare (the session
+        # method falls back to popular items for them)
+        queries = np.flatnonzero(
+            np.isin(result.item_ids, query_item_ids)
+            & (result.item_visitors >= result.params["min_item_visitors"])
+        )
     m = min(result.params["n_similar"], len(pool) - 1)
     if m <= 0 or not len(queries):
         return empty

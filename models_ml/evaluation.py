@@ -45,16 +45,22 @@ def truth_from_labels(con: duckdb.DuckDBPyConnection) -> dict[int, set[int]]:
     return truth
 
 
-def ranked_lists(frame: pd.DataFrame, score: np.ndarray) -> dict[int, list[int]]:
-    """Each visitor's candidates ordered by `score`, best first (ties by ALS rank)."""
-    ordered = frame.assign(_score=score).sort_values(
-        ["visitor_id", "_score", "als_rank"], ascending=[True, False, True]
-    )
-    lists: dict[int, list[int]] = {}
-    visitors, items = ordered["visitor_id"].tolist(), ordered["item_id"].tolist()
-    for visitor, item in zip(visitors, items, strict=True):
-        lists.setdefault(int(visitor), []).append(int(item))
-    return lists
+def ranked_lists(
+    frame: pd.DataFrame, score: np.ndarray, depth: int | None = None
+) -> dict[int, list[int]]:
+    """Each visitor's candidates ordered by `score`, best first (ties by ALS rank), cut to the
+    first `depth` items when given (metrics at k never look further than k)."""
+    visitors = frame["visitor_id"].to_numpy()
+    order = np.lexsort((frame["als_rank"].to_numpy(), -np.asarray(score, dtype=float), visitors))
+    visitors, items = visitors[order], frame["item_id"].to_numpy()[order]
+    starts = np.flatnonzero(np.r_[True, visitors[1:] != visitors[:-1]])
+    ends = np.r_[starts[1:], len(visitors)]
+    if depth is not None:
+        ends = np.minimum(ends, starts + depth)
+    return {
+        int(visitors[lo]): items[lo:hi].tolist()
+        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)
+    }
 
 
 def compare_models(
@@ -67,8 +73,9 @@ def compare_models(
     """Metrics of popularity, als and als_catboost on visitors with candidates and truth."""
     known = set(map(int, frame["visitor_id"].unique()))
     eval_truth = {v: items for v, items in truth.items() if v in known and items}
-    als = ranked_lists(frame, -frame["als_rank"].to_numpy(dtype=float))
-    als_catboost = ranked_lists(frame, ranker_scores)
+    depth = max(KS)
+    als = ranked_lists(frame, -frame["als_rank"].to_numpy(dtype=float), depth)
+    als_catboost = ranked_lists(frame, ranker_scores, depth)
     pop = {v: list(popularity) for v in eval_truth}
     models = {
         "popularity": evaluate(pop, eval_truth, KS, catalogue_size),
