@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from models_ml.publish import GateRefused
+    from models_ml.steps import NotEnoughData
     from recsys.ingest import IngestError
     from recsys.lake import LakeError
     from recsys.warehouse import BuildError
@@ -256,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = get_settings()
     try:
         return int(args.func(args, settings))
-    except (IngestError, LakeError, BuildError, GateRefused) as exc:
+    except (IngestError, LakeError, BuildError, GateRefused, NotEnoughData) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
