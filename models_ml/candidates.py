@@ -42,9 +42,12 @@ DEFAULT_ALS_PARAMS: dict[str, Any] = {
     # visitors are one-item visitors (the fit is ~3x faster without them); every visitor's
     # factors are then solved against the fitted item factors when recommending (fold-in)
     "min_fit_items": 2,
-    # similar items are searched among items with at least this many fitted visitors (the rest
-    # are too rare for their factors to mean much, and the brute-force search grows with them)
-    "min_item_visitors": 2,
+    # candidates and similar items are drawn from items with at least this many fitted visitors
+    # (an item no fitted visitor touched has no factors)
+    "min_item_visitors": 1,
+    # similar items are searched for items with at least this many fitted visitors: rarer
+    # items' factors are too vague to compare (and the brute-force search grows with them)
+    "min_query_item_visitors": 2,
     "batch_size": 20_000,
 }
 SEED = 42
@@ -133,7 +136,7 @@ def fit(
 
 def item_pool(result: AlsResult, pool_item_ids: np.ndarray | None = None) -> np.ndarray:
     """Column indices of the items that may be returned: those with `min_item_visitors`
-    fitted visitors (rarer items have factors that mean little), within `pool_item_ids`."""
+    fitted visitors, within `pool_item_ids` when given."""
     pool = np.flatnonzero(result.item_visitors >= result.params["min_item_visitors"])
     if pool_item_ids is not None:
         pool = pool[np.isin(result.item_ids[pool], pool_item_ids)]
@@ -218,10 +221,10 @@ def similar_items(
 ) -> pd.DataFrame:
     """Top-M most similar items (cosine on the item factors) of the query items, self excluded.
 
-    Queries default to every item with `min_item_visitors` fitted visitors; the answers come
-    from those items too, narrowed to `pool_item_ids` when given (for example available items
-    only). Query items outside that rule are skipped. The search is brute force, so its cost is
-    queries x pool: ask only for what will be used.
+    Queries are `query_item_ids` (default: every item) that have `min_query_item_visitors`
+    fitted visitors; answers come from `item_pool` (narrowed to `pool_item_ids` when given, for
+    example available items only). The search is brute force, so its cost is queries x pool:
+    ask only for what will be used.
     """
     from tqdm import tqdm
 
@@ -234,15 +237,12 @@ def similar_items(
         }
     )
     pool = item_pool(result, pool_item_ids)
-    if query_item_ids is None:
-        queries = pool
-    else:
-        # items with fewer fitted visitors have factors too vague to compare (the session
-        # method falls back to popular items for them)
-        queries = np.flatnonzero(
-            np.isin(result.item_ids, query_item_ids)
-            & (result.item_visitors >= result.params["min_item_visitors"])
-        )
+    # items with fewer fitted visitors have factors too vague to compare (the session method
+    # falls back to popular items for them)
+    queries = result.item_visitors >= result.params["min_query_item_visitors"]
+    if query_item_ids is not None:
+        queries &= np.isin(result.item_ids, query_item_ids)
+    queries = np.flatnonzero(queries)
     m = min(result.params["n_similar"], len(pool) - 1)
     if m <= 0 or not len(queries):
         return empty

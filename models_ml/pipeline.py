@@ -91,8 +91,15 @@ def train(
     steps.build_ranking(settings, win.t1, win.t2, say)
     frame = steps.ranking_frame(settings)
     features = steps.feature_columns(frame)
+    labelled = frame.loc[frame["label"] > 0, "visitor_id"].unique()
+    if len(labelled) < 3:
+        raise steps.NotEnoughData(
+            f"only {len(labelled)} visitors have a positive among their candidates in the "
+            "label window: at least 3 are needed to train, validate and calibrate the ranker "
+            "(more events, or a longer label window)"
+        )
     fit_part, valid_part, calib_part = steps.split_visitors(
-        frame["visitor_id"].to_numpy(), (0.6, 0.2, 0.2), SEED
+        frame["visitor_id"].to_numpy(), (0.6, 0.2, 0.2), SEED, labelled=labelled
     )
     in_part = {
         name: frame[frame["visitor_id"].isin(part)]

@@ -33,6 +33,10 @@ ID_COLUMNS = ("visitor_id", "item_id")
 CATEGORICAL_FEATURES = ("category_id", "root_category_id")
 
 
+class NotEnoughData(RuntimeError):
+    """The data cannot support a step (e.g. too few labelled visitors to train the ranker)."""
+
+
 @contextmanager
 def timed(say: Say, what: str) -> Iterator[None]:
     """Say how long the block took: every slow step of a run shows its time."""
@@ -276,13 +280,42 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def split_visitors(
-    visitor_ids: np.ndarray, shares: tuple[float, ...], seed: int
+    visitor_ids: np.ndarray,
+    shares: tuple[float, ...],
+    seed: int,
+    labelled: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Disjoint random groups of visitors with the given shares (seeded)."""
+    """Disjoint random groups of visitors with the given shares (seeded).
+
+    With `labelled` (the visitors that have a positive), labelled and other visitors are split
+    separately and every part gets at least one labelled visitor: on sparse data (the real
+    sample has a handful) a random split could leave validation or calibration without any.
+    """
     unique = np.unique(visitor_ids)
-    order = np.random.default_rng(seed).permutation(len(unique))
-    cuts = np.cumsum([round(s * len(unique)) for s in shares[:-1]])
-    return [unique[part] for part in np.split(order, cuts)]
+    if labelled is None:
+        return _split(unique, shares, seed, min_each=0)
+    is_labelled = np.isin(unique, labelled)
+    with_label = _split(unique[is_labelled], shares, seed, min_each=1)
+    without = _split(unique[~is_labelled], shares, seed, min_each=0)
+    return [np.sort(np.concatenate(pair)) for pair in zip(with_label, without, strict=True)]
+
+
+def _split(
+    unique: np.ndarray, shares: tuple[float, ...], seed: int, min_each: int
+) -> list[np.ndarray]:
+    n = len(unique)
+    if n < min_each * len(shares):
+        raise ValueError(
+            f"{n} visitors cannot fill {len(shares)} parts with at least {min_each} each"
+        )
+    sizes = [round(share * n) for share in shares[:-1]]
+    sizes.append(n - sum(sizes))
+    for i in range(len(sizes)):  # top up small parts from the largest one
+        while sizes[i] < min_each:
+            sizes[int(np.argmax(sizes))] -= 1
+            sizes[i] += 1
+    order = np.random.default_rng(seed).permutation(n)
+    return [unique[part] for part in np.split(order, np.cumsum(sizes[:-1]))]
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
