@@ -117,7 +117,7 @@ def test_a_bad_body_is_a_422_naming_the_field(
     assert [error["loc"] for error in response.json()["detail"]] == [where]
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"null", b"\xff\xfe"])
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"null", b"\xff\xfe", b"\x80\x81abc"])
 def test_a_body_that_is_not_a_request_is_a_422(client: TestClient, content: bytes) -> None:
     response = client.post(URL, content=content, headers={"content-type": "application/json"})
     assert response.status_code == 422
