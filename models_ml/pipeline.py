@@ -6,11 +6,14 @@ the metrics land under `RECSYS_DATA_DIR` (`models/`, `reports/`), snapshots in t
 
 - `train`: features as of t1 with labels from (t1, t2]; ALS; ranking features; a CatBoost
   ranker with a small randomized search validated on held-out visitors; split-conformal
-  calibration on other held-out visitors.
+  calibration on other held-out visitors. It is a composition of `training_windows`,
+  `steps.build_features`, `fit_training_candidates`, `steps.build_ranking` and `train_ranker`,
+  which the training DAG runs as tasks of their own (its dbt builds as Cosmos task groups, with
+  the vars of `training_dbt_vars`).
 - `evaluate`: features and ALS recomputed as of t2; the three models and the session method
   scored on (t2, end]; `reports/metrics.json` and a Markdown report with plots.
 - `publish`: features and ALS as of the latest event, ranked by the trained ranker, written as
-  a snapshot through the quality gate.
+  a snapshot through the quality gate (`gate_reasons` asks the gate without publishing).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from models_ml import conformal, evaluation, ranker, report, steps
-from models_ml.publish import GateRefused, Published, publish
+from models_ml.publish import GateRefused, Published, gate, latest_manifest, publish
 from models_ml.snapshot import build_snapshot
 from recsys.lake import Lake
 from recsys.settings import Settings
@@ -70,25 +73,60 @@ def _paths(settings: Settings) -> dict[str, Path]:
     }
 
 
-def train(
-    settings: Settings,
-    say: steps.Say = print,
-    search_budget_s: float = 60.0,
-    test_days: float = 14,
-    label_days: float = 14,
-) -> dict[str, Any]:
-    """Fit ALS and the ranker as of t1, validated on (t1, t2]; calibrate conformal sets."""
-    paths = _paths(settings)
+def training_windows(
+    settings: Settings, say: steps.Say = print, test_days: float = 14, label_days: float = 14
+) -> steps.Windows:
+    """The three windows of a training run, ending at the latest event in the lake."""
     win = steps.windows(settings, test_days, label_days)
     say(f"windows: t1 {win.t1}, t2 {win.t2}, end {win.end}")
-    info = steps.build_features(settings, win.t1, win.t2, say)
+    return win
+
+
+def windows_from_dict(payload: dict[str, str]) -> steps.Windows:
+    """`Windows` back from `Windows.to_dict()` (training.json, an Airflow XCom)."""
+    return steps.Windows(
+        **{k: pd.Timestamp(payload[k]).to_pydatetime() for k in ("t1", "t2", "end")}
+    )
+
+
+def training_dbt_vars(win: steps.Windows) -> dict[str, str]:
+    """The dbt vars of the training builds (features as of t1, labels to t2), spelt exactly as
+    `steps.build_features` and `steps.build_ranking` pass them."""
+    return {"cutoff_at": steps._ts(win.t1), "label_end_at": steps._ts(win.t2)}
+
+
+def fit_training_candidates(
+    settings: Settings, win: steps.Windows, say: steps.Say = print
+) -> dict[str, Any]:
+    """ALS on the features as of t1; candidates for (a sample of) the visitors of (t1, t2].
+
+    Returns what training.json records of the fit: plain JSON, so an Airflow XCom carries it.
+    """
     t0 = time.perf_counter()
     # no similar items: the ranker does not use them (evaluation and publishing do)
     als = steps.fit_candidates(
         settings, say, window=(win.t1, win.t2), max_visitors=MAX_TRAIN_VISITORS, seed=SEED
     )
-    als_seconds = time.perf_counter() - t0
-    steps.build_ranking(settings, win.t1, win.t2, say)
+    return {
+        "params": als.params,
+        "seed": als.seed,
+        **als.info,
+        "fit_seconds": round(als.fit_seconds, 2),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def train_ranker(
+    settings: Settings,
+    win: steps.Windows,
+    als: dict[str, Any],
+    say: steps.Say = print,
+    search_budget_s: float = 60.0,
+) -> dict[str, Any]:
+    """The CatBoost ranker on the ranking features just built, its conformal calibration, and
+    models/training.json (`als`: what `fit_training_candidates` returned)."""
+    paths = _paths(settings)
+    info = steps.build_info(settings)  # the training build's, as steps.build_features returned
     frame = steps.ranking_frame(settings)
     features = steps.feature_columns(frame)
     labelled = frame.loc[frame["label"] > 0, "visitor_id"].unique()
@@ -139,13 +177,7 @@ def train(
     training = {
         "windows": win.to_dict(),
         "feature_build": info,
-        "als": {
-            "params": als.params,
-            "seed": als.seed,
-            **als.info,
-            "fit_seconds": round(als.fit_seconds, 2),
-            "seconds": round(als_seconds, 2),
-        },
+        "als": als,
         "ranker": {
             "best_valid_ndcg@10": result.best_valid_ndcg10,
             "seconds": round(ranker_seconds, 2),
@@ -165,13 +197,26 @@ def train(
     return training
 
 
+def train(
+    settings: Settings,
+    say: steps.Say = print,
+    search_budget_s: float = 60.0,
+    test_days: float = 14,
+    label_days: float = 14,
+) -> dict[str, Any]:
+    """Fit ALS and the ranker as of t1, validated on (t1, t2]; calibrate conformal sets."""
+    win = training_windows(settings, say, test_days, label_days)
+    steps.build_features(settings, win.t1, win.t2, say)
+    als = fit_training_candidates(settings, win, say)
+    steps.build_ranking(settings, win.t1, win.t2, say)
+    return train_ranker(settings, win, als, say, search_budget_s)
+
+
 def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
     """Score popularity, ALS, ALS + CatBoost and the session method on (t2, end]."""
     paths = _paths(settings)
     training = json.loads(paths["training"].read_text())
-    win = steps.Windows(
-        **{k: pd.Timestamp(v).to_pydatetime() for k, v in training["windows"].items()}
-    )
+    win = windows_from_dict(training["windows"])
     model, _ = ranker.load(paths["ranker"])
     calibrator = conformal.ConformalCalibrator.from_dict(
         json.loads(paths["calibration"].read_text())
@@ -239,6 +284,13 @@ def _calibration_curve(
         "calibrated": calibrator.confidences(ranks).tolist(),
         "empirical": empirical.tolist(),
     }
+
+
+def gate_reasons(settings: Settings) -> list[str]:
+    """Why the quality gate would refuse a snapshot of the last evaluation (empty: it would
+    pass) against the published snapshot: the check `publish` makes, without publishing."""
+    metrics = json.loads(_paths(settings)["metrics"].read_text())
+    return list(gate(metrics, latest_manifest(Lake.from_settings(settings))))
 
 
 def publish_snapshot(settings: Settings, say: steps.Say = print, force: bool = False) -> Published:
