@@ -86,25 +86,25 @@ class ServiceMiddleware:
         method = scope["method"]
         status = 500  # what the client gets if the app fails before answering
         path = scope["path"]
-        early: tuple[int, str, dict[str, str]] | None = None
+        early: tuple[int, str, list[tuple[bytes, bytes]]] | None = None
         needs_key = self.key_digests and (path == "/v1" or path.startswith("/v1/"))
         if needs_key and not self._authorized(scope):
             early = (
                 401,
                 f"a valid {API_KEY_HEADER} header is required",
-                {"www-authenticate": "ApiKey"},
+                [(b"www-authenticate", b"ApiKey")],
             )
         if early is None and method in BODY_METHODS:
             declared = _header(scope, b"content-length")
             if declared is not None and (
                 not declared.isdigit() or int(declared) > self.max_body_bytes
             ):
-                early = (413, BodyTooLarge(self.max_body_bytes).detail, {})
+                early = (413, BodyTooLarge(self.max_body_bytes).detail, [])
             else:
                 receive = self._limited(receive)
         if early is not None:
             status, detail, headers = early
-            await _send_json(send, status, {"detail": detail}, headers)
+            await _send_json(send, status, {"detail": detail}, headers + self._versions())
             self.metrics.observe_request(
                 method, self._template(scope), status, time.perf_counter() - started
             )
@@ -115,12 +115,9 @@ class ServiceMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", ()))
+                # a route that answered from a snapshot has named it; others get the current one
                 if not any(k == b"x-snapshot-version" for k, _ in headers):
-                    store: SnapshotStore | None = getattr(self.service.state, "store", None)
-                    snapshot = store.current if store is not None else None
-                    if snapshot is not None:
-                        headers.append((b"x-snapshot-version", snapshot.version.encode()))
-                        headers.append((b"x-model-version", snapshot.model_version.encode()))
+                    headers += self._versions()
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -130,6 +127,16 @@ class ServiceMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(method, template, status, time.perf_counter() - started)
+
+    def _versions(self) -> list[tuple[bytes, bytes]]:
+        store: SnapshotStore | None = getattr(self.service.state, "store", None)
+        snapshot = store.current if store is not None else None
+        if snapshot is None:
+            return []
+        return [
+            (b"x-snapshot-version", snapshot.version.encode()),
+            (b"x-model-version", snapshot.model_version.encode()),
+        ]
 
     def _authorized(self, scope: Scope) -> bool:
         given = _header(scope, API_KEY_HEADER.lower().encode())
@@ -173,13 +180,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 async def _send_json(
-    send: Send, status: int, body: dict[str, Any], headers: dict[str, str]
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
 ) -> None:
     payload = json.dumps(body).encode()
     raw_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
-        *((k.encode(), v.encode()) for k, v in headers.items()),
+        *headers,
     ]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": payload})
@@ -208,7 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lake,
             settings.api_cache_dir,
             metrics,
-            cache_entries=settings.recsys_api_cache_entries,
+            cache_bytes=settings.recsys_api_cache_mb * 1_000_000,
         )
         app.state.lake = lake
         app.state.store = store

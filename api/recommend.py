@@ -104,7 +104,7 @@ class _Picker:
 
     @property
     def blocked(self) -> np.ndarray:
-        """Excluded and bought items, sorted (looked up only when a source needs it)."""
+        """Excluded and bought items, sorted (looked up once, when first needed)."""
         if self._blocked is None:
             bought = self.snapshot.purchased(self.visitor_id)
             self._blocked = np.union1d(self.excluded, bought) if len(bought) else self.excluded
@@ -121,20 +121,19 @@ class _Picker:
         source: str,
         confidences: np.ndarray | None = None,
         *,
-        published: bool = False,
         catalogue: bool = False,
     ) -> int:
         """Pick from `items` (unique, in order) those that pass the filters; return how many.
 
-        `published`: the visitor's published list, already free of bought and unavailable
-        items (models_ml/snapshot.py), so only `exclude` and the category apply.
+        Every source is filtered, the published list too (the pipeline leaves bought and
+        unavailable items out of it, and a few microseconds make sure of it here).
         `catalogue`: available items of the asked scope, so only the first
         `missing + blocked + picked` can be needed.
         """
         missing = self.missing
         if missing <= 0 or len(items) == 0:
             return 0
-        blocked = self.excluded if published else self.blocked
+        blocked = self.blocked
         picked = self.answer.item_ids
         if catalogue:
             limit = missing + len(blocked) + len(picked)
@@ -146,9 +145,8 @@ class _Picker:
             fresh = ~_member(items, np.unique(np.asarray(picked, dtype=np.int64)))
             ok = fresh if ok is None else ok & fresh
         if not catalogue:
-            if not published:
-                available = self.snapshot.items.available_of(items)
-                ok = available if ok is None else ok & available
+            available = self.snapshot.items.available_of(items)
+            ok = available if ok is None else ok & available
             if self.category_id is not None:
                 in_scope = self.snapshot.items.category_of(items) == self.category_id
                 ok = in_scope if ok is None else ok & in_scope
@@ -234,7 +232,6 @@ def for_visitor(
             cols["score"][start:end],
             "ranker",
             snapshot.rec_confidences(start, end),
-            published=True,
         )
         if picker.missing > 0:
             c_start, c_end = snapshot.candidates.span(visitor_id)

@@ -185,33 +185,42 @@ class Items:
 
 
 class AnswerCache:
-    """A bounded LRU of finished answers, owned by one snapshot.
+    """A least-recently-used cache of finished answers (strategy, rendered JSON), bounded in
+    bytes (a k=100 answer is ten times a k=10 one), owned by one snapshot.
 
     Living on the snapshot object makes it keyed by snapshot version by construction: a swap
     brings a new, empty cache, and the old one goes when the last request on the old snapshot
     ends.
     """
 
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+    ENTRY_OVERHEAD = 300  # the key, the tuple and the dict slot, roughly
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._data: OrderedDict[Hashable, tuple[str, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> Any | None:
+    def get(self, key: Hashable) -> tuple[str, bytes] | None:
         with self._lock:
             value = self._data.get(key)
             if value is not None:
                 self._data.move_to_end(key)
             return value
 
-    def put(self, key: Hashable, value: Any) -> None:
-        if self.max_entries <= 0:
+    def put(self, key: Hashable, value: tuple[str, bytes]) -> None:
+        size = len(value[1]) + self.ENTRY_OVERHEAD
+        if size > self.max_bytes:
             return
         with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self.bytes -= len(old[1]) + self.ENTRY_OVERHEAD
             self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, evicted = self._data.popitem(last=False)
+                self.bytes -= len(evicted[1]) + self.ENTRY_OVERHEAD
 
     def __len__(self) -> int:
         return len(self._data)
@@ -391,12 +400,13 @@ def _stream(
                 if m == 0:
                     continue
                 cols = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in select}
-                if not sort:
-                    ordered = [np.asarray(cols[c], dtype=np.int64) for c in order]
-                    if not _lexsorted(ordered, previous):
-                        in_order = False
-                        break
-                    previous = tuple(int(o[-1]) for o in ordered)
+                ordered = [np.asarray(cols[c], dtype=np.int64) for c in order]
+                if not _lexsorted(ordered, previous):
+                    if sort:  # pragma: no cover  (ORDER BY sorts the output columns)
+                        raise SnapshotInvalid(f"{table}: rows out of order after sorting")
+                    in_order = False
+                    break
+                previous = tuple(int(o[-1]) for o in ordered)
                 for name, values in cols.items():
                     if name != group_key:
                         out[name][pos : pos + m] = values
@@ -513,7 +523,7 @@ def _load_ranker(con: duckdb.DuckDBPyConnection) -> Ranker:
     return Ranker(model=model, features=columns, cat_features=cats, metadata=metadata)
 
 
-def load(path: Path, manifest: dict[str, Any], cache_entries: int = 0) -> Snapshot:
+def load(path: Path, manifest: dict[str, Any], cache_bytes: int = 0) -> Snapshot:
     """Verify and load the snapshot file at `path` (its sha256 is checked by the caller).
 
     Raises `SnapshotInvalid` for anything that would make answers wrong: a missing table or
@@ -540,7 +550,7 @@ def load(path: Path, manifest: dict[str, Any], cache_entries: int = 0) -> Snapsh
                 con.execute("set threads = 2")
                 con.execute(f"set memory_limit = '{memory}'")
                 con.execute(f"set temp_directory = '{path.parent / '.spill'}'")
-                return _load_tables(con, manifest, cache_entries)
+                return _load_tables(con, manifest, cache_bytes)
         except duckdb.OutOfMemoryException:
             if attempt + 1 == len(LOADER_MEMORY):
                 raise
@@ -550,7 +560,7 @@ def load(path: Path, manifest: dict[str, Any], cache_entries: int = 0) -> Snapsh
 
 
 def _load_tables(
-    con: duckdb.DuckDBPyConnection, manifest: dict[str, Any], cache_entries: int
+    con: duckdb.DuckDBPyConnection, manifest: dict[str, Any], cache_bytes: int
 ) -> Snapshot:
     _check_columns(con)
     metadata = _metadata(con)
@@ -650,7 +660,8 @@ def _load_tables(
         "visitor_category_affinities",
         {
             "visitor_id": ("cast(visitor_id as bigint)", np.int64),
-            "category_id": ("cast(category_id as bigint)", np.int64),
+            # a null category joins nothing in dbt; a value no item has does the same here
+            "category_id": (f"cast(coalesce(category_id, {NO_CATEGORY + 1}) as bigint)", np.int64),
             "n_events": ("cast(coalesce(n_events, 0) as integer)", i32),
             "n_carts": ("cast(coalesce(n_carts, 0) as integer)", i32),
             "affinity_share": ("cast(coalesce(affinity_share, 0) as double)", f32),
@@ -802,7 +813,7 @@ def _load_tables(
         ranker=_load_ranker(con),
         max_als_rank=max_als_rank,
         confidence_by_rank=confidence_by_rank,
-        cache=AnswerCache(cache_entries),
-        similar_cache=AnswerCache(cache_entries),
+        cache=AnswerCache(cache_bytes // 2),
+        similar_cache=AnswerCache(cache_bytes // 2),
     )
     return snapshot

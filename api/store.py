@@ -59,13 +59,11 @@ class Refused(RuntimeError):
 class SnapshotStore:
     """Holds the served snapshot; `refresh` loads a newer one. See the module doc."""
 
-    def __init__(
-        self, lake: Lake, cache_dir: Path, metrics: Metrics, cache_entries: int = 0
-    ) -> None:
+    def __init__(self, lake: Lake, cache_dir: Path, metrics: Metrics, cache_bytes: int = 0) -> None:
         self.lake = lake
         self.cache_dir = cache_dir
         self.metrics = metrics
-        self.cache_entries = cache_entries
+        self.cache_bytes = cache_bytes
         self.current: Snapshot | None = None
         self.last_error: str | None = None
         self._refused: set[tuple[str, str]] = set()  # (version, manifest digest)
@@ -172,7 +170,7 @@ class SnapshotStore:
             )
         local = self._fetch(version, digest)
         try:
-            snapshot = load(local, manifest, cache_entries=self.cache_entries)
+            snapshot = load(local, manifest, cache_bytes=self.cache_bytes)
             warm(snapshot)
         except SnapshotInvalid as exc:
             raise Refused("invalid", f"{version}: {exc}", True) from exc

@@ -74,3 +74,12 @@ def test_short_keys_are_refused_without_being_shown(tmp_path) -> None:  # type: 
 def test_no_keys_means_no_auth(client: TestClient) -> None:
     assert client.get("/v1/recommendations/1001").status_code == 200
     assert "securitySchemes" not in client.get("/openapi.json").json().get("components", {})
+
+
+def test_refusals_name_the_snapshot_too(locked: TestClient) -> None:
+    response = locked.get("/v1/recommendations/1001")
+    assert response.status_code == 401
+    assert (
+        response.headers["x-snapshot-version"] == locked.get("/readyz").json()["snapshot_version"]
+    )
+    assert response.headers["x-model-version"] == "fv1_test-catboost-42"
