@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export OPENBLAS_NUM_THREADS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run test test-unit lint format bench-warehouse bench-ml docs clean
+.PHONY: help install tools run test test-unit lint format bench-warehouse bench-ml bench-api docs clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -48,8 +48,13 @@ format: install ## apply ruff's formatting and fixes
 bench-warehouse: install ## generate full scale, ingest, dbt build; seconds and peak RSS per stage
 	$(UV) run python benchmarks/bench_warehouse.py
 
+BENCH_ML := data/bench/ml
 bench-ml: install ## recsys run end to end on full scale; ALS, ranker and total seconds, peak RSS
-	$(UV) run python benchmarks/bench_ml.py
+	$(UV) run python benchmarks/bench_ml.py --work-dir $(BENCH_ML)
+
+bench-api: install ## recsys serve on the full-scale snapshot of bench-ml: throughput, p99, RSS, swaps
+	@test -f $(BENCH_ML)/data/lake/snapshots/LATEST || $(MAKE) bench-ml
+	$(UV) run python benchmarks/bench_api.py --data-dir $(BENCH_ML)/data
 
 docs: install ## dbt docs (offline) into dbt_project/target
 	cd dbt_project && ../.venv/bin/dbt docs generate --profiles-dir .

@@ -1,0 +1,331 @@
+"""API benchmark: `recsys serve` over a full-scale snapshot, measured with one client.
+
+Targets (2 cores, server and load generator on this machine):
+- `GET /v1/recommendations/{id}` throughput >= 70% of `GET /healthz`'s (same client, same
+  connections, back to back), and p99 <= 10 ms at 200 req/s;
+- `POST /v1/recommendations` ranking ~100 candidates: p99 <= 20 ms at 100 req/s;
+- server resident memory <= 1.5 GB (sampled all along, swaps included);
+- a snapshot swap every few seconds during the fixed-rate runs: zero non-2xx answers.
+
+The snapshot is the latest one published under `--data-dir` (a full-scale `recsys run`; `make
+bench-api` makes one with `benchmarks/bench_ml.py` when there is none). The server gets a lake
+of its own, where this script publishes the same file again under new versions while the load
+runs (hard links: the bytes and their sha256 stay right, the version changes), so the server
+downloads, verifies, loads and swaps a full snapshot each time.
+
+Latency at a fixed rate is measured from each request's scheduled start (an open loop: a slow
+answer delays the next ones and that delay counts), so queueing is not hidden.
+
+    make bench-api      # or: python benchmarks/bench_api.py --data-dir data/bench/ml/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS = {"ratio": 0.70, "get_p99_ms": 10.0, "post_p99_ms": 20.0, "rss_gb": 1.5}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Publisher:
+    """Publishes the source snapshot into the server's lake under fresh versions."""
+
+    def __init__(self, source: Path, lake: Path) -> None:
+        self.source_dir = source
+        self.manifest = json.loads((source / "manifest.json").read_text())
+        self.snapshots = lake / "snapshots"
+        self.snapshots.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+
+    def publish(self) -> str:
+        self.count += 1
+        now = datetime.now(UTC)
+        version = f"{now:%Y%m%dT%H%M%S}{self.count:03d}Z-{self.manifest['sha256'][:8]}"
+        target = self.snapshots / version
+        target.mkdir()
+        os.link(self.source_dir / "snapshot.duckdb", target / "snapshot.duckdb")
+        manifest = {**self.manifest, "version": version, "created_at": now.isoformat()}
+        (target / "manifest.json").write_text(json.dumps(manifest, default=str))
+        tmp = self.snapshots / "LATEST.tmp"
+        tmp.write_text(version + "\n")
+        tmp.replace(self.snapshots / "LATEST")
+        return version
+
+
+class Client:
+    """Keep-alive HTTP/1.1 connections, one per thread."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.local = threading.local()
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> int:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            self.local.conn = None
+            return 599
+
+
+def closed_loop(client: Client, make, seconds: float, threads: int) -> tuple[float, int]:
+    """Requests back to back from `threads` threads: (requests per second, non-2xx count)."""
+    stop, counts, bad = threading.Event(), [0] * threads, [0] * threads
+
+    def worker(i: int) -> None:
+        rng = random.Random(i)
+        while not stop.is_set():
+            status = client.request(*make(rng))
+            counts[i] += 1
+            bad[i] += not 200 <= status < 300
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in pool:
+        t.join()
+    return sum(counts) / seconds, sum(bad)
+
+
+def open_loop(client: Client, make, rate: float, seconds: float, threads: int = 8) -> dict:
+    """`rate` requests per second on a fixed schedule; latency from each scheduled start."""
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    statuses: list[list[int]] = [[] for _ in range(threads)]
+    start = time.perf_counter() + 0.2
+    interval = threads / rate  # each thread takes every threads-th slot
+
+    def worker(i: int) -> None:
+        rng = random.Random(1000 + i)
+        n = 0
+        while True:
+            due = start + (i + n * threads) / rate
+            if due - start >= seconds:
+                return
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            statuses[i].append(client.request(*make(rng)))
+            latencies[i].append(time.perf_counter() - due)
+            n += 1
+
+    assert interval > 0
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    lat = np.concatenate([np.asarray(x) for x in latencies]) * 1000
+    codes = [s for per in statuses for s in per]
+    return {
+        "requests": len(codes),
+        "non_2xx": sum(not 200 <= s < 300 for s in codes),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="data/bench/ml/data", help="has lake/snapshots")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each run")
+    parser.add_argument("--swap-every", type=float, default=4.0, help="seconds between swaps")
+    args = parser.parse_args()
+
+    source_lake = Path(args.data_dir).resolve() / "lake" / "snapshots"
+    if not (source_lake / "LATEST").exists():
+        raise SystemExit(
+            f"no published snapshot under {source_lake}: run `make bench-ml` first "
+            "(or `recsys run --scale full` with RECSYS_DATA_DIR pointing there)"
+        )
+    source = source_lake / (source_lake / "LATEST").read_text().strip()
+    work = Path(args.data_dir).resolve().parent / "api"
+    shutil.rmtree(work, ignore_errors=True)
+    publisher = Publisher(source, work / "lake")
+    publisher.publish()
+
+    with duckdb.connect(str(source / "snapshot.duckdb"), read_only=True) as con:
+        rows = con.execute("select distinct visitor_id from recommendations").fetchall()
+        known = [r[0] for r in rows]
+        sessions = [
+            r[0]
+            for r in con.execute(
+                "select item_id from similar_items group by item_id having count(*) >= 50"
+            ).fetchall()
+        ]
+    print(
+        f"snapshot {source.name}: {len(known):,} visitors with lists, "
+        f"{len(sessions):,} items with 50 similar items"
+    )
+
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "AWS_"))},
+        "RECSYS_DATA_DIR": str(work),
+        "RECSYS_API_POLL_SECONDS": "0.5",
+    }
+    with open(work / "serve.log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "recsys.cli", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    proc = psutil.Process(server.pid)
+    peak = {"rss": 0}
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            try:
+                rss = sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+                peak["rss"] = max(peak["rss"], rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    threading.Thread(target=sample, daemon=True).start()
+    client = Client(port)
+    try:
+        t0 = time.perf_counter()
+        while client.request("GET", "/readyz") != 200:
+            if server.poll() is not None or time.perf_counter() - t0 > 300:
+                raise SystemExit("server did not become ready: see " + str(work / "serve.log"))
+            time.sleep(0.2)
+        print(f"server ready in {time.perf_counter() - t0:.1f} s")
+
+        def healthz(rng: random.Random) -> tuple[str, str]:
+            return "GET", "/healthz"
+
+        def get_recs(rng: random.Random) -> tuple[str, str]:
+            return "GET", f"/v1/recommendations/{rng.choice(known)}?k=10"
+
+        def post_session(rng: random.Random) -> tuple[str, str, bytes]:
+            body = {"session_item_ids": rng.sample(sessions, 2), "k": 10}  # 2 x 50 candidates
+            return "POST", "/v1/recommendations", json.dumps(body).encode()
+
+        for make in (healthz, get_recs):  # warm-up: connections, caches, code paths
+            closed_loop(client, make, 2.0, 4)
+        health_rps, bad_h = closed_loop(client, healthz, args.seconds / 2, 4)
+        recs_rps, bad_r = closed_loop(client, get_recs, args.seconds / 2, 4)
+        ratio = recs_rps / health_rps
+        print(f"\nthroughput, 4 keep-alive connections back to back, {args.seconds / 2:g} s each:")
+        print(f"  GET /healthz                      {health_rps:8.0f} req/s  (non-2xx {bad_h})")
+        print(f"  GET /v1/recommendations/{{id}}     {recs_rps:8.0f} req/s  (non-2xx {bad_r})")
+
+        swaps_before = client_swaps = 0
+        stop_swaps = threading.Event()
+
+        def swapper() -> None:
+            nonlocal client_swaps
+            while not stop_swaps.wait(args.swap_every):
+                publisher.publish()
+                client_swaps += 1
+
+        swap_thread = threading.Thread(target=swapper)
+        swap_thread.start()
+        get_run = open_loop(client, get_recs, 200, args.seconds)
+        post_run = open_loop(client, post_session, 100, args.seconds)
+        stop_swaps.set()
+        swap_thread.join()
+        metrics = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        metrics.request("GET", "/metrics")
+        text = metrics.getresponse().read().decode()
+        swaps_done = (
+            sum(
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("recsys_snapshot_swaps_total")
+            )
+            - swaps_before
+        )
+        failures = sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("recsys_snapshot_swap_failures_total")
+        )
+        print(
+            f"\nfixed rate, {args.seconds:g} s each, a new snapshot every {args.swap_every:g} s "
+            f"({client_swaps} published, {swaps_done:.0f} swapped in, {failures:.0f} refused):"
+        )
+        for name, run in (
+            ("GET  /v1/recommendations/{id} @200/s", get_run),
+            ("POST /v1/recommendations    @100/s", post_run),
+        ):
+            print(
+                f"  {name}: {run['requests']} requests, non-2xx {run['non_2xx']}, "
+                f"p50 {run['p50_ms']:.2f} ms, p95 {run['p95_ms']:.2f} ms, "
+                f"p99 {run['p99_ms']:.2f} ms, max {run['max_ms']:.1f} ms"
+            )
+    finally:
+        sampling.set()
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    rss_gb = peak["rss"] / 1e9
+    checks = [
+        ("GET recs / healthz throughput", ratio, TARGETS["ratio"], ratio >= TARGETS["ratio"]),
+        (
+            "GET recs p99 @200/s (ms)",
+            get_run["p99_ms"],
+            TARGETS["get_p99_ms"],
+            get_run["p99_ms"] <= TARGETS["get_p99_ms"],
+        ),
+        (
+            "POST recs p99 @100/s (ms)",
+            post_run["p99_ms"],
+            TARGETS["post_p99_ms"],
+            post_run["p99_ms"] <= TARGETS["post_p99_ms"],
+        ),
+        ("server peak RSS (GB)", rss_gb, TARGETS["rss_gb"], rss_gb <= TARGETS["rss_gb"]),
+        (
+            "non-2xx during swaps",
+            get_run["non_2xx"] + post_run["non_2xx"],
+            0,
+            get_run["non_2xx"] + post_run["non_2xx"] == 0 and swaps_done > 0,
+        ),
+    ]
+    print()
+    for label, value, target, ok in checks:
+        print(f"{label:<32} {value:>9.3f}  (target {target:g}): {'ok' if ok else 'OVER TARGET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
