@@ -18,7 +18,6 @@ catalogue by popularity, so `k` items come back whenever the catalogue has them.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,19 +40,29 @@ class Answer:
     scores: list[float] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # ranker | als | similar | popular
     confidences: list[float | None] = field(default_factory=list)
+    categories: list[int | None] = field(default_factory=list)  # None: not looked up yet
 
     def items_json(self, snapshot: Snapshot) -> bytes:
-        """The `items` array as JSON bytes (rendered once, cached with the answer)."""
-        categories = snapshot.items.category_of(np.asarray(self.item_ids, dtype=np.int64))
+        """The `items` array as JSON bytes (rendered once, cached with the answer).
+
+        Written with one format string per item: json.dumps of a list of dicts costs several
+        times as much, and the values are only ints, floats and the four source names.
+        """
+        categories = list(self.categories)
+        unknown = [i for i, c in enumerate(categories) if c is None]
+        if unknown:
+            ids = np.asarray([self.item_ids[i] for i in unknown], dtype=np.int64)
+            for i, category in zip(unknown, snapshot.items.category_of(ids).tolist(), strict=True):
+                categories[i] = category
         rows = [
-            {
-                "item_id": item,
-                "rank": rank,
-                "score": _finite(score),
-                "source": source,
-                "confidence": None if conf is None else _finite(conf),
-                "category_id": int(category),
-            }
+            (_ROW_NO_CONFIDENCE if conf is None else _ROW)(
+                item,
+                rank,
+                score if math.isfinite(score) else 0.0,
+                source,
+                category,
+                0.0 if conf is None or not math.isfinite(conf) else conf,
+            )
             for rank, (item, score, source, conf, category) in enumerate(
                 zip(
                     self.item_ids,
@@ -66,13 +75,22 @@ class Answer:
                 start=1,
             )
         ]
-        return json.dumps(rows, separators=(",", ":")).encode()
+        return ("[" + ",".join(rows) + "]").encode()
 
 
-def _finite(value: float) -> float:
-    """JSON has no NaN or infinity; a score that is not finite says nothing: 0."""
-    value = float(value)
-    return round(value, 6) if math.isfinite(value) else 0.0
+# one item of the JSON array; numbers with 6 decimals (JSON has no NaN or infinity, and such a
+# score says nothing: it is written as 0)
+_ROW = (
+    '{{"item_id":{0:d},"rank":{1:d},"score":{2:.6f},"source":"{3}","confidence":{5:.6f},'
+    '"category_id":{4:d}}}'
+).format
+_ROW_NO_CONFIDENCE = (
+    '{{"item_id":{0:d},"rank":{1:d},"score":{2:.6f},"source":"{3}","confidence":null,'
+    '"category_id":{4:d}}}'
+).format
+
+
+_NONE = np.zeros(0, dtype=np.int64)
 
 
 def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -97,7 +115,7 @@ class _Picker:
         self.snapshot = snapshot
         self.k = k
         self.category_id = category_id
-        self.excluded = np.unique(np.asarray(exclude, dtype=np.int64))
+        self.excluded = np.unique(np.asarray(exclude, dtype=np.int64)) if exclude else _NONE
         self.visitor_id = visitor_id
         self._blocked: np.ndarray | None = None
         self.answer = Answer(strategy="popular")
@@ -122,37 +140,58 @@ class _Picker:
         confidences: np.ndarray | None = None,
         *,
         catalogue: bool = False,
+        facts: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> int:
         """Pick from `items` (unique, in order) those that pass the filters; return how many.
 
         Every source is filtered, the published list too (the pipeline leaves bought and
-        unavailable items out of it, and a few microseconds make sure of it here).
-        `catalogue`: available items of the asked scope, so only the first
-        `missing + blocked + picked` can be needed.
+        unavailable items out of it; this makes sure of it). Items are looked at a chunk at a
+        time, so that a list of 50 (or the catalogue) costs the lookups of the few it gives:
+        on a full-scale catalogue each lookup is a few cache misses.
+        `catalogue`: available items of the asked scope (no lookup needed), so only the first
+        `missing + blocked + picked` can be needed. `facts`: (category, available) of each
+        item, known already (the published lists carry them).
         """
-        missing = self.missing
-        if missing <= 0 or len(items) == 0:
-            return 0
-        blocked = self.blocked
-        picked = self.answer.item_ids
+        n = len(items)
         if catalogue:
-            limit = missing + len(blocked) + len(picked)
-            items, scores = items[:limit], scores[:limit]
-        ok: np.ndarray | None = None
-        if len(blocked):
-            ok = ~_member(items, blocked)
+            n = min(n, self.missing + len(self.blocked) + len(self.answer.item_ids))
+        taken = start = 0
+        while self.missing > 0 and start < n:
+            stop = min(n, start + max(2 * self.missing, 16))
+            taken += self._take(
+                items[start:stop],
+                scores[start:stop],
+                None if confidences is None else confidences[start:stop],
+                source,
+                catalogue,
+                None if facts is None else (facts[0][start:stop], facts[1][start:stop]),
+            )
+            start = stop
+        return taken
+
+    def _take(
+        self,
+        items: np.ndarray,
+        scores: np.ndarray,
+        confidences: np.ndarray | None,
+        source: str,
+        catalogue: bool,
+        facts: tuple[np.ndarray, np.ndarray] | None,
+    ) -> int:
+        ok = ~_member(items, self.blocked)
+        picked = self.answer.item_ids
         if picked:
-            fresh = ~_member(items, np.unique(np.asarray(picked, dtype=np.int64)))
-            ok = fresh if ok is None else ok & fresh
+            ok &= ~_member(items, np.unique(np.asarray(picked, dtype=np.int64)))
+        categories: np.ndarray | None = None
         if not catalogue:
-            available = self.snapshot.items.available_of(items)
-            ok = available if ok is None else ok & available
+            if facts is not None:
+                categories, available = facts
+            else:
+                available, categories = self.snapshot.items.lookup(items)
+            ok &= available
             if self.category_id is not None:
-                in_scope = self.snapshot.items.category_of(items) == self.category_id
-                ok = in_scope if ok is None else ok & in_scope
-        index = (
-            np.flatnonzero(ok)[:missing] if ok is not None else np.arange(min(missing, len(items)))
-        )
+                ok &= categories == self.category_id
+        index = np.flatnonzero(ok)[: self.missing]
         answer = self.answer
         answer.item_ids.extend(items[index].tolist())
         answer.scores.extend(scores[index].tolist())
@@ -161,6 +200,12 @@ class _Picker:
             answer.confidences.extend([None] * len(index))
         else:
             answer.confidences.extend(confidences[index].tolist())
+        if categories is not None:
+            answer.categories.extend(categories[index].tolist())
+        elif catalogue and self.category_id is not None:
+            answer.categories.extend([self.category_id] * len(index))
+        else:
+            answer.categories.extend([None] * len(index))
         return len(index)
 
     def fill_with_popular(self, category_id: int | None = None) -> None:
@@ -222,8 +267,12 @@ def for_visitor(
     exclude: Sequence[int] = (),
 ) -> Answer:
     """GET /v1/recommendations/{visitor_id}: see the module doc."""
-    picker = _Picker(snapshot, k, category_id, exclude, visitor_id)
     start, end = snapshot.recs.span(visitor_id)
+    if end - start >= k and category_id is None and not exclude:
+        quick = _published_head(snapshot, visitor_id, start, k)
+        if quick is not None:
+            return quick
+    picker = _Picker(snapshot, k, category_id, exclude, visitor_id)
     if end > start:
         picker.answer.strategy = "personalized"
         cols = snapshot.rec_cols
@@ -232,6 +281,7 @@ def for_visitor(
             cols["score"][start:end],
             "ranker",
             snapshot.rec_confidences(start, end),
+            facts=(cols["category"][start:end], cols["available"][start:end]),
         )
         if picker.missing > 0:
             c_start, c_end = snapshot.candidates.span(visitor_id)
@@ -246,6 +296,28 @@ def for_visitor(
     if picker.missing > 0:
         picker.fill_with_popular()
     return picker.answer
+
+
+def _published_head(snapshot: Snapshot, visitor_id: int, start: int, k: int) -> Answer | None:
+    """The most common request, the head of a published list without filters, in a handful of
+    array operations; None when some of the head cannot be served as it is (an item since
+    unavailable or bought: rare, as the pipeline leaves them out), for the general path."""
+    cols = snapshot.rec_cols
+    stop = start + k
+    if not cols["available"][start:stop].all():
+        return None
+    items = cols["item_id"][start:stop]
+    bought = snapshot.purchased(visitor_id)
+    if len(bought) and _member(items, bought).any():
+        return None
+    return Answer(
+        strategy="personalized",
+        item_ids=items.tolist(),
+        scores=cols["score"][start:stop].tolist(),
+        sources=["ranker"] * k,
+        confidences=snapshot.rec_confidences(start, stop).tolist(),
+        categories=cols["category"][start:stop].tolist(),
+    )
 
 
 def for_session(

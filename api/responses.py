@@ -6,8 +6,6 @@ that they do); `items` arrives pre-rendered from the answer cache.
 
 from __future__ import annotations
 
-import json
-
 from fastapi import Response
 
 from api.snapshot import Snapshot
@@ -34,12 +32,10 @@ def item_list(
             b"null" if key_value is None else str(int(key_value)).encode(),
             b',"items":',
             items_json,
-            b',"strategy":',
-            json.dumps(strategy).encode(),
-            b',"snapshot_version":',
-            json.dumps(snapshot.version).encode(),
-            b',"model_version":',
-            json.dumps(snapshot.model_version).encode(),
+            b',"strategy":"',
+            strategy.encode(),  # one of the Strategy literals: nothing to escape
+            b'",',
+            snapshot.versions_json,
             b"}",
         )
     )

@@ -174,6 +174,14 @@ class Items:
         found = (self.ids[pos] == item_ids) if len(self.ids) else np.zeros(len(item_ids), bool)
         return pos, found
 
+    def lookup(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(available, category) of each id in one search; unknown items are available and of
+        category -1, as `ranking_features` has them."""
+        if len(self.ids) == 0:
+            return np.ones(len(item_ids), dtype=bool), np.full(len(item_ids), -1, np.int64)
+        pos, found = self.positions(item_ids)
+        return np.where(found, self.available[pos], True), np.where(found, self.category[pos], -1)
+
     def category_of(self, item_ids: np.ndarray) -> np.ndarray:
         pos, found = self.positions(item_ids)
         return np.where(found, self.category[pos] if len(self.ids) else -1, -1)
@@ -273,6 +281,14 @@ class Snapshot:
     @property
     def model_version(self) -> str:
         return str(self.metadata["model_version"])
+
+    @functools.cached_property
+    def versions_json(self) -> bytes:
+        """`"snapshot_version":..,"model_version":..` for the answers, rendered once."""
+        return (
+            f'"snapshot_version":{json.dumps(self.version)},'
+            f'"model_version":{json.dumps(self.model_version)}'
+        ).encode()
 
     @property
     def feature_version(self) -> str:
@@ -455,6 +471,16 @@ def _lexsorted(columns: list[np.ndarray], previous: tuple[int, ...] | None) -> b
             return False
         ahead |= diff > 0
     return True
+
+
+def _item_facts(items: Items, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(category, available) per row of `item_ids`, a million rows at a time."""
+    category = np.empty(len(item_ids), dtype=np.int64)
+    available = np.empty(len(item_ids), dtype=bool)
+    for lo in range(0, len(item_ids), BATCH_ROWS):
+        chunk = item_ids[lo : lo + BATCH_ROWS].astype(np.int64)
+        available[lo : lo + BATCH_ROWS], category[lo : lo + BATCH_ROWS] = items.lookup(chunk)
+    return _compact(category), available
 
 
 def _check_columns(con: duckdb.DuckDBPyConnection) -> None:
@@ -704,6 +730,9 @@ def _load_tables(
             del rec_cols["confidence"]
     else:
         del rec_cols["rank"]
+    # each published item's category and availability, so that a visitor's list is filtered
+    # and rendered without searching the catalogue (random lookups: cache misses at scale)
+    rec_cols["category"], rec_cols["available"] = _item_facts(items, rec_cols["item_id"])
     # -- ALS candidates, in ALS rank order; the rank is small, is_seen a flag
     cand_item_t = _id_type(con, "candidates", "item_id")
     candidate_cols, candidates = _stream(

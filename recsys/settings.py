@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     recsys_api_poll_seconds: float = Field(default=10.0, ge=0.05, le=3600.0)
     recsys_api_cache_dir: Path | None = None  # local copies of snapshots; default under data dir
     recsys_api_max_body_bytes: int = Field(default=1_048_576, ge=1_024, le=64 * 1_048_576)
-    recsys_api_cache_mb: int = Field(default=64, ge=0, le=4096)  # answers cached per snapshot
+    recsys_api_cache_mb: int = Field(default=32, ge=0, le=4096)  # answers cached per snapshot
 
     @field_validator("recsys_lake_uri")
     @classmethod
