@@ -7,7 +7,8 @@ DuckDB: a lookup is a binary search in sorted ids (`np.searchsorted`) and a slic
 Layout in memory (`Groups`: rows sorted by a key, the rows of `keys[i]` at
 `offsets[i]:offsets[i + 1]`):
 
-- `recs`: the published list of each visitor, in rank order (item, score, confidence);
+- `recs`: the published list of each visitor, in rank order (item, score, confidence, and
+  the item's category and availability, so that serving a list searches nothing else);
 - `candidates`: each published visitor's ALS candidates in ALS rank order;
 - `similar`: the similar items of each item in similarity order;
 - `interactions` and `affinities`: each visitor's items (sorted by item id) and categories

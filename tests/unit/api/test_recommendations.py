@@ -145,3 +145,17 @@ def test_bad_parameters_are_a_422_naming_them(
     response = client.get(query)
     assert response.status_code == 422, response.text
     assert [error["loc"] for error in response.json()["detail"]] == [where]
+
+
+def test_a_published_list_is_filtered_even_if_the_pipeline_slipped(
+    client_for: Callable[..., TestClient],
+) -> None:
+    world = default_world()
+    recs = world.tables["recommendations"]
+    head = recs["visitor_id"] == 1001
+    # the unavailable 7 and the bought 20 at the top of 1001's list
+    recs.loc[head & (recs["rank"] == 1), "item_id"] = 7
+    recs.loc[head & (recs["rank"] == 2), "item_id"] = 20
+    client = client_for(world)
+    assert items(client.get("/v1/recommendations/1001?k=3")) == [3, 4, 5]
+    assert not {7, 20} & set(items(client.get("/v1/recommendations/1001?k=50")))
