@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export OPENBLAS_NUM_THREADS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run test test-unit lint format bench-warehouse bench-ml bench-api docs clean
+.PHONY: help install tools run test test-unit lint format bench-warehouse bench-ml bench-api docs airflow clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,23 @@ bench-api: install ## recsys serve on the full-scale snapshot of bench-ml: throu
 
 docs: install ## dbt docs (offline) into dbt_project/target
 	cd dbt_project && ../.venv/bin/dbt docs generate --profiles-dir .
+
+# Airflow's home, the dbt manifest the DAGs render from and the warehouse lease live under
+# RECSYS_DATA_DIR (default ./data); the UI listens on 127.0.0.1 only (AIRFLOW_PORT, default 8080).
+airflow: install ## Airflow standalone on 127.0.0.1 with the recsys DAGs (home under RECSYS_DATA_DIR)
+	@set -e; \
+	data_dir="$$(realpath -m "$${RECSYS_DATA_DIR:-data}")"; port="$${AIRFLOW_PORT:-8080}"; \
+	export PATH="$(CURDIR)/.venv/bin:$$PATH" RECSYS_DATA_DIR="$$data_dir" AIRFLOW_HOME="$$data_dir/airflow" \
+		AIRFLOW__CORE__DAGS_FOLDER="$(CURDIR)/dags" AIRFLOW__CORE__LOAD_EXAMPLES=False \
+		AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT="$$port" \
+		AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$$port/execution/" \
+		AIRFLOW__COSMOS__ENABLE_TELEMETRY=False AIRFLOW__COSMOS__CACHE_DIR="$$data_dir/airflow/cosmos"; \
+	echo "dbt manifest for the DAGs (dbt parse) ..."; \
+	PYTHONPATH=dags .venv/bin/python -m recsys_airflow.dbt_graph; \
+	.venv/bin/airflow db migrate >/dev/null; \
+	.venv/bin/airflow pools set recsys_warehouse 1 "one task at a time on warehouse.duckdb (DuckDB: one writer per file)" >/dev/null; \
+	echo "Airflow home $$AIRFLOW_HOME; UI on http://127.0.0.1:$$port (user admin, password in $$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated)"; \
+	exec .venv/bin/airflow standalone
 
 clean: ## remove generated data and build output
 	rm -rf data dbt_project/target dbt_project/logs reports .tools

@@ -1,0 +1,208 @@
+"""Settings, default arguments, the warehouse pool and lease, and the assets of both DAGs.
+
+DuckDB allows one writer per file, and a reader cannot open the file while another process
+writes it. Two rules keep `warehouse.duckdb` safe:
+
+- every task of both DAGs runs in `WAREHOUSE_POOL`, a pool of one slot (`default_args`), so no
+  two of them ever run at once, whichever DAG they belong to (dbt tasks of one Cosmos group
+  included: the group would otherwise run independent models side by side);
+- a DAG run holds the warehouse lease (`claim_warehouse` ... `release_warehouse`, a setup and
+  teardown pair) from its first task to its last, so another DAG's tasks cannot slip in
+  between two of its tasks and rebuild the features under it (the pool orders tasks, not runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Asset, BaseOperator, get_current_context
+
+from recsys.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# Read where the DAG is parsed, and again in each task's process (Airflow parses the DAG file
+# there too): the scheduler and the workers must see the same RECSYS_* environment.
+SETTINGS: Settings = get_settings()
+
+WAREHOUSE_POOL = "recsys_warehouse"
+WAREHOUSE_POOL_SLOTS = 1
+LEASE_PATH = Path(
+    os.environ.get("RECSYS_WAREHOUSE_LEASE") or SETTINGS.data_dir / "airflow" / "warehouse.lease"
+)
+
+# the CSV folder a scheduled run ingests (a DAG param overrides it); unset: only the events the
+# API landed in the lake's landing/events/
+DEFAULT_RAW_DIR = os.environ.get("RECSYS_RAW_DIR") or None
+
+START_DATE = datetime(2025, 1, 1)
+DEFAULT_ARGS: dict[str, object] = {
+    "owner": "recsys",
+    "pool": WAREHOUSE_POOL,
+    "pool_slots": 1,
+    # a failed stage is a data or code problem (dbt tests, too little data, refused S3
+    # credentials), which a retry would only repeat: fix it, then clear the task
+    "retries": 0,
+}
+
+
+def say(message: str) -> None:
+    """The pipeline's progress lines, into the task log."""
+    log.info(message)
+
+
+def ingest_lake(raw_dir: str | None, settings: Settings = SETTINGS) -> dict[str, Any]:
+    """`recsys ingest --raw-dir raw_dir` when a folder is given (the API's landed events are
+    ingested with it); without one, the landed events alone. Rows per table, for the XCom."""
+    from recsys.cli import run_ingest
+    from recsys.ingest import ingest_landing
+    from recsys.lake import Lake
+
+    if raw_dir:
+        reports = run_ingest(Path(raw_dir), settings)
+    else:
+        say("no raw_dir: ingesting the events the API landed, if any")
+        with tempfile.TemporaryDirectory() as tmp:
+            landed = ingest_landing(Lake.from_settings(settings), Path(tmp), say)
+        reports = [landed] if landed is not None else []
+        if not reports:
+            say("no landed events waiting")
+    return {
+        r.table: {"accepted": r.accepted, "rejected": r.rejected, "unchanged": r.unchanged}
+        for r in reports
+    }
+
+
+# --- the warehouse lease ------------------------------------------------------------------
+
+
+def lease_owner(dag_id: str, run_id: str) -> str:
+    return f"{dag_id}/{run_id}"
+
+
+def run_params() -> dict[str, Any]:
+    """The running DAG run's params (defaults merged with the trigger's conf)."""
+    return dict(get_current_context()["params"])
+
+
+def current_owner() -> str:
+    """The running task's DAG run, as the lease names it."""
+    context = get_current_context()
+    return lease_owner(context["dag"].dag_id, context["run_id"])
+
+
+def claim_warehouse(owner: str, path: Path = LEASE_PATH) -> bool:
+    """Take the warehouse for `owner` (a DAG run); False while another run holds it.
+
+    The lease is a file created exclusively (`O_EXCL`), so two claims never both succeed. A run
+    that already holds it (a cleared, re-run task) claims it again.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        holder = lease_holder(path)
+        if holder == owner:
+            return True
+        say(
+            f"the warehouse is held by {holder} ({path}); waiting. If that run is no longer "
+            "running, delete the file."
+        )
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(owner + "\n")
+    say(f"warehouse claimed by {owner}")
+    return True
+
+
+def lease_holder(path: Path = LEASE_PATH) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def claim_for_this_run() -> bool:
+    return claim_warehouse(current_owner())
+
+
+def release_for_this_run() -> None:
+    release_warehouse(current_owner())
+
+
+def warehouse_lease() -> tuple[BaseOperator, BaseOperator]:
+    """The tasks that hold the warehouse for a DAG run: `claim_warehouse`, a setup that waits
+    (rescheduling itself, without a worker slot) until no other run holds it, and
+    `release_warehouse`, its teardown, which runs whatever happened in between. Put every
+    other task between them."""
+    from airflow.providers.standard.operators.python import PythonOperator
+    from airflow.providers.standard.sensors.python import PythonSensor
+
+    claim = PythonSensor(
+        task_id="claim_warehouse",
+        python_callable=claim_for_this_run,
+        mode="reschedule",
+        poke_interval=60,
+        timeout=6 * 3600,
+        doc_md="Wait until no other DAG run holds the warehouse, then hold it.",
+    )
+    release = PythonOperator(
+        task_id="release_warehouse",
+        python_callable=release_for_this_run,
+        doc_md="Give the warehouse back, whatever happened before.",
+    )
+    return claim, release.as_teardown(setups=claim)
+
+
+def release_warehouse(owner: str, path: Path = LEASE_PATH) -> bool:
+    """Give the warehouse back; only its holder can (True when it did)."""
+    holder = lease_holder(path)
+    if holder != owner:
+        say(f"warehouse lease not held by {owner} (holder: {holder}); nothing to release")
+        return False
+    path.unlink(missing_ok=True)
+    say(f"warehouse released by {owner}")
+    return True
+
+
+# --- assets: lineage from raw events to the published snapshot -----------------------------
+
+ASSET_GROUP = "recsys"
+RAW_TABLES = ("events", "item_properties", "category_tree")
+
+
+def _lake_uri(rel: str, settings: Settings = SETTINGS) -> str:
+    # as Lake.url spells it, without opening the lake (parsing a DAG touches no storage)
+    url = f"{settings.lake_uri.rstrip('/')}/{rel}"
+    return url if "://" in url else Path(url).as_uri()
+
+
+def lake_asset(name: str, rel: str, settings: Settings = SETTINGS) -> Asset:
+    """An asset on a path of the lake (a local folder or S3, as RECSYS_LAKE_URI says)."""
+    return Asset(name=f"recsys.{name}", uri=_lake_uri(rel, settings), group=ASSET_GROUP)
+
+
+def local_asset(name: str, path: Path) -> Asset:
+    """An asset on a file under RECSYS_DATA_DIR (models and reports stay local)."""
+    return Asset(name=f"recsys.{name}", uri=path.resolve().as_uri(), group=ASSET_GROUP)
+
+
+# the API's accepted events, waiting for the next ingest (written outside Airflow)
+LANDED_EVENTS = lake_asset("landing.events", "landing/events")
+RAW_ASSETS: dict[str, Asset] = {t: lake_asset(f"raw.{t}", f"raw/{t}") for t in RAW_TABLES}
+
+
+def feature_asset(mart: str) -> Asset:
+    """A feature mart as exported to the lake (`features/<feature_version>/<mart>.parquet`;
+    the asset stands for the latest export, whatever its feature version)."""
+    return lake_asset(f"features.{mart}", f"features/{mart}")
+
+
+RANKER = local_asset("models.ranker", SETTINGS.data_dir / "models" / "ranker")
+METRICS = local_asset("reports.metrics", SETTINGS.data_dir / "reports" / "metrics.json")
+SNAPSHOT = lake_asset("snapshots", "snapshots")

@@ -1,0 +1,229 @@
+"""The dbt side of the DAGs: Cosmos task groups rendered from the dbt manifest.
+
+Parsing stays fast because Cosmos reads the graph from `manifest.json` (`LoadMode.DBT_MANIFEST`)
+instead of running `dbt ls` (15-20 s here) each time a DAG file is parsed. The manifest is made
+by `dbt parse` (`python -m recsys_airflow.dbt_graph`, which `make airflow` runs) into
+`$RECSYS_DATA_DIR/airflow/dbt/`, or read from `RECSYS_DBT_MANIFEST`. It only shapes the graph:
+the tasks run dbt on the project itself, with the settings' environment, as `recsys build` does.
+
+Each model is one task, `dbt run --select <model>`, with the manifest's dependencies as edges;
+one last task of the group runs every test of the group's models (`TestBehavior.AFTER_ALL`: data
+tests and unit tests, `dbt test` with the group's selection), so a failed test stops the
+pipeline before anything reads the group's tables. Tests run after all the models because many
+span several of them (`relationships`, the no-leak test over every mart): run with one model,
+they would check the others as an earlier build left them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from cosmos import (
+    DbtTaskGroup,
+    ExecutionConfig,
+    LoadMode,
+    ProfileConfig,
+    ProjectConfig,
+    RenderConfig,
+)
+from cosmos.constants import InvocationMode, TestBehavior
+
+from recsys.settings import DBT_PROJECT_DIR, Settings
+from recsys.warehouse import dbt_command, dbt_executable
+from recsys_airflow.common import RAW_ASSETS, SETTINGS, feature_asset
+
+log = logging.getLogger(__name__)
+
+MANIFEST_PATH = Path(
+    os.environ.get("RECSYS_DBT_MANIFEST") or SETTINGS.data_dir / "airflow" / "dbt" / "manifest.json"
+)
+# The ranking models (built after ALS has written the ml source) carry the tag `ranking`, as
+# `steps.build_ranking` selects them; their tests carry no tag, so the folder selects those.
+RANKING_MODELS = ["tag:ranking", "path:models/ranking"]
+MARTS_FOLDER = "marts"  # models exported to the lake as feature marts (dbt_project.yml)
+# what the manifest depends on: a change to any of these makes it stale
+PROJECT_INPUTS = ("dbt_project.yml", "models", "macros", "tests")
+
+
+class ManifestMissing(FileNotFoundError):
+    """The DAGs cannot render their dbt tasks: no manifest yet."""
+
+
+def write_manifest(settings: Settings, target_dir: Path) -> Path:
+    """`dbt parse` into `target_dir` (not the project's shared `target/`); the manifest path."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    args = ["parse", "--target-path", str(target_dir), "--log-path", str(target_dir / "logs")]
+    dbt_command(settings, args, echo=False)
+    return target_dir / "manifest.json"
+
+
+def manifest_is_stale(manifest: Path, project_dir: Path = DBT_PROJECT_DIR) -> list[Path]:
+    """Project files changed after the manifest was written (newest first, at most 5)."""
+    written = manifest.stat().st_mtime
+    newer = []
+    for name in PROJECT_INPUTS:
+        root = project_dir / name
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        newer += [p for p in files if p.stat().st_mtime > written]
+    return sorted(newer, key=lambda p: p.stat().st_mtime, reverse=True)[:5]
+
+
+def checked_manifest(path: Path = MANIFEST_PATH) -> Path:
+    """The manifest to render from; a clear error when it is missing, a warning when stale."""
+    if not path.is_file():
+        raise ManifestMissing(
+            f"dbt manifest {path} not found: the recsys DAGs render their dbt tasks from it. "
+            "Write it with `make airflow`, or `PYTHONPATH=dags .venv/bin/python -m "
+            "recsys_airflow.dbt_graph` (or point RECSYS_DBT_MANIFEST at one)."
+        )
+    newer = manifest_is_stale(path)
+    if newer:
+        log.warning(
+            "dbt manifest %s is older than %s: the DAGs may miss a model. Write it again "
+            "(python -m recsys_airflow.dbt_graph, or make airflow).",
+            path,
+            ", ".join(str(p.relative_to(DBT_PROJECT_DIR)) for p in newer),
+        )
+    return path
+
+
+@cache
+def manifest_nodes(path: Path) -> dict[str, dict[str, Any]]:
+    nodes: dict[str, dict[str, Any]] = json.loads(path.read_text())["nodes"]
+    return nodes
+
+
+def upstream_sources(nodes: dict[str, dict[str, Any]], unique_id: str) -> set[str]:
+    """Names of the sources (`source.<project>.<source>.<table>`) a node reads, transitively."""
+    seen: set[str] = set()
+    sources: set[str] = set()
+    stack = [unique_id]
+    while stack:
+        for parent in nodes[stack.pop()]["depends_on"]["nodes"]:
+            if parent.startswith("source."):
+                sources.add(parent)
+            elif parent in nodes and parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return sources
+
+
+def project_config(manifest: Path) -> ProjectConfig:
+    return ProjectConfig(
+        dbt_project_path=DBT_PROJECT_DIR,
+        manifest_path=manifest,
+        project_name="recsys",
+        install_dbt_deps=False,  # no packages, and no network at run time
+    )
+
+
+PROFILE_CONFIG = ProfileConfig(
+    profile_name="recsys",
+    # the profile picks its target from RECSYS_LAKE_URI; Cosmos wants it named
+    target_name="s3" if SETTINGS.lake_uri.startswith("s3://") else "local",
+    profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml",
+)
+EXECUTION_CONFIG = ExecutionConfig(
+    dbt_executable_path=os.environ.get("RECSYS_DBT_EXECUTABLE") or dbt_executable(),
+    # dbt in the task's own process: no second interpreter start-up (seconds) per model
+    invocation_mode=InvocationMode.DBT_RUNNER,
+)
+
+
+def dbt_group(
+    group_id: str,
+    *,
+    select: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    dbt_vars: dict[str, str] | None = None,
+    manifest: Path | None = None,
+) -> DbtTaskGroup:
+    """A Cosmos group of the project's models (`select` / `exclude` as in dbt): one task per
+    model, then one for their tests, run with `dbt_vars` (templated: XComs may fill them).
+
+    A mart's task produces its feature asset and consumes the raw tables it reads, so that the
+    Assets view traces raw events to the published snapshot.
+    """
+    manifest = checked_manifest(manifest or MANIFEST_PATH)
+    group = DbtTaskGroup(
+        group_id=group_id,
+        project_config=project_config(manifest),
+        profile_config=PROFILE_CONFIG,
+        execution_config=EXECUTION_CONFIG,
+        render_config=RenderConfig(
+            load_method=LoadMode.DBT_MANIFEST,
+            select=list(select),
+            exclude=list(exclude),
+            test_behavior=TestBehavior.AFTER_ALL,
+            # assets are declared by the DAGs (lake tables and the snapshot), not derived
+            # by Cosmos from OpenLineage events at run time
+            emit_datasets=False,
+        ),
+        operator_args={
+            # absolute paths: Cosmos runs dbt in a temporary copy of the project
+            "env": SETTINGS.dbt_env(),
+            "vars": dbt_vars,
+            "install_deps": False,
+            # called after the dbt command, whether it passed or not
+            "callback": f"{__name__}.close_dbt_duckdb",
+        },
+    )
+    attach_assets(group, manifest_nodes(manifest))
+    return group
+
+
+def close_dbt_duckdb(project_dir: str, **_: Any) -> None:
+    """Release the warehouse file when a task's dbt command is done.
+
+    dbt-duckdb keeps its DuckDB connection open across dbt invocations in one process
+    (`keep_open`, true by default), and DuckDB refuses a second connection to the file with
+    another configuration. Each task normally has a process of its own, but tasks that share
+    one (`airflow dags test`) would find the file held by an earlier task's dbt.
+    """
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager as manager
+
+    with manager._LOCK:
+        if manager._ENV is not None:
+            manager._ENV.close()
+            manager._ENV = None
+
+
+def mart_names(manifest: Path) -> list[str]:
+    """The models exported to the lake as feature marts (those under models/marts/)."""
+    return sorted(
+        node["name"]
+        for node in manifest_nodes(manifest).values()
+        if node["resource_type"] == "model" and node["fqn"][1:2] == [MARTS_FOLDER]
+    )
+
+
+def attach_assets(group: DbtTaskGroup, nodes: dict[str, dict[str, Any]]) -> None:
+    for unique_id, task in group.tasks_map.items():
+        node = nodes.get(unique_id)
+        if node is None or node["resource_type"] != "model" or not hasattr(task, "outlets"):
+            continue
+        raw = sorted(s.rsplit(".", 1)[-1] for s in upstream_sources(nodes, unique_id))
+        task.inlets = [RAW_ASSETS[t] for t in raw if t in RAW_ASSETS]
+        if node["fqn"][1:2] == [MARTS_FOLDER]:
+            task.outlets = [feature_asset(node["name"])]
+
+
+def main() -> int:
+    """Write the manifest the DAGs render from (`make airflow` runs this)."""
+    from recsys.settings import get_settings
+
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else MANIFEST_PATH.parent
+    path = write_manifest(get_settings(), target)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

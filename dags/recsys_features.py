@@ -1,0 +1,59 @@
+"""Daily features: ingest new events (the API's landed ones too), rebuild the feature marts.
+
+The same steps as `recsys ingest` + `recsys build`: `ingest` calls the command's ingest (or, with
+no `raw_dir`, ingests only the events the API landed in the lake's `landing/events/`); the
+`features` Cosmos group builds the feature graph (every model but the ranking ones) as of the
+latest event, one task per model, rendered from the dbt manifest; `summary` logs what the build
+made, as `recsys build` prints it. Each mart's task updates its feature asset in the lake.
+
+Every task runs in the one-slot `recsys_warehouse` pool and inside the warehouse lease
+(`claim_warehouse` ... `release_warehouse`), so it never interleaves with a training run: see
+`recsys_airflow.common`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import DAG, Param, chain, task
+from recsys_airflow import common
+from recsys_airflow.common import RAW_ASSETS, SETTINGS, say
+from recsys_airflow.dbt_graph import RANKING_MODELS, dbt_group
+
+with DAG(
+    dag_id="recsys_features",
+    description="Ingest new events and rebuild the feature marts as of the latest event",
+    doc_md=__doc__,
+    schedule="@daily",
+    start_date=common.START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=common.DEFAULT_ARGS,
+    params={
+        "raw_dir": Param(
+            common.DEFAULT_RAW_DIR,
+            type=["null", "string"],
+            description="CSV folder to ingest (events.csv, ...); empty: only the events the "
+            "API landed",
+        ),
+    },
+    tags=["recsys", "features"],
+) as dag:
+
+    @task(inlets=[common.LANDED_EVENTS], outlets=list(RAW_ASSETS.values()))
+    def ingest() -> dict[str, Any]:
+        """The CSVs of `raw_dir` (if given) and the API's landed events -> the lake's raw/."""
+        return common.ingest_lake(common.run_params().get("raw_dir"), SETTINGS)
+
+    @task
+    def summary() -> str:
+        """What the build made: feature version, cutoff, rows per mart."""
+        from recsys.warehouse import summary
+
+        text = summary(SETTINGS)
+        say(text)
+        return text
+
+    claim, release = common.warehouse_lease()  # every other task runs between these two
+    features = dbt_group("features", exclude=RANKING_MODELS)
+    chain(claim, ingest(), features, summary(), release)

@@ -1,0 +1,401 @@
+"""The DAGs as Airflow loads them: no import errors, fast parsing, the dbt tasks of the manifest,
+one writer at a time on the warehouse, the lease, the quality gate's branch, landed events.
+
+Airflow configures logging and warnings for the whole process when imported, so it is never
+imported here: `_probe` runs in a subprocess with a temporary Airflow home (real Airflow, real
+Cosmos, the real dbt manifest) and writes what it saw as JSON, which the tests check.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recsys.settings import REPO_ROOT
+
+DAGS_DIR = REPO_ROOT / "dags"
+DAG_IDS = ("recsys_features", "recsys_training")
+POOL = "recsys_warehouse"
+TEST_TASK = "dbt_project_test"  # Cosmos's name for a group's test task (after the project folder)
+MAX_PARSE_SECONDS = 5.0
+# dbt groups: (dag, group) -> selects the ranking models (else: everything but them)
+GROUPS = {
+    ("recsys_training", "features"): False,
+    ("recsys_training", "ranking"): True,
+    ("recsys_features", "features"): False,
+}
+LANDED_CSV = (
+    "timestamp,visitorid,event,itemid,transactionid\n"
+    "1442004589439,1,view,10,\n"
+    "1442004759591,1,addtocart,10,\n"
+    "1442004917175,2,buy,11,\n"  # unknown event type: rejected
+)
+
+
+def airflow_env(root: Path, manifest: Path) -> dict[str, str]:
+    """Environment of an isolated Airflow (home, data, manifest under `root`), no telemetry."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW", "RECSYS_", "AWS_")) and k != "PYTHONPATH"
+    }
+    env.update(
+        AIRFLOW_HOME=str(root / "home"),
+        AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_DIR),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__COSMOS__ENABLE_TELEMETRY="False",
+        AIRFLOW__COSMOS__CACHE_DIR=str(root / "cosmos"),
+        RECSYS_DATA_DIR=str(root / "data"),
+        RECSYS_DBT_MANIFEST=str(manifest),
+        OPENBLAS_NUM_THREADS="1",
+    )
+    return env
+
+
+def write_manifest(target: Path, env: dict[str, str]) -> Path:
+    """The manifest the DAGs render from, made as `make airflow` makes it (once a session)."""
+    manifest = target / "manifest.json"
+    if not manifest.exists():
+        subprocess.run(
+            [sys.executable, "-m", "recsys_airflow.dbt_graph", str(target)],
+            env={**env, "PYTHONPATH": str(DAGS_DIR)},
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return manifest
+
+
+def _probe(out: str) -> None:
+    """In the subprocess: load the DAGs and exercise what needs Airflow; JSON to `out`."""
+    sys.path.insert(0, str(DAGS_DIR))
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    bag = BundleDagBag(
+        str(DAGS_DIR),
+        bundle_path=DAGS_DIR,
+        bundle_name="dags-folder",
+        known_pools={"default_pool", POOL},
+    )
+    result: dict[str, Any] = {
+        "import_errors": bag.import_errors,
+        "parse_seconds": {Path(s.file).name: s.duration.total_seconds() for s in bag.dagbag_stats},
+        "dags": {},
+    }
+    for dag in bag.dags.values():
+        result["dags"][dag.dag_id] = {
+            "max_active_runs": dag.max_active_runs,
+            "params": sorted(dag.params.keys()),
+            "tasks": {
+                t.task_id: {
+                    "pool": t.pool,
+                    "pool_slots": t.pool_slots,
+                    "upstream": sorted(t.upstream_task_ids),
+                    "inlets": sorted(a.name for a in t.inlets),
+                    "outlets": sorted(a.name for a in t.outlets),
+                    "is_setup": t.is_setup,
+                    "is_teardown": t.is_teardown,
+                    "select": getattr(t, "select", None),
+                    "vars": getattr(t, "vars", None),
+                    "env": getattr(t, "env", None),
+                }
+                for t in dag.tasks
+            },
+        }
+    result["gate"] = _probe_gate()
+    result["landing"] = _probe_landing()
+    result["lease"] = _probe_lease(Path(out).parent / "lease")
+    result["manifest"] = _probe_manifest(Path(out).parent / "project")
+    Path(out).write_text(json.dumps(result, default=str))
+
+
+def _probe_gate() -> dict[str, Any]:
+    """The branch's decision and the stop task's reasons on real metrics files, against an
+    empty lake (no published snapshot)."""
+    from recsys_airflow import gate
+    from recsys_airflow.common import SETTINGS
+
+    metrics_path = SETTINGS.data_dir / "reports" / "metrics.json"
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    outcome: dict[str, Any] = {}
+    for name, ranker_ndcg in (("worse", 0.05), ("better", 0.2)):
+        models = {"popularity": {"ndcg@10": 0.1}, "als_catboost": {"ndcg@10": ranker_ndcg}}
+        metrics_path.write_text(json.dumps({"models": models}))
+        outcome[name] = gate.branch(force=False)
+        outcome[f"{name}_forced"] = gate.branch(force=True)
+        outcome[f"{name}_reasons"] = gate.refused()
+    return outcome
+
+
+def _probe_landing() -> dict[str, Any]:
+    """Ingest without a raw_dir: only the events the API landed, exactly once."""
+    from recsys_airflow.common import SETTINGS, ingest_lake
+
+    lake = Path(SETTINGS.lake_uri)
+    landing = lake / "landing" / "events"
+    landing.mkdir(parents=True, exist_ok=True)
+    (landing / "batch-1.csv").write_text(LANDED_CSV)
+    first = ingest_lake(None, SETTINGS)
+    return {
+        "first": first,
+        "again": ingest_lake(None, SETTINGS),
+        "raw_parts": sorted(p.name for p in (lake / "raw" / "events").glob("*.parquet")),
+        "left_in_landing": sorted(p.name for p in landing.glob("*.csv")),
+    }
+
+
+def _probe_lease(path: Path) -> list[bool | str | None]:
+    from recsys_airflow.common import claim_warehouse, lease_holder, release_warehouse
+
+    return [
+        claim_warehouse("a/run1", path),
+        claim_warehouse("b/run1", path),  # held by a: wait
+        claim_warehouse("a/run1", path),  # a's own (a cleared task): fine
+        release_warehouse("b/run1", path),  # not b's to release
+        lease_holder(path),
+        release_warehouse("a/run1", path),
+        claim_warehouse("b/run1", path),
+        lease_holder(path),
+    ]
+
+
+def _probe_manifest(project: Path) -> dict[str, Any]:
+    from recsys_airflow.dbt_graph import (
+        ManifestMissing,
+        checked_manifest,
+        manifest_is_stale,
+    )
+
+    try:
+        checked_manifest(project / "missing.json")
+        missing = "no error"
+    except ManifestMissing as exc:
+        missing = str(exc)
+    (project / "models").mkdir(parents=True)
+    model = project / "models" / "m.sql"
+    model.write_text("select 1")
+    manifest = project / "manifest.json"
+    manifest.write_text("{}")
+    os.utime(model, (1_000_000_000, 1_000_000_000))
+    fresh = manifest_is_stale(manifest, project)
+    os.utime(model, None)
+    os.utime(manifest, (1_000_000_000, 1_000_000_000))
+    stale = manifest_is_stale(manifest, project)
+    return {"missing": missing, "fresh": [str(p) for p in fresh], "stale": [str(p) for p in stale]}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.getbasetemp() / "dbt_manifest"
+    return write_manifest(target, airflow_env(target.parent / "manifest_env", target))
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory, manifest: Path) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("airflow_probe")
+    out = root / "probe.json"
+    code = f"from tests.unit.test_dags import _probe; _probe({str(out)!r})"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=airflow_env(root, manifest),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    yield json.loads(out.read_text())
+
+
+def test_dag_bag_loads_both_dags_without_import_errors(probe: dict[str, Any]) -> None:
+    assert probe["import_errors"] == {}
+    assert set(probe["dags"]) == set(DAG_IDS)
+    # the training DAG can be triggered with parameters (by hand, or by a monitoring DAG)
+    training = probe["dags"]["recsys_training"]
+    assert {"force", "raw_dir", "search_budget_s", "test_days", "label_days"} <= set(
+        training["params"]
+    )
+
+
+def test_each_dag_file_parses_fast(probe: dict[str, Any]) -> None:
+    seconds = probe["parse_seconds"]
+    assert set(seconds) == {f"{dag_id}.py" for dag_id in DAG_IDS}
+    slow = {name: s for name, s in seconds.items() if s >= MAX_PARSE_SECONDS}
+    assert not slow, f"DAG files parsing in {MAX_PARSE_SECONDS}s or more: {slow}"
+
+
+def _manifest_models(manifest: Path, ranking: bool) -> dict[str, dict[str, Any]]:
+    nodes = json.loads(manifest.read_text())["nodes"]
+    return {
+        uid: node
+        for uid, node in nodes.items()
+        if node["resource_type"] == "model" and ("ranking" in node["tags"]) == ranking
+    }
+
+
+def _ancestors(tasks: dict[str, Any], task_id: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [task_id]
+    while stack:
+        for up in tasks[stack.pop()]["upstream"]:
+            if up not in seen:
+                seen.add(up)
+                stack.append(up)
+    return seen
+
+
+@pytest.mark.parametrize(("dag_id", "group"), list(GROUPS))
+def test_dbt_tasks_match_the_manifest(
+    probe: dict[str, Any], manifest: Path, dag_id: str, group: str
+) -> None:
+    """One task per model of the group, the manifest's dependencies as its edges; then one task
+    for the group's tests, which everything after the group waits for."""
+    tasks = probe["dags"][dag_id]["tasks"]
+    models = _manifest_models(manifest, ranking=GROUPS[(dag_id, group)])
+    task_of = {uid: f"{group}.{node['name']}_run" for uid, node in models.items()}
+
+    rendered = {tid for tid in tasks if tid.startswith(f"{group}.") and tid.endswith("_run")}
+    assert rendered == set(task_of.values())
+    for uid, node in models.items():
+        task = tasks[task_of[uid]]
+        assert task["select"] == f"fqn:{'.'.join(node['fqn'])}"
+        parents = {task_of[p] for p in node["depends_on"]["nodes"] if p in task_of}
+        model_upstream = {u for u in task["upstream"] if u in task_of.values()}
+        assert model_upstream == parents, node["name"]
+        if not parents:  # a root of the group starts after what precedes the group
+            assert task["upstream"], node["name"]
+
+    test_task = f"{group}.{TEST_TASK}"
+    assert set(task_of.values()) <= _ancestors(tasks, test_task)
+    assert set(tasks) - rendered == {test_task} | {
+        tid for tid in tasks if not tid.startswith(f"{group}.")
+    }
+    # what follows the group waits for its tests, never for a model task alone
+    outside = {tid: t for tid, t in tasks.items() if not tid.startswith(f"{group}.")}
+    assert not {tid for tid, t in outside.items() if set(t["upstream"]) & rendered}
+    assert any(test_task in t["upstream"] for t in outside.values())
+
+
+def test_groups_run_in_pipeline_order(probe: dict[str, Any]) -> None:
+    tasks = probe["dags"]["recsys_training"]["tasks"]
+
+    def ancestors(task_id: str) -> set[str]:
+        return _ancestors(tasks, task_id)
+
+    features = {t for t in tasks if t.startswith("features.")}
+    ranking = {t for t in tasks if t.startswith("ranking.")}
+    assert features <= ancestors("als_candidates")
+    assert {"als_candidates", *features} <= ancestors("ranking.ranking_features_run")
+    assert {"ingest", "training_windows", *ranking} <= ancestors("train_ranker")
+    chain = ["train_ranker", "evaluate", "quality_gate"]
+    for before, after in itertools.pairwise(chain):
+        assert before in tasks[after]["upstream"]
+    assert tasks["publish"]["upstream"] == ["quality_gate"]
+    assert tasks["gate_refused"]["upstream"] == ["quality_gate"]
+
+
+def test_training_builds_get_the_windows_and_absolute_paths(probe: dict[str, Any]) -> None:
+    """The dbt vars come from the training_windows XCom, and dbt gets the data dir's absolute
+    path (Cosmos runs it in a temporary copy of the project)."""
+    for group in ("features", "ranking"):
+        tasks = probe["dags"]["recsys_training"]["tasks"]
+        task = next(t for tid, t in tasks.items() if tid.startswith(f"{group}."))
+        assert set(task["vars"]) == {"cutoff_at", "label_end_at"}
+        for name, template in task["vars"].items():
+            assert "xcom_pull(task_ids='training_windows')" in template
+            assert f"['{name}']" in template
+        assert Path(task["env"]["RECSYS_DATA_DIR"]).is_absolute()
+    daily = probe["dags"]["recsys_features"]["tasks"]["features.events_run"]
+    assert daily["vars"] is None  # as of the latest event
+
+
+def test_every_task_is_in_the_one_slot_warehouse_pool(probe: dict[str, Any]) -> None:
+    """DuckDB: one writer per file. No two tasks of these DAGs ever run at once."""
+    for dag_id, dag in probe["dags"].items():
+        assert dag["max_active_runs"] == 1, dag_id
+        outside = {
+            tid: (t["pool"], t["pool_slots"])
+            for tid, t in dag["tasks"].items()
+            if (t["pool"], t["pool_slots"]) != (POOL, 1)
+        }
+        assert not outside, f"{dag_id}: tasks outside the {POOL} pool: {outside}"
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert f"airflow pools set {POOL} 1 " in makefile  # the pool `make airflow` creates
+
+
+def test_every_task_runs_inside_the_warehouse_lease(probe: dict[str, Any]) -> None:
+    for dag_id, dag in probe["dags"].items():
+        tasks = dag["tasks"]
+        setups = [tid for tid, t in tasks.items() if t["is_setup"]]
+        teardowns = [tid for tid, t in tasks.items() if t["is_teardown"]]
+        assert setups == ["claim_warehouse"], dag_id
+        assert teardowns == ["release_warehouse"], dag_id
+        roots = {tid for tid, t in tasks.items() if not t["upstream"]}
+        assert roots == {"claim_warehouse"}, dag_id
+        leaves = {tid for tid in tasks if not any(tid in t["upstream"] for t in tasks.values())}
+        assert leaves == {"release_warehouse"}, dag_id
+
+
+def test_lease_admits_one_run_at_a_time(probe: dict[str, Any]) -> None:
+    assert probe["lease"] == [True, False, True, False, "a/run1", True, True, "b/run1"]
+
+
+def test_lineage_from_raw_events_to_the_snapshot(probe: dict[str, Any], manifest: Path) -> None:
+    tasks = probe["dags"]["recsys_training"]["tasks"]
+    assert tasks["ingest"]["inlets"] == ["recsys.landing.events"]
+    assert set(tasks["ingest"]["outlets"]) == {
+        "recsys.raw.events",
+        "recsys.raw.item_properties",
+        "recsys.raw.category_tree",
+    }
+    marts = [
+        node["name"]
+        for node in _manifest_models(manifest, ranking=False).values()
+        if node["fqn"][1] == "marts"
+    ]
+    assert marts
+    for mart in marts:
+        task = tasks[f"features.{mart}_run"]
+        assert task["outlets"] == [f"recsys.features.{mart}"]
+        assert "recsys.raw.events" in task["inlets"]
+        assert f"recsys.features.{mart}" in tasks["publish"]["inlets"]
+    assert tasks["train_ranker"]["outlets"] == ["recsys.models.ranker"]
+    assert tasks["evaluate"]["outlets"] == ["recsys.reports.metrics"]
+    assert tasks["publish"]["outlets"] == ["recsys.snapshots"]
+    daily = probe["dags"]["recsys_features"]["tasks"]
+    assert daily["features.interactions_run"]["outlets"] == ["recsys.features.interactions"]
+
+
+def test_quality_gate_branches_on_the_gate(probe: dict[str, Any]) -> None:
+    gate = probe["gate"]
+    assert gate["worse"] == "gate_refused"
+    assert gate["worse_forced"] == "publish"
+    assert gate["better"] == gate["better_forced"] == "publish"
+    assert gate["better_reasons"] == []
+    assert len(gate["worse_reasons"]) == 1
+    assert "below popularity's" in gate["worse_reasons"][0]
+
+
+def test_ingest_without_raw_dir_takes_only_landed_events_once(probe: dict[str, Any]) -> None:
+    landing = probe["landing"]
+    assert landing["first"] == {"landed_events": {"accepted": 2, "rejected": 1, "unchanged": False}}
+    assert landing["again"] == {}
+    assert landing["raw_parts"] == ["landed-batch-1.parquet"]
+    assert landing["left_in_landing"] == []
+
+
+def test_missing_or_stale_manifest_is_said_clearly(probe: dict[str, Any]) -> None:
+    manifest = probe["manifest"]
+    assert "not found" in manifest["missing"]
+    assert "make airflow" in manifest["missing"]
+    assert manifest["fresh"] == []
+    assert [Path(p).name for p in manifest["stale"]] == ["m.sql"]
