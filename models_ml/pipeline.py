@@ -294,9 +294,20 @@ def gate_reasons(settings: Settings) -> list[str]:
 
 
 def publish_snapshot(settings: Settings, say: steps.Say = print, force: bool = False) -> Published:
-    """Features and ALS as of the latest event, ranked, written as a snapshot (gated)."""
+    """Features and ALS as of the latest event, ranked, written as a snapshot (gated).
+
+    The gate is asked first, so that a refused model costs no build; `publish` asks it again
+    against whatever is published by then.
+    """
     paths = _paths(settings)
     metrics = json.loads(paths["metrics"].read_text())
+    reasons = gate_reasons(settings)
+    if reasons and not force:
+        say(
+            f"quality gate refused the snapshot: {'; '.join(reasons)} "
+            "(use --force to publish anyway)"
+        )
+        raise GateRefused("; ".join(reasons))
     model, meta = ranker.load(paths["ranker"])
     calibrator = conformal.ConformalCalibrator.from_dict(
         json.loads(paths["calibration"].read_text())

@@ -1,4 +1,4 @@
-"""The API over a snapshot the real pipeline published (tiny data, ~2 minutes, once):
+"""The API over a snapshot the real pipeline published (tiny data, `recsys run` once a session):
 
 - request-time features equal the rows dbt computed in `ranking_features` (feature parity);
 - POST for a published visitor scores the candidates as the published list scored them;
@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,28 +19,21 @@ from fastapi.testclient import TestClient
 from api import features
 from api.main import create_app
 from api.snapshot import Snapshot
-from models_ml import pipeline
 from models_ml.ranker import feature_frame
 from recsys.cli import run_ingest
 from recsys.settings import Settings
+from tests.conftest import TinyRun
 from tests.unit.api.conftest import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def published(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """ingest -> train -> publish on tiny data, as `recsys run` does, less the evaluation
-    (test_ml_pipeline covers it; the snapshot only carries its metrics, and the gate is
-    forced)."""
-    settings = make_settings(tmp_path_factory.mktemp("pipeline"))
-    quiet = lambda _message: None  # noqa: E731
-    run_ingest(tiny_raw, settings)
-    pipeline.train(settings, say=quiet, search_budget_s=2)
-    metrics = settings.data_dir / "reports" / "metrics.json"
-    metrics.write_text(json.dumps({"models": {}, "note": "not evaluated (API tests)"}))
-    pipeline.publish_snapshot(settings, say=quiet, force=True)
-    return settings
+def published(tiny_run: TinyRun, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A copy of what `recsys run` published on tiny data (the session's `tiny_run`: ingest,
+    train, evaluate, publish), so that posting events here changes nothing for other tests."""
+    assert tiny_run.exit_code == 0, tiny_run.output[-3000:]
+    return make_settings(tiny_run.copy(tmp_path_factory.mktemp("pipeline") / "data"))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from models_ml.publish import SNAPSHOT_TABLES, latest_version
 from recsys.cli import main
 from recsys.lake import Lake
 from recsys.settings import Settings
+from tests.conftest import TinyRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,15 +23,14 @@ METRIC_KEYS = {
 }
 
 
-def test_run_trains_evaluates_and_publishes(
-    tiny_raw: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["run", "--raw-dir", str(tiny_raw), "--search-budget", "3", "--force"]) == 0
-    out = capsys.readouterr().out
+def test_run_trains_evaluates_and_publishes(tiny_run: TinyRun) -> None:
+    assert tiny_run.exit_code == 0, tiny_run.output[-3000:]
+    out = tiny_run.output
     for stage in ("ingest", "train", "evaluate", "publish"):
         assert f"[{stage}] done in" in out
     assert "als_catboost" in out  # the metric table is printed
 
+    settings = Settings(recsys_data_dir=tiny_run.data_dir, recsys_lake_uri=None)
     metrics = json.loads((settings.data_dir / "reports" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"popularity", "als", "als_catboost"}
     for values in metrics["models"].values():
@@ -74,7 +74,15 @@ def test_run_trains_evaluates_and_publishes(
         ).fetchone()
         assert conf is not None and 0 <= conf[0] <= conf[1] <= 1
 
-    # the gate on real output: a ranker worse than popularity is refused, LATEST stays
+
+def test_gate_refuses_a_worse_ranker_on_real_output_and_latest_stays(
+    tiny_run: TinyRun, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ranker evaluated below popularity is refused, and LATEST keeps its snapshot."""
+    tiny_run.copy(settings.data_dir)
+    lake = Lake.from_settings(settings)
+    version = latest_version(lake)
+    assert version is not None
     metrics_path = settings.data_dir / "reports" / "metrics.json"
     worse = json.loads(metrics_path.read_text())
     worse["models"]["als_catboost"]["ndcg@10"] = worse["models"]["popularity"]["ndcg@10"] / 2
