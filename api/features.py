@@ -193,7 +193,9 @@ def score(snapshot: Snapshot, columns: dict[str, np.ndarray]) -> np.ndarray:
     and handed over as `catboost.FeaturesData`, which CatBoost matches to the model by feature
     name. That skips pandas: about 1 ms for 100-200 rows instead of 5-10 ms through a
     DataFrame. A test pins the scores to `models_ml.ranker.score` on the same rows.
-    One thread: the other core serves other requests.
+    One thread, for reading the rows into the pool as for applying the model: on 100 rows
+    CatBoost's default (every core) spends more on starting and joining its threads than on
+    the work, and the other core serves other requests.
     """
     from catboost import FeaturesData, Pool
 
@@ -201,16 +203,20 @@ def score(snapshot: Snapshot, columns: dict[str, np.ndarray]) -> np.ndarray:
     n = len(columns["item_id"])
     if n == 0:
         return np.zeros(0, dtype=np.float64)
-    numeric = np.empty((n, len(ranker.numeric_features)), dtype=np.float32)
-    for j, name in enumerate(ranker.numeric_features):
+    numeric_names = ranker.numeric_features
+    numeric = np.empty((n, len(numeric_names)), dtype=np.float32)
+    for j, name in enumerate(numeric_names):
         numeric[:, j] = columns[name]
-    categorical = np.empty((n, len(ranker.cat_features)), dtype=object)
-    for j, name in enumerate(ranker.cat_features):
-        categorical[:, j] = [str(v) for v in columns[name].tolist()]
+    categorical = None
+    if ranker.cat_features:
+        categorical = np.empty((n, len(ranker.cat_features)), dtype=object)
+        for j, name in enumerate(ranker.cat_features):
+            categorical[:, j] = list(map(str, columns[name].tolist()))
     data = FeaturesData(
         num_feature_data=numeric,
-        cat_feature_data=categorical if ranker.cat_features else None,
-        num_feature_names=list(ranker.numeric_features),
-        cat_feature_names=list(ranker.cat_features) if ranker.cat_features else None,
+        cat_feature_data=categorical,
+        num_feature_names=numeric_names,
+        cat_feature_names=ranker.cat_features or None,
     )
-    return np.asarray(ranker.model.predict(Pool(data), thread_count=1), dtype=np.float64)
+    pool = Pool(data, thread_count=1)
+    return np.asarray(ranker.model.predict(pool, thread_count=1), dtype=np.float64)
