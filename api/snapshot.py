@@ -475,10 +475,34 @@ def _lexsorted(columns: list[np.ndarray], previous: tuple[int, ...] | None) -> b
     return True
 
 
+# _item_facts uses a table indexed by item id when the ids span at most this many values
+# (RetailRocket's: about 470,000; the table takes 9 bytes a value, 18 MB at most, while it runs)
+DENSE_ID_SPAN = 2_000_000
+
+
 def _item_facts(items: Items, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(category, available) per row of `item_ids`, a million rows at a time."""
+    """(category, available) per row of `item_ids`, a million rows at a time.
+
+    Unknown items are available and of category -1, as `Items.lookup` has them. When the
+    catalogue's ids are dense enough, each row is one read in a table indexed by id: a binary
+    search per row over the catalogue costs a cache miss per step, seconds for millions of rows.
+    """
     category = np.empty(len(item_ids), dtype=np.int64)
     available = np.empty(len(item_ids), dtype=bool)
+    ids = items.ids
+    if len(ids) and int(ids[0]) >= 0 and int(ids[-1]) < DENSE_ID_SPAN:
+        span = int(ids[-1]) + 1
+        by_id_category = np.full(span, -1, dtype=np.int64)
+        by_id_category[ids] = items.category
+        by_id_available = np.ones(span, dtype=bool)
+        by_id_available[ids] = items.available
+        for lo in range(0, len(item_ids), BATCH_ROWS):
+            chunk = item_ids[lo : lo + BATCH_ROWS].astype(np.int64)
+            inside = (chunk >= 0) & (chunk < span)
+            at = np.where(inside, chunk, 0)
+            category[lo : lo + BATCH_ROWS] = np.where(inside, by_id_category[at], -1)
+            available[lo : lo + BATCH_ROWS] = np.where(inside, by_id_available[at], True)
+        return _compact(category), available
     for lo in range(0, len(item_ids), BATCH_ROWS):
         chunk = item_ids[lo : lo + BATCH_ROWS].astype(np.int64)
         available[lo : lo + BATCH_ROWS], category[lo : lo + BATCH_ROWS] = items.lookup(chunk)
