@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -49,6 +50,13 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
+# Requests are answered on the event loop (GET) or a worker thread (POST) while a snapshot
+# loads in another thread; with the default, every hand-over between them can cost the
+# request up to 5 ms, and a request needs several. 1 ms bounds that wait for a few
+# microseconds of extra switching.
+GIL_SWITCH_INTERVAL = 0.001
 
 API_KEY_HEADER = "X-API-Key"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -210,6 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tune_allocator()
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
         lake = Lake.from_settings(settings)
         store = SnapshotStore(
             lake,
