@@ -27,7 +27,7 @@ from typing import Any
 from airflow.sdk import DAG, Param, chain, get_current_context, task
 from recsys_airflow import common, gate
 from recsys_airflow.common import METRICS, RANKER, RAW_ASSETS, SETTINGS, SNAPSHOT, say
-from recsys_airflow.dbt_graph import MANIFEST_PATH, RANKING_MODELS, dbt_group, mart_names
+from recsys_airflow.dbt_graph import RANKING_MODELS, dbt_group, mart_names
 
 # models_ml (numpy, CatBoost, ...) is imported inside the tasks: parsing the DAG stays light.
 
@@ -113,7 +113,7 @@ with DAG(
 
     @task(
         task_id=gate.PUBLISH,
-        inlets=[RANKER, METRICS, *(common.feature_asset(m) for m in mart_names(MANIFEST_PATH))],
+        inlets=[RANKER, METRICS, *(common.feature_asset(m) for m in mart_names())],
         outlets=[SNAPSHOT],
     )
     def publish() -> dict[str, Any]:

@@ -83,6 +83,12 @@ def checked_manifest(path: Path = MANIFEST_PATH) -> Path:
             "Write it with `make airflow`, or `PYTHONPATH=dags .venv/bin/python -m "
             "recsys_airflow.dbt_graph` (or point RECSYS_DBT_MANIFEST at one)."
         )
+    _warn_if_stale(path, path.stat().st_mtime_ns)
+    return path
+
+
+@cache  # once per manifest version, however many groups a DAG file renders from it
+def _warn_if_stale(path: Path, mtime_ns: int) -> None:
     newer = manifest_is_stale(path)
     if newer:
         log.warning(
@@ -91,11 +97,15 @@ def checked_manifest(path: Path = MANIFEST_PATH) -> Path:
             path,
             ", ".join(str(p.relative_to(DBT_PROJECT_DIR)) for p in newer),
         )
-    return path
+
+
+def manifest_nodes(path: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's nodes (read once per parse: both groups and the assets use them)."""
+    return _nodes(path, path.stat().st_mtime_ns)
 
 
 @cache
-def manifest_nodes(path: Path) -> dict[str, dict[str, Any]]:
+def _nodes(path: Path, mtime_ns: int) -> dict[str, dict[str, Any]]:
     nodes: dict[str, dict[str, Any]] = json.loads(path.read_text())["nodes"]
     return nodes
 
@@ -195,11 +205,11 @@ def close_dbt_duckdb(project_dir: str, **_: Any) -> None:
             manager._ENV = None
 
 
-def mart_names(manifest: Path) -> list[str]:
+def mart_names(manifest: Path | None = None) -> list[str]:
     """The models exported to the lake as feature marts (those under models/marts/)."""
     return sorted(
         node["name"]
-        for node in manifest_nodes(manifest).values()
+        for node in manifest_nodes(checked_manifest(manifest or MANIFEST_PATH)).values()
         if node["resource_type"] == "model" and node["fqn"][1:2] == [MARTS_FOLDER]
     )
 
