@@ -3,8 +3,9 @@
 The same steps as `recsys ingest` + `recsys build`: `ingest` calls the command's ingest (or, with
 no `raw_dir`, ingests only the events the API landed in the lake's `landing/events/`); the
 `features` Cosmos group builds the feature graph (every model but the ranking ones) as of the
-latest event, one task per model, rendered from the dbt manifest; `summary` logs what the build
-made, as `recsys build` prints it. Each mart's task updates its feature asset in the lake.
+latest event, one task per model then one for their tests, rendered from the dbt manifest;
+`summary` logs what the build made, as `recsys build` prints it. Each mart's task updates its
+feature asset in the lake.
 
 Every task runs in the one-slot `recsys_warehouse` pool and inside the warehouse lease
 (`claim_warehouse` ... `release_warehouse`), so it never interleaves with a training run: see
