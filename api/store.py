@@ -6,7 +6,10 @@
 2. copy `snapshot.duckdb` into the local cache (`RECSYS_API_CACHE_DIR/<version>/`, kept across
    restarts: a cached copy whose sha256 matches is not downloaded again), verify the sha256
    against the manifest, then the tables, columns, row counts, metadata and ranker
-   (`api.snapshot.load`), and warm it (one answer of each kind);
+   (`api.snapshot.load`), and warm it (one answer of each kind). A verified copy is recorded
+   beside it (`snapshot.sha256`: digest, size and modification time), so that it is not hashed
+   again while unchanged, and so that a version whose file has the same sha256 as a cached one
+   (the same snapshot published again, a roll-back) is a hard link to it, not a download;
 3. only then replace `current`: one reference assignment, atomic under the GIL. A request
    reads `current` once and keeps that object, so requests in flight finish on the old
    snapshot, which is freed when the last of them ends.
@@ -45,6 +48,7 @@ from recsys.lake import Lake, LakeError
 
 log = logging.getLogger("api.snapshots")
 KEEP_CACHED = 2  # local copies kept: the served one and the one before (a quick roll-back)
+DIGEST_FILE = "snapshot.sha256"  # beside a verified copy: "<sha256> <size> <mtime_ns>"
 
 
 class Refused(RuntimeError):
@@ -179,12 +183,20 @@ class SnapshotStore:
     def _fetch(self, version: str, digest: str) -> Path:
         """The verified local copy of the version's file, downloaded unless already cached."""
         target = self.cache_dir / version / "snapshot.duckdb"
-        if target.exists() and sha256_file(target) == digest:
-            return target
+        if target.exists():
+            if _verified(target, digest):
+                return target
+            if sha256_file(target) == digest:
+                _record(target, digest)
+                return target
         target.parent.mkdir(parents=True, exist_ok=True)
         # a name of its own: several workers may fetch the same version at once
         partial = target.with_name(f".snapshot.duckdb.{os.getpid()}.{uuid.uuid4().hex}.part")
         try:
+            if self._link_cached(digest, partial):
+                os.replace(partial, target)
+                _record(target, digest)
+                return target
             try:
                 self.lake.get(f"snapshots/{version}/snapshot.duckdb", partial)
             except FileNotFoundError as exc:
@@ -200,9 +212,25 @@ class SnapshotStore:
                     True,
                 )
             os.replace(partial, target)
+            _record(target, digest)
         finally:
             partial.unlink(missing_ok=True)
         return target
+
+    def _link_cached(self, digest: str, link: Path) -> bool:
+        """Hard-link `link` to a cached copy verified to have `digest`; False if there is none
+        (or the file system cannot link)."""
+        if not self.cache_dir.is_dir():
+            return False
+        for path in self.cache_dir.glob(f"*/{DIGEST_FILE}"):
+            copy = path.with_name("snapshot.duckdb")
+            if _verified(copy, digest):
+                try:
+                    os.link(copy, link)
+                except OSError:
+                    return False
+                return True
+        return False
 
     def _prune_cache(self, keep: str) -> None:
         """Delete cached versions older than the newest KEEP_CACHED (never `keep`)."""
@@ -212,6 +240,26 @@ class SnapshotStore:
         for path in versions[KEEP_CACHED:]:
             if path.name != keep:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def _verified(path: Path, digest: str) -> bool:
+    """Whether `path` was verified to have `digest` and is unchanged since (see `_record`)."""
+    try:
+        recorded = (path.parent / DIGEST_FILE).read_text().split()
+        stat = path.stat()
+    except OSError:
+        return False
+    return recorded == [digest, str(stat.st_size), str(stat.st_mtime_ns)]
+
+
+def _record(path: Path, digest: str) -> None:
+    """Note that `path` has `digest`, with its size and modification time (written atomically:
+    several workers may share the cache)."""
+    stat = path.stat()
+    record = path.parent / DIGEST_FILE
+    partial = record.with_name(f".{DIGEST_FILE}.{os.getpid()}.{uuid.uuid4().hex}")
+    partial.write_text(f"{digest} {stat.st_size} {stat.st_mtime_ns}\n")
+    os.replace(partial, record)
 
 
 def warm(snapshot: Snapshot) -> None:
