@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import hmac
 import json
@@ -231,6 +232,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await anyio.to_thread.run_sync(store.refresh)
         if store.current is None:
             log.warning("starting without a snapshot: %s", store.last_error)
+        # What start-up made (modules, FastAPI's and pydantic's models, CatBoost, DuckDB: about
+        # 100,000 objects) lives as long as the process; a full collection walking it all holds
+        # the GIL for 100 ms or more, stalling every request meanwhile. Frozen, collections only
+        # walk what requests and swaps make. (Frozen objects are still freed when nothing
+        # refers to them, as a swapped-out snapshot: only cycles among them would stay.)
+        gc.collect()
+        gc.freeze()
         poller = asyncio.create_task(_poll(store, settings.recsys_api_poll_seconds))
         try:
             yield
@@ -238,6 +246,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            gc.unfreeze()
 
     app = FastAPI(
         title="recsys",
