@@ -599,7 +599,9 @@ def load(path: Path, manifest: dict[str, Any], cache_bytes: int = 0) -> Snapshot
                 # the arrays are the copy that counts: DuckDB's own cache of the file's
                 # blocks would otherwise grow to the whole file while a snapshot is loaded
                 # beside the served one
-                con.execute("set threads = 2")
+                # one thread: the load runs beside the requests being served, which need a
+                # core of their own more than the load needs to finish a few seconds sooner
+                con.execute("set threads = 1")
                 con.execute(f"set memory_limit = '{memory}'")
                 con.execute(f"set temp_directory = '{path.parent / '.spill'}'")
                 return _load_tables(con, manifest, cache_bytes)
