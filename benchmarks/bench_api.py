@@ -41,6 +41,8 @@ import duckdb
 import numpy as np
 import psutil
 
+from models_ml.publish import sha256_file
+
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"ratio": 0.70, "get_p99_ms": 10.0, "post_p99_ms": 20.0, "rss_gb": 1.5}
 
@@ -52,23 +54,49 @@ def free_port() -> int:
 
 
 class Publisher:
-    """Publishes the source snapshot into the server's lake under fresh versions."""
+    """Publishes the source snapshot into the server's lake under fresh versions.
 
-    def __init__(self, source: Path, lake: Path) -> None:
-        self.source_dir = source
+    Each version is a distinct file (the source with one extra metadata row, so other bytes and
+    another sha256): the server cannot reuse its cached copy, it downloads, verifies and loads
+    every one, as it would a new week's snapshot. The variants are made before the load runs
+    (a publisher is another machine in production), then published by hard link.
+    """
+
+    def __init__(self, source: Path, lake: Path, variants: int) -> None:
         self.manifest = json.loads((source / "manifest.json").read_text())
         self.snapshots = lake / "snapshots"
         self.snapshots.mkdir(parents=True, exist_ok=True)
+        self.files: list[tuple[Path, str]] = [(source / "snapshot.duckdb", self.manifest["sha256"])]
+        staging = lake.parent / "variants"
+        staging.mkdir(parents=True, exist_ok=True)
+        for n in range(1, variants):
+            path = staging / f"snapshot-{n}.duckdb"
+            shutil.copyfile(source / "snapshot.duckdb", path)
+            with duckdb.connect(str(path)) as con:
+                con.execute("insert into metadata values ('bench_variant', ?)", [json.dumps(n)])
+                con.execute("checkpoint")
+            self.files.append((path, sha256_file(path)))
         self.count = 0
 
     def publish(self) -> str:
+        path, digest = self.files[self.count % len(self.files)]
         self.count += 1
         now = datetime.now(UTC)
-        version = f"{now:%Y%m%dT%H%M%S}{self.count:03d}Z-{self.manifest['sha256'][:8]}"
+        version = f"{now:%Y%m%dT%H%M%S}{self.count:03d}Z-{digest[:8]}"
         target = self.snapshots / version
         target.mkdir()
-        os.link(self.source_dir / "snapshot.duckdb", target / "snapshot.duckdb")
-        manifest = {**self.manifest, "version": version, "created_at": now.isoformat()}
+        os.link(path, target / "snapshot.duckdb")
+        manifest = {
+            **self.manifest,
+            "version": version,
+            "created_at": now.isoformat(),
+            "sha256": digest,
+            "size_bytes": path.stat().st_size,
+        }
+        if digest != self.manifest["sha256"]:  # a variant: one metadata row more
+            counts = dict(self.manifest["row_counts"])
+            counts["metadata"] += 1
+            manifest["row_counts"] = counts
         (target / "manifest.json").write_text(json.dumps(manifest, default=str))
         tmp = self.snapshots / "LATEST.tmp"
         tmp.write_text(version + "\n")
@@ -184,7 +212,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data/bench/ml/data", help="has lake/snapshots")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each run")
-    parser.add_argument("--swap-every", type=float, default=4.0, help="seconds between swaps")
+    parser.add_argument("--work-dir", help="the server's lake and cache (default: beside data)")
+    parser.add_argument("--swap-every", type=float, default=5.0, help="seconds between swaps")
     args = parser.parse_args()
 
     source_lake = Path(args.data_dir).resolve() / "lake" / "snapshots"
@@ -194,9 +223,11 @@ def main() -> int:
             "(or `recsys run --scale full` with RECSYS_DATA_DIR pointing there)"
         )
     source = source_lake / (source_lake / "LATEST").read_text().strip()
-    work = Path(args.data_dir).resolve().parent / "api"
+    work = Path(args.work_dir or Path(args.data_dir).resolve().parent / "api").resolve()
     shutil.rmtree(work, ignore_errors=True)
-    publisher = Publisher(source, work / "lake")
+    swaps = int(args.seconds * 3 / args.swap_every) + 2
+    print(f"making {swaps} distinct copies of the snapshot to publish (not timed)")
+    publisher = Publisher(source, work / "lake", swaps)
     publisher.publish()
 
     with duckdb.connect(str(source / "snapshot.duckdb"), read_only=True) as con:
