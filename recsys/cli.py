@@ -132,7 +132,28 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         _timed("publish", lambda: pipeline.publish_snapshot(settings, say=_say, force=args.force))
     _say(summary(settings))
     _say(f"pipeline finished in {time.perf_counter() - t0:.1f}s")
+    if not args.skip_ml:
+        _say(try_it(settings))
     return 0
+
+
+def try_it(settings: Settings) -> str:
+    """How to ask the published snapshot for recommendations, with a visitor it knows."""
+    import duckdb
+
+    built = settings.data_dir / "snapshot_build" / "snapshot.duckdb"
+    visitor = None
+    if built.exists():
+        with duckdb.connect(str(built), read_only=True) as con:
+            row = con.execute("select min(visitor_id) from recommendations").fetchone()
+            visitor = row[0] if row else None
+    example = visitor if visitor is not None else "VISITOR_ID"
+    return (
+        "\nserve it:  uv run recsys serve          (http://127.0.0.1:8000/docs)\n"
+        f"then:      curl 'http://127.0.0.1:8000/v1/recommendations/{example}?k=5'\n"
+        "           curl -X POST http://127.0.0.1:8000/v1/recommendations "
+        "-H 'Content-Type: application/json' -d '{\"session_item_ids\": [], \"k\": 5}'"
+    )
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")

@@ -29,6 +29,8 @@ def test_run_trains_evaluates_and_publishes(tiny_run: TinyRun) -> None:
     for stage in ("ingest", "train", "evaluate", "publish"):
         assert f"[{stage}] done in" in out
     assert "als_catboost" in out  # the metric table is printed
+    assert "curl 'http://127.0.0.1:8000/v1/recommendations/" in out  # and how to ask the API
+    assert "VISITOR_ID" not in out  # with a visitor the snapshot knows
 
     settings = Settings(recsys_data_dir=tiny_run.data_dir, recsys_lake_uri=None)
     metrics = json.loads((settings.data_dir / "reports" / "metrics.json").read_text())
