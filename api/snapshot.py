@@ -304,11 +304,13 @@ class Snapshot:
     def nbytes(self) -> int:
         """Bytes held in arrays (the bulk of the snapshot's memory)."""
         total = 0
-        for value in vars(self).values():
+        # copies of the views: a request thread may fill a cached_property (a new key in
+        # vars(self)) or a dict while this runs, and iterating a live view would then fail
+        for value in list(vars(self).values()):
             if isinstance(value, np.ndarray | Groups):
                 total += value.nbytes
             elif isinstance(value, dict):
-                for v in value.values():
+                for v in list(value.values()):
                     if isinstance(v, np.ndarray):
                         total += v.nbytes
                     elif isinstance(v, tuple):
