@@ -367,12 +367,13 @@ _EMPTY_F = np.zeros(0, dtype=np.float64)
 # ---------------------------------------------------------------------------- loading
 
 
-def _id_type(con: duckdb.DuckDBPyConnection, table: str, column: str) -> str:
-    """`integer` when every id fits in int32 (RetailRocket's do), else `bigint`."""
+def _id_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> tuple[str, Any]:
+    """(cast expression, numpy dtype) of an id column, as int32 when every id fits (RetailRocket's
+    do), else int64."""
     ((lo, hi),) = con.execute(f"select min({column}), max({column}) from {table}").fetchall()
     if lo is None or hi is None or (lo >= -(2**31) and hi < 2**31):
-        return "integer"
-    return "bigint"
+        return f"cast({column} as integer)", np.int32
+    return f"cast({column} as bigint)", np.int64
 
 
 def _stream(
@@ -628,9 +629,6 @@ def _load_tables(
     def days_since(column: str) -> str:  # ranking_features: seconds_between(x, cutoff) / 86400
         return f"(epoch({cutoff_sql}) - epoch({column})) / 86400.0"
 
-    item_t = _id_type(con, "items", "item_id")
-    item_np = np.int32 if item_t == "integer" else np.int64
-
     # -- items: one row per id; coalesces as ranking_features applies them
     cols, _ = _stream(
         con,
@@ -699,7 +697,7 @@ def _load_tables(
         "interactions",
         {
             "visitor_id": ("cast(visitor_id as bigint)", np.int64),
-            "item_id": (f"cast(item_id as {item_t})", item_np),
+            "item_id": _id_column(con, "items", "item_id"),
             "n_events": ("cast(coalesce(n_events, 0) as integer)", i32),
             "n_views": ("cast(coalesce(n_views, 0) as integer)", i32),
             "n_carts": ("cast(coalesce(n_carts, 0) as integer)", i32),
@@ -728,17 +726,13 @@ def _load_tables(
         group_key="visitor_id",
     )
     # -- published lists, in rank order
-    rec_item_t = _id_type(con, "recommendations", "item_id")
     rec_cols, recs = _stream(
         con,
         "recommendations",
         {
             "visitor_id": ("cast(visitor_id as bigint)", np.int64),
             "rank": ("cast(rank as bigint)", np.int64),
-            "item_id": (
-                f"cast(item_id as {rec_item_t})",
-                np.int32 if rec_item_t == "integer" else np.int64,
-            ),
+            "item_id": _id_column(con, "recommendations", "item_id"),
             "score": ("cast(score as double)", f32),
             "confidence": ("cast(confidence as double)", f32),
         },
@@ -764,17 +758,13 @@ def _load_tables(
     # and rendered without searching the catalogue (random lookups: cache misses at scale)
     rec_cols["category"], rec_cols["available"] = _item_facts(items, rec_cols["item_id"])
     # -- ALS candidates, in ALS rank order; the rank is small, is_seen a flag
-    cand_item_t = _id_type(con, "candidates", "item_id")
     candidate_cols, candidates = _stream(
         con,
         "candidates",
         {
             "visitor_id": ("cast(visitor_id as bigint)", np.int64),
             "als_rank": ("cast(coalesce(als_rank, 32767) as smallint)", np.int16),
-            "item_id": (
-                f"cast(item_id as {cand_item_t})",
-                np.int32 if cand_item_t == "integer" else np.int64,
-            ),
+            "item_id": _id_column(con, "candidates", "item_id"),
             "als_score": ("cast(als_score as double)", f32),
             "is_seen": ("coalesce(is_seen, false)", np.bool_),
         },
@@ -785,17 +775,13 @@ def _load_tables(
     ((max_rank,),) = con.execute("select max(als_rank) from candidates").fetchall()
     max_als_rank = 100 if max_rank is None else int(max_rank)  # ALS's default list: 100
     # -- similar items, in similarity order
-    sim_item_t = _id_type(con, "similar_items", "similar_item_id")
     similar_cols, similar = _stream(
         con,
         "similar_items",
         {
             "item_id": ("cast(item_id as bigint)", np.int64),
             "similarity_rank": ("cast(similarity_rank as bigint)", np.int64),
-            "similar_item_id": (
-                f"cast(similar_item_id as {sim_item_t})",
-                np.int32 if sim_item_t == "integer" else np.int64,
-            ),
+            "similar_item_id": _id_column(con, "similar_items", "similar_item_id"),
             "similarity": ("cast(similarity as double)", f32),
         },
         order=("item_id", "similarity_rank"),
