@@ -42,9 +42,16 @@ DEFAULT_ALS_PARAMS: dict[str, Any] = {
     # visitors are one-item visitors (the fit is ~3x faster without them); every visitor's
     # factors are then solved against the fitted item factors when recommending (fold-in)
     "min_fit_items": 2,
-    # candidates and similar items are drawn from items with at least this many fitted visitors
-    # (an item no fitted visitor touched has no factors)
-    "min_item_visitors": 1,
+    # candidates and similar items are drawn from items with at least this many fitted visitors.
+    # Rarer items' factors are mostly regularisation: they almost never reach a visitor's top
+    # 100 (full scale, test window: recall@100 0.1998 with every item, 0.1993 with 5+, on
+    # 65,783 visitors), yet they crowd the cosine of similar items (session next-item HR@20
+    # 0.053 with every item, 0.116 with 5+). The brute-force search costs pool size x queries,
+    # so this also makes both searches ~3x faster (193k -> 63k items).
+    "min_item_visitors": 5,
+    # ... relaxed (5, 4, ... 1) until the pool has at least this many items: on small data
+    # a strict threshold would leave almost nothing to recommend
+    "min_pool_items": 1_000,
     # similar items are searched for items with at least this many fitted visitors: rarer
     # items' factors are too vague to compare (and the brute-force search grows with them)
     "min_query_item_visitors": 2,
@@ -136,11 +143,24 @@ def fit(
 
 def item_pool(result: AlsResult, pool_item_ids: np.ndarray | None = None) -> np.ndarray:
     """Column indices of the items that may be returned: those with `min_item_visitors`
-    fitted visitors, within `pool_item_ids` when given."""
-    pool = np.flatnonzero(result.item_visitors >= result.params["min_item_visitors"])
+    fitted visitors (relaxed until the pool has `min_pool_items`), within `pool_item_ids` when
+    given."""
+    allowed = np.ones(len(result.item_ids), dtype=bool)
     if pool_item_ids is not None:
-        pool = pool[np.isin(result.item_ids[pool], pool_item_ids)]
-    return pool
+        allowed = np.isin(result.item_ids, pool_item_ids)
+    counts = np.where(allowed, result.item_visitors, 0)
+    threshold = pool_threshold(counts, result.params)
+    return np.flatnonzero(counts >= threshold)
+
+
+def pool_threshold(item_visitors: np.ndarray, params: dict[str, Any]) -> int:
+    """The strictest number of fitted visitors, from `min_item_visitors` down to 1, that still
+    leaves `min_pool_items` items (or every item with a fitted visitor, when there are fewer)."""
+    wanted = min(params["min_pool_items"], int(np.count_nonzero(item_visitors >= 1)))
+    for threshold in range(max(int(params["min_item_visitors"]), 1), 1, -1):
+        if np.count_nonzero(item_visitors >= threshold) >= wanted:
+            return threshold
+    return 1
 
 
 def recommend(

@@ -102,3 +102,35 @@ def test_weighting_is_alpha_or_bm25_and_nothing_else() -> None:
         candidates.confidence_matrix(
             interactions, {**candidates.DEFAULT_ALS_PARAMS, "weighting": "tfidf"}
         )
+
+
+def test_pool_threshold_is_as_strict_as_the_data_allows() -> None:
+    counts = np.array([0, 1, 2, 5, 7, 9])  # fitted visitors per item
+    params = {**candidates.DEFAULT_ALS_PARAMS, "min_item_visitors": 5}
+    assert candidates.pool_threshold(counts, {**params, "min_pool_items": 3}) == 5
+    assert candidates.pool_threshold(counts, {**params, "min_pool_items": 4}) == 2
+    # fewer items than asked for: every item with a fitted visitor
+    assert candidates.pool_threshold(counts, {**params, "min_pool_items": 100}) == 1
+    assert candidates.pool_threshold(counts, {**params, "min_item_visitors": 1}) == 1
+
+
+def test_items_with_few_fitted_visitors_are_left_out_of_the_pool() -> None:
+    rare = 555
+    interactions = pd.concat(
+        [
+            make_interactions(),
+            pd.DataFrame({"visitor_id": [9002, 9002], "item_id": [CLUSTER_A[0], rare]}).assign(
+                weight=1.0
+            ),
+        ],
+        ignore_index=True,
+    )
+    strict = {**SMALL, "min_item_visitors": 2, "min_pool_items": 5}
+    result = candidates.fit(interactions, strict, show_progress=False)
+    pool = set(result.item_ids[candidates.item_pool(result)])
+    assert pool == set(CLUSTER_A) | set(CLUSTER_B)
+    recs = candidates.recommend(result, np.array([9002]), show_progress=False)
+    assert rare not in set(recs["item_id"])
+    # a catalogue too small for the threshold keeps every fitted item
+    result.params["min_pool_items"] = 1_000
+    assert rare in set(result.item_ids[candidates.item_pool(result)])
