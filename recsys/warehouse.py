@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from recsys.lake import CREDENTIALS_HINT, is_credentials_error
 from recsys.settings import DBT_PROJECT_DIR, Settings
@@ -28,6 +31,99 @@ def dbt_executable() -> str:
     return found
 
 
+# Commands that may run on a manifest parsed earlier in this process. dbt renders `var()` and
+# `env_var()` in SQL when it compiles a node, so one parse serves every cutoff; a new process
+# per command would pay ~6 s of imports and, whenever the vars change (every cutoff), ~6 s of
+# full re-parse.
+_REUSES_MANIFEST = ("build", "run", "test", "compile")
+_LOCK = threading.Lock()
+_MANIFESTS: dict[tuple[str, ...], tuple[float, Any]] = {}
+_PROJECT_INPUTS = ("dbt_project.yml", "profiles.yml", "models", "macros", "tests", "analyses")
+
+
+def _project_mtime() -> float:
+    """The newest modification time of the project's inputs: a change means a new parse."""
+    newest = 0.0
+    for name in _PROJECT_INPUTS:
+        path = DBT_PROJECT_DIR / name
+        paths = [path] if path.is_file() else path.rglob("*") if path.is_dir() else []
+        for file in paths:
+            newest = max(newest, file.stat().st_mtime)
+    return newest
+
+
+def release_duckdb() -> None:
+    """Close dbt-duckdb's connection to the warehouse file.
+
+    dbt-duckdb keeps its DuckDB handle across dbt invocations in one process, and DuckDB refuses
+    a connection to the same file with another configuration (read-only, say) while it is
+    open: every in-process dbt command is followed by this.
+    """
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager as manager
+
+    with manager._LOCK:
+        if manager._ENV is not None:
+            manager._ENV.close()
+            manager._ENV = None
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` for the block: dbt reads env_var() from the process."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _invoke(args: list[str], manifest: Any, on_line: Callable[[str], None]) -> Any:
+    """One dbt command in this process; each console-level line goes to `on_line`."""
+    from dbt.cli.main import dbtRunner
+
+    def callback(event: Any) -> None:
+        if event.info.level in ("info", "warn", "error") and event.info.msg:
+            on_line(str(event.info.msg))
+
+    # dbt's own console logger is silenced (`callback` sees every event); the debug log file
+    # stays under the project's logs/
+    quiet = ["--log-level", "none", "--log-level-file", "debug", "--no-use-colors"]
+    try:
+        return dbtRunner(manifest=manifest, callbacks=[callback]).invoke([*args, *quiet])
+    finally:
+        release_duckdb()
+
+
+def _manifest(base_args: list[str], dbt_vars: list[str], key: tuple[str, ...]) -> Any:
+    """The parsed manifest for this environment, parsed now if the project changed."""
+    mtime = _project_mtime()
+    cached = _MANIFESTS.get(key)
+    if cached is not None and cached[0] >= mtime:
+        return cached[1]
+    lines: list[str] = []
+    result = _invoke(["parse", *base_args, *dbt_vars], None, lines.append)
+    if not result.success:
+        _raise("parse", 2 if result.exception else 1, lines, result.exception)
+    _MANIFESTS.clear()  # one environment at a time: a manifest is tens of MB
+    _MANIFESTS[key] = (mtime, result.result)
+    return result.result
+
+
+def _raise(command: str, code: int, lines: list[str], exception: BaseException | None) -> None:
+    if exception is not None and str(exception) not in "".join(lines):
+        lines = [*lines, str(exception)]
+    tail = [line.rstrip() for line in lines[-60:]]
+    reasons = [t for t in tail if "error" in t.lower() or "fail" in t.lower()]
+    detail = "\n".join(reasons[-15:] or tail[-15:])
+    hint = f"\n{CREDENTIALS_HINT}" if is_credentials_error("".join(lines)) else ""
+    raise BuildError(f"dbt {command} failed (exit {code}):{hint}\n{detail}")
+
+
 def dbt_command(
     settings: Settings,
     args: list[str],
@@ -36,38 +132,33 @@ def dbt_command(
     extra_vars: dict[str, object] | None = None,
     echo: bool = True,
 ) -> str:
-    """Run `dbt <args>` in the project with the settings' environment; return its output."""
+    """Run `dbt <args>` in the project with the settings' environment; return its output.
+
+    dbt runs in this process (`dbtRunner`), and `build`, `run`, `test` and `compile` reuse the
+    manifest parsed by the first of them; see `_REUSES_MANIFEST`.
+    """
     dbt_vars: dict[str, object] = dict(extra_vars or {})
     if cutoff_at:
         dbt_vars["cutoff_at"] = cutoff_at
-    cmd = [dbt_executable(), *args, "--project-dir", str(DBT_PROJECT_DIR)]
-    cmd += ["--profiles-dir", str(DBT_PROJECT_DIR)]
-    if dbt_vars:
-        cmd += ["--vars", json.dumps(dbt_vars)]
+    base_args = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+    var_args = ["--vars", json.dumps(dbt_vars)] if dbt_vars else []
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **settings.dbt_env(), "DBT_USE_COLORS": "false"}
+    env = settings.dbt_env()
     lines: list[str] = []
-    with subprocess.Popen(
-        cmd,
-        cwd=DBT_PROJECT_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if echo:
-                print(f"  {line.rstrip()}", flush=True)
-        code = proc.wait()
-    if code != 0:
-        tail = [line.rstrip() for line in lines[-60:]]
-        reasons = [t for t in tail if "error" in t.lower() or "fail" in t.lower()]
-        detail = "\n".join(reasons[-15:] or tail[-15:])
-        hint = f"\n{CREDENTIALS_HINT}" if is_credentials_error("".join(lines)) else ""
-        raise BuildError(f"dbt {args[0]} failed (exit {code}):{hint}\n{detail}")
+
+    def on_line(line: str) -> None:
+        lines.append(line + "\n")
+        if echo:
+            print(f"  {line.rstrip()}", flush=True)
+
+    with _LOCK, _environment(env):
+        manifest = None
+        if args[0] in _REUSES_MANIFEST:
+            key = (str(DBT_PROJECT_DIR), json.dumps(env, sort_keys=True))
+            manifest = _manifest(base_args, var_args, key)
+        result = _invoke([*args, *base_args, *var_args], manifest, on_line)
+    if not result.success:
+        _raise(args[0], 2 if result.exception else 1, lines, result.exception)
     return "".join(lines)
 
 

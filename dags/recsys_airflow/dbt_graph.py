@@ -36,7 +36,7 @@ from cosmos import (
 from cosmos.constants import InvocationMode, TestBehavior
 
 from recsys.settings import DBT_PROJECT_DIR, Settings
-from recsys.warehouse import dbt_command, dbt_executable
+from recsys.warehouse import dbt_command, dbt_executable, release_duckdb
 from recsys_airflow.common import RAW_ASSETS, SETTINGS, feature_asset
 
 log = logging.getLogger(__name__)
@@ -192,17 +192,10 @@ def dbt_group(
 def close_dbt_duckdb(project_dir: str, **_: Any) -> None:
     """Release the warehouse file when a task's dbt command is done.
 
-    dbt-duckdb keeps its DuckDB connection open across dbt invocations in one process
-    (`keep_open`, true by default), and DuckDB refuses a second connection to the file with
-    another configuration. Each task normally has a process of its own, but tasks that share
-    one (`airflow dags test`) would find the file held by an earlier task's dbt.
+    Each task normally has a process of its own, but tasks that share one (`airflow dags test`)
+    would find the file held by an earlier task's dbt: see `recsys.warehouse.release_duckdb`.
     """
-    from dbt.adapters.duckdb.connections import DuckDBConnectionManager as manager
-
-    with manager._LOCK:
-        if manager._ENV is not None:
-            manager._ENV.close()
-            manager._ENV = None
+    release_duckdb()
 
 
 def mart_names(manifest: Path | None = None) -> list[str]:

@@ -154,3 +154,29 @@ def test_dbt_build_runs_on_its_own_from_the_project_folder(
     # a compiled analysis runs against the warehouse
     sql = (compiled / "funnel_by_category.sql").read_text()
     assert query(settings, sql)
+
+
+def test_one_parse_serves_every_cutoff_until_the_project_changes(
+    tiny_raw: Path, settings: Settings
+) -> None:
+    """dbt runs in this process and reuses its manifest across vars: the vars must still
+    reach the SQL (a stale cutoff would silently build features as of the wrong time)."""
+    from recsys import warehouse
+
+    ingest(tiny_raw, Lake.from_settings(settings))
+    cutoffs = ("2015-08-01 00:00:00", "2015-08-15 00:00:00")
+    manifests = []
+    for i, cutoff in enumerate(cutoffs):
+        build(settings, cutoff_at=cutoff, select=None if i == 0 else "feature_builds")
+        ((version, built),) = query(
+            settings, "select feature_version, cutoff_at from feature_builds"
+        )
+        assert str(built) == cutoff
+        assert version.endswith(cutoff.replace("-", "").replace(" ", "T").replace(":", ""))
+        manifests.append(next(iter(warehouse._MANIFESTS.values()))[1])
+    assert manifests[0] is manifests[1]
+    # a changed project file is parsed again
+    macro = DBT_PROJECT_DIR / "macros" / "cutoff.sql"
+    os.utime(macro)
+    build(settings, cutoff_at=cutoffs[0], select="feature_builds")
+    assert next(iter(warehouse._MANIFESTS.values()))[1] is not manifests[0]
