@@ -14,11 +14,9 @@ Every task runs in the one-slot `recsys_warehouse` pool and inside the warehouse
 
 from __future__ import annotations
 
-from typing import Any
-
-from airflow.sdk import DAG, Param, chain, task
+from airflow.sdk import DAG, chain, task
 from recsys_airflow import common
-from recsys_airflow.common import RAW_ASSETS, SETTINGS, say
+from recsys_airflow.common import SETTINGS, say
 from recsys_airflow.dbt_graph import RANKING_MODELS, dbt_group
 
 with DAG(
@@ -31,20 +29,10 @@ with DAG(
     max_active_runs=1,
     default_args=common.DEFAULT_ARGS,
     params={
-        "raw_dir": Param(
-            common.DEFAULT_RAW_DIR,
-            type=["null", "string"],
-            description="CSV folder to ingest (events.csv, ...); empty: only the events the "
-            "API landed",
-        ),
+        "raw_dir": common.raw_dir_param(),
     },
     tags=["recsys", "features"],
 ) as dag:
-
-    @task(inlets=[common.LANDED_EVENTS], outlets=list(RAW_ASSETS.values()))
-    def ingest() -> dict[str, Any]:
-        """The CSVs of `raw_dir` (if given) and the API's landed events -> the lake's raw/."""
-        return common.ingest_lake(common.run_params().get("raw_dir"), SETTINGS)
 
     @task
     def summary() -> str:
@@ -57,4 +45,4 @@ with DAG(
 
     claim, release = common.warehouse_lease()  # every other task runs between these two
     features = dbt_group("features", exclude=RANKING_MODELS)
-    chain(claim, ingest(), features, summary(), release)
+    chain(claim, common.ingest(), features, summary(), release)

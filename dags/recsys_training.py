@@ -27,7 +27,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, chain, get_current_context, task
 from recsys_airflow import common, gate
-from recsys_airflow.common import METRICS, RANKER, RAW_ASSETS, SETTINGS, SNAPSHOT, say
+from recsys_airflow.common import METRICS, RANKER, SETTINGS, SNAPSHOT, say
 from recsys_airflow.dbt_graph import RANKING_MODELS, dbt_group, mart_names
 
 # models_ml (numpy, CatBoost, ...) is imported inside the tasks: parsing the DAG stays light.
@@ -45,12 +45,7 @@ with DAG(
     max_active_runs=1,
     default_args=common.DEFAULT_ARGS,
     params={
-        "raw_dir": Param(
-            common.DEFAULT_RAW_DIR,
-            type=["null", "string"],
-            description="CSV folder to ingest first (events.csv, ...); empty: only the "
-            "events the API landed",
-        ),
+        "raw_dir": common.raw_dir_param(),
         "search_budget_s": Param(60.0, type="number", minimum=0, description="ranker search"),
         "test_days": Param(14.0, type="number", exclusiveMinimum=0),
         "label_days": Param(14.0, type="number", exclusiveMinimum=0),
@@ -58,11 +53,6 @@ with DAG(
     },
     tags=["recsys", "training"],
 ) as dag:
-
-    @task(inlets=[common.LANDED_EVENTS], outlets=list(RAW_ASSETS.values()))
-    def ingest() -> dict[str, Any]:
-        """The CSVs of `raw_dir` (if given) and the API's landed events -> the lake's raw/."""
-        return common.ingest_lake(common.run_params().get("raw_dir"), SETTINGS)
 
     @task
     def training_windows() -> dict[str, Any]:
@@ -138,6 +128,6 @@ with DAG(
     ranking = dbt_group("ranking", select=RANKING_MODELS, dbt_vars=TRAINING_DBT_VARS)
     branch = quality_gate()
 
-    chain(claim, ingest(), windows, features, als, ranking)
+    chain(claim, common.ingest(), windows, features, als, ranking)
     chain(ranking, train_ranker(windows, als), evaluate(), branch)
     chain(branch, [publish(), gate_refused()], release)

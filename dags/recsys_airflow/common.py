@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, BaseOperator, get_current_context
+from airflow.sdk import Asset, BaseOperator, Param, get_current_context, task
 
 from recsys.settings import Settings, get_settings
 
@@ -206,3 +206,19 @@ def feature_asset(mart: str) -> Asset:
 RANKER = local_asset("models.ranker", SETTINGS.data_dir / "models" / "ranker")
 METRICS = local_asset("reports.metrics", SETTINGS.data_dir / "reports" / "metrics.json")
 SNAPSHOT = lake_asset("snapshots", "snapshots")
+
+
+def raw_dir_param() -> Param:
+    """The `raw_dir` param of both DAGs."""
+    return Param(
+        DEFAULT_RAW_DIR,
+        type=["null", "string"],
+        description="CSV folder to ingest first (events.csv, ...); empty: only the events "
+        "the API landed",
+    )
+
+
+@task(inlets=[LANDED_EVENTS], outlets=list(RAW_ASSETS.values()))
+def ingest() -> dict[str, Any]:
+    """The CSVs of `raw_dir` (if given) and the API's landed events -> the lake's raw/."""
+    return ingest_lake(run_params().get("raw_dir"), SETTINGS)
