@@ -92,7 +92,11 @@ def confidence_matrix(
     else:
         raise ValueError(f"unknown weighting {params['weighting']!r}: use 'alpha' or 'bm25'")
     # implicit adds the 1 of "1 + alpha * r" itself: it uses the values as confidence - 1
-    return matrix.astype(np.float32), visitors, items
+    matrix = matrix.astype(np.float32)
+    # each row's items in item order, whatever the order of the mart's rows (DuckDB sets none):
+    # the solver sums over them, and floating-point sums in another order give other factors
+    matrix.sort_indices()
+    return matrix, visitors, items
 
 
 def fit(

@@ -228,19 +228,25 @@ def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
     steps.build_ranking(settings, win.t2, win.end, say)
     frame = steps.scored_candidates(settings, model, say)
     scores = frame["score"].to_numpy()
-    with steps.connect(settings) as con:
+    with steps.connect(settings) as con, steps.timed(say, "session method scored"):
         popularity = evaluation.popular_items(con)
         truth = evaluation.truth_from_labels(con)
         catalogue = con.execute(
             "select count(*) from item_features where n_events_all > 0"
         ).fetchone()
         session = evaluation.session_next_item(con, win.t2, win.end)
-    models, n_eval = evaluation.compare_models(
-        frame, scores, popularity, truth, int(catalogue[0]) if catalogue else 0
-    )
-    coverage = conformal.coverage(
-        calibrator, scores, frame["visitor_id"].to_numpy(), frame["label"].to_numpy(), seed=SEED
-    )
+    with steps.timed(say, "models compared"):
+        models, n_eval = evaluation.compare_models(
+            frame, scores, popularity, truth, int(catalogue[0]) if catalogue else 0
+        )
+    with steps.timed(say, "conformal coverage measured"):
+        coverage = conformal.coverage(
+            calibrator,
+            scores,
+            frame["visitor_id"].to_numpy(),
+            frame["label"].to_numpy(),
+            seed=SEED,
+        )
     metrics = {
         "protocol": {
             **win.to_dict(),
@@ -262,7 +268,8 @@ def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
         "training": training,
     }
     steps.write_json(paths["metrics"], metrics)
-    report.write(paths["reports"], metrics, _calibration_curve(calibrator, frame, scores))
+    with steps.timed(say, "report written"):
+        report.write(paths["reports"], metrics, _calibration_curve(calibrator, frame, scores))
     say(report.metric_table(metrics))
     return metrics
 

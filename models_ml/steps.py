@@ -137,7 +137,9 @@ def candidate_visitors(
                 """,
                 [min_items],
             ).fetchnumpy()
-    return np.asarray(rows["visitor_id"], dtype=np.int64)
+    # sorted: DuckDB returns distinct rows in no set order, and a seeded sample of them must
+    # be the same sample at every run
+    return np.unique(np.asarray(rows["visitor_id"], dtype=np.int64))
 
 
 def publish_items(settings: Settings) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +175,7 @@ def fit_candidates(
     (published lists: available items only).
     """
     with connect(settings) as con:
-        interactions = candidates.read_interactions(con)
+        interactions = candidates.read_interactions(con)  # row order varies: fit sorts
     if interactions.empty:
         raise RuntimeError("the interactions mart is empty: nothing to train ALS on")
     result = candidates.fit(interactions, params, show_progress=show_progress)
@@ -198,12 +200,15 @@ def fit_candidates(
                 result, similar_queries, pool_item_ids, show_progress=show_progress
             )
     feature_version = build_info(settings)["feature_version"]
-    with connect(settings, read_only=False) as con:
+    with (
+        connect(settings, read_only=False) as con,
+        timed(
+            say,
+            f"wrote {len(recs):,} candidates for {recs['visitor_id'].nunique():,} visitors and "
+            f"{len(similar):,} similar-item pairs",
+        ),
+    ):
         candidates.write_tables(con, recs, similar, feature_version)
-    say(
-        f"  wrote {len(recs):,} candidates for {recs['visitor_id'].nunique():,} visitors and "
-        f"{len(similar):,} similar-item pairs"
-    )
     return result
 
 

@@ -57,10 +57,14 @@ def test_candidates_stay_in_the_visitors_cluster_and_flag_seen_items(
         assert set(mine.loc[mine["is_seen"], "item_id"]) == seen & set(mine["item_id"])
 
 
-def test_fit_is_reproducible_with_its_seed() -> None:
-    a = candidates.fit(make_interactions(), SMALL, show_progress=False)
-    b = candidates.fit(make_interactions(), SMALL, show_progress=False)
+def test_fit_is_reproducible_with_its_seed_whatever_the_row_order() -> None:
+    interactions = make_interactions()
+    a = candidates.fit(interactions, SMALL, show_progress=False)
+    # the mart's rows come back from DuckDB in no set order
+    shuffled = interactions.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    b = candidates.fit(shuffled, SMALL, show_progress=False)
     np.testing.assert_array_equal(a.model.item_factors, b.model.item_factors)
+    np.testing.assert_array_equal(a.visitor_ids, b.visitor_ids)
 
 
 def test_similar_items_exclude_the_item_itself_and_respect_queries_and_pool(
