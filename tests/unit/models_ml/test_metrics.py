@@ -56,3 +56,22 @@ def test_evaluate_averages_and_counts_missing_visitors_as_misses() -> None:
     assert out["hit_rate@10"] == pytest.approx(0.5)
     assert out["coverage@10"] == pytest.approx(2 / 4)  # items 10 and 11 over 4 items
     assert catalogue_coverage([[1, 2], [2, 3]], 10, 1) == pytest.approx(0.2)
+
+
+def test_evaluate_gives_the_means_of_the_metric_functions() -> None:
+    """`evaluate` computes on a hit matrix; it must agree with the functions it averages, on
+    lists short and long, visitors without a list, and more relevant items than k."""
+    import random
+
+    rng = random.Random(3)
+    truth = {v: set(rng.sample(range(60), rng.randint(0, 25))) for v in range(300)}
+    recs = {v: rng.sample(range(60), rng.randint(0, 30)) for v in range(300) if rng.random() < 0.9}
+    out = evaluate(recs, truth, ks=(1, 10, 20), catalogue_size=80)
+    visitors = [v for v, items in truth.items() if items]
+    for k in (1, 10, 20):
+        for name, metric in METRICS.items():
+            expected = sum(metric(recs.get(v, []), truth[v], k) for v in visitors) / len(visitors)
+            assert out[f"{name}@{k}"] == pytest.approx(expected, rel=1e-12), (name, k)
+        expected = catalogue_coverage((recs.get(v, []) for v in visitors), 80, k)
+        assert out[f"coverage@{k}"] == pytest.approx(expected)
+    assert evaluate(recs, {1: set()}, ks=(10,)) == {f"{name}@10": 0.0 for name in METRICS}
