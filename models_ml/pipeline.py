@@ -127,7 +127,8 @@ def train_ranker(
     models/training.json (`als`: what `fit_training_candidates` returned)."""
     paths = _paths(settings)
     info = steps.build_info(settings)  # the training build's, as steps.build_features returned
-    frame = steps.ranking_frame(settings)
+    with steps.timed(say, "ranking frame read"):
+        frame = steps.ranking_frame(settings)
     features = steps.feature_columns(frame)
     labelled = frame.loc[frame["label"] > 0, "visitor_id"].unique()
     if len(labelled) < 3:
@@ -136,19 +137,20 @@ def train_ranker(
             "label window: at least 3 are needed to train, validate and calibrate the ranker "
             "(more events, or a longer label window)"
         )
-    fit_part, valid_part, calib_part = steps.split_visitors(
-        frame["visitor_id"].to_numpy(), (0.6, 0.2, 0.2), SEED, labelled=labelled
-    )
-    in_part = {
-        name: frame[frame["visitor_id"].isin(part)]
-        for name, part in (("fit", fit_part), ("valid", valid_part), ("calib", calib_part))
-    }
-    # YetiRank's cost grows with the pairs of a group: train on every positive and a sample of
-    # the negatives (the calibration part keeps every candidate, as scoring will)
-    for name in ("fit", "valid"):
-        in_part[name] = sample_negatives(
-            in_part[name], NEGATIVES_PER_VISITOR, SEED, MAX_GROUPS[name]
+    with steps.timed(say, "visitors split and negatives sampled"):
+        fit_part, valid_part, calib_part = steps.split_visitors(
+            frame["visitor_id"].to_numpy(), (0.6, 0.2, 0.2), SEED, labelled=labelled
         )
+        in_part = {
+            name: frame[frame["visitor_id"].isin(part)]
+            for name, part in (("fit", fit_part), ("valid", valid_part), ("calib", calib_part))
+        }
+        # YetiRank's cost grows with the pairs of a group: train on every positive and a
+        # sample of the negatives (the calibration part keeps every candidate, as scoring will)
+        for name in ("fit", "valid"):
+            in_part[name] = sample_negatives(
+                in_part[name], NEGATIVES_PER_VISITOR, SEED, MAX_GROUPS[name]
+            )
     say(
         f"ranking frame: {len(frame):,} candidates of {frame['visitor_id'].nunique():,} "
         f"visitors, {int((frame['label'] > 0).sum()):,} with a label"
@@ -166,13 +168,14 @@ def train_ranker(
     ranker_seconds = time.perf_counter() - t0
     ranker.save(result, paths["ranker"], info["feature_version"])
     calib = in_part["calib"]
-    calibrator = conformal.calibrate(
-        ranker.score(result, calib),
-        calib["visitor_id"].to_numpy(),
-        calib["label"].to_numpy(),
-        alpha=ALPHA,
-        seed=SEED,
-    )
+    with steps.timed(say, f"conformal calibration on {calib['visitor_id'].nunique():,} visitors"):
+        calibrator = conformal.calibrate(
+            ranker.score(result, calib),
+            calib["visitor_id"].to_numpy(),
+            calib["label"].to_numpy(),
+            alpha=ALPHA,
+            seed=SEED,
+        )
     steps.write_json(paths["calibration"], calibrator.to_dict())
     training = {
         "windows": win.to_dict(),
@@ -186,10 +189,11 @@ def train_ranker(
         "conformal": {"alpha": ALPHA, "prediction_set_size": calibrator.prediction_set_size},
     }
     steps.write_json(paths["training"], training)
-    importance = ranker.feature_importance(result)
-    paths["reports"].mkdir(parents=True, exist_ok=True)
-    importance.to_csv(paths["reports"] / "feature_importance.csv", index=False)
-    ranker.plot_feature_importance(importance, paths["reports"] / "feature_importance.png")
+    with steps.timed(say, "feature importance written"):
+        importance = ranker.feature_importance(result)
+        paths["reports"].mkdir(parents=True, exist_ok=True)
+        importance.to_csv(paths["reports"] / "feature_importance.csv", index=False)
+        ranker.plot_feature_importance(importance, paths["reports"] / "feature_importance.png")
     say(
         f"ranker: best validation NDCG@10 {result.best_valid_ndcg10:.4f} after "
         f"{len(result.search_log)} trials ({ranker_seconds:.1f}s)"
