@@ -190,10 +190,11 @@ def train(
 
     Trial 1 uses DEFAULT_PARAMS overridden by `params`; trials 2..n_trials add a draw from
     SEARCH_SPACE (numpy Generator(seed)) for the keys `params` does not fix. The first trial
-    always runs; a further one starts only if the slowest trial so far would still end within
-    `search_budget_s` seconds of search (so the budget bounds the search unless the first trial
-    alone exceeds it). Every trial early-stops on `valid_df` with NDCG@10; the best trial's
-    model is kept as is. CatBoost's seed is `seed`.
+    always runs to its end; a further one starts only if the slowest trial so far would still
+    end within `search_budget_s` seconds of search, and is stopped at that deadline if it runs
+    longer (keeping its best iteration so far), so the budget bounds the search unless the
+    first trial alone exceeds it. Every trial early-stops on `valid_df` with NDCG@10; the best
+    trial's model is kept as is. CatBoost's seed is `seed`.
     """
     from catboost import CatBoostRanker
 
@@ -241,10 +242,18 @@ def train(
         trial_params = {**base, **drawn}
         t0 = time.perf_counter()
         model = CatBoostRanker(**trial_params)
-        model.fit(train_pool, eval_set=valid_pool, use_best_model=True, verbose=False)
+        deadline = None if k == 1 else _Deadline(t_search + search_budget_s)
+        model.fit(
+            train_pool,
+            eval_set=valid_pool,
+            use_best_model=True,
+            verbose=False,
+            callbacks=[deadline] if deadline else None,
+        )
         score_k = _best_score(model)
         seconds = time.perf_counter() - t0
         shown = {key: trial_params[key] for key in SEARCH_SPACE}
+        stopped = bool(deadline and deadline.reached)
         search_log.append(
             {
                 "trial": k,
@@ -252,13 +261,14 @@ def train(
                 "score": score_k,
                 "best_iteration": int(model.best_iteration_),
                 "seconds": round(seconds, 3),
+                "stopped_at_budget": stopped,
             }
         )
         progress(
             f"ranker trial {k}/{n_trials}: "
             + " ".join(f"{key}={value}" for key, value in shown.items())
             + f" -> NDCG@10 {score_k:.4f} (best iteration {model.best_iteration_}) "
-            f"in {seconds:.1f} s"
+            f"in {seconds:.1f} s" + (" (stopped at the search budget)" if stopped else "")
         )
         if best_model is None or score_k > best_score or math.isnan(best_score):
             best_model, best_params, best_score, best_trial = model, trial_params, score_k, k
@@ -277,6 +287,18 @@ def train(
         dropped_groups={"train": dropped_train, "valid": dropped_valid},
         train_seconds=time.perf_counter() - t_start,
     )
+
+
+class _Deadline:
+    """CatBoost callback: stop training once `time.perf_counter()` passes `at`."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.reached = False
+
+    def after_iteration(self, info: Any) -> bool:
+        self.reached = time.perf_counter() >= self.at
+        return not self.reached  # False stops the training
 
 
 def _model_of(result_or_model: RankerResult | Any) -> Any:

@@ -213,3 +213,30 @@ def test_no_positive_group_is_an_error(data: dict[str, pd.DataFrame]) -> None:
     train = data["train"].assign(label=0)
     with pytest.raises(ValueError, match="no training group"):
         ranker.train(train, data["valid"], FEATURES, CATS, params=FAST, progress=lambda s: None)
+
+
+def test_a_later_trial_stops_at_the_search_budget(
+    data: dict[str, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clock that moves one second per reading: trial 1 (never cut) takes a few "seconds",
+    trial 2 starts inside the budget and is stopped when the budget runs out, with a model."""
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            self.now += 1.0
+            return self.now
+
+    monkeypatch.setattr(ranker, "time", Clock())
+    lines: list[str] = []
+    result = ranker.train(
+        data["train"], data["valid"], FEATURES, CATS, params={"iterations": 200, "od_wait": 200},
+        search_budget_s=30.0, n_trials=2, progress=lines.append,
+    )  # fmt: skip
+    first, second = result.search_log
+    assert not first["stopped_at_budget"] and first["best_iteration"] > 20
+    # started at ~4 s of search, stopped at 30 s: ~26 readings, one per iteration
+    assert second["stopped_at_budget"] and second["best_iteration"] < 30
+    assert any("stopped at the search budget" in line for line in lines)
+    assert 0.0 < result.best_valid_ndcg10 <= 1.0
