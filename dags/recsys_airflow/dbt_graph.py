@@ -25,6 +25,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+# Cosmos sends usage metrics unless told not to, and nothing here may reach the network at run
+# time: off by default for every process that loads these DAGs (a task's process imports this
+# module before Cosmos reads its settings). AIRFLOW__COSMOS__ENABLE_TELEMETRY=True turns it on.
+os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
+
 from cosmos import (
     DbtTaskGroup,
     ExecutionConfig,

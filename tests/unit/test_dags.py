@@ -399,3 +399,18 @@ def test_missing_or_stale_manifest_is_said_clearly(probe: dict[str, Any]) -> Non
     assert "make airflow" in manifest["missing"]
     assert manifest["fresh"] == []
     assert [Path(p).name for p in manifest["stale"]] == ["m.sql"]
+
+
+def test_cosmos_telemetry_is_off_unless_asked_for(tmp_path: Path, manifest: Path) -> None:
+    """No usage metrics leave the machine from a process that loads the DAGs."""
+    env = airflow_env(tmp_path, manifest)
+    env.pop("AIRFLOW__COSMOS__ENABLE_TELEMETRY")
+    env["PYTHONPATH"] = str(DAGS_DIR)
+    check = "import recsys_airflow.dbt_graph, cosmos.telemetry as t; print(t.should_emit())"
+    for asked, expected in ((None, "False"), ("True", "True")):
+        if asked:
+            env["AIRFLOW__COSMOS__ENABLE_TELEMETRY"] = asked
+        out = subprocess.run(
+            [sys.executable, "-c", check], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip().splitlines()[-1] == expected
