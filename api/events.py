@@ -4,6 +4,12 @@ Each accepted request becomes one file `landing/events/<UTC time>-<random>.csv` 
 RetailRocket `events.csv` layout (header included), so that ingest checks it with exactly the
 rules it applies to `events.csv`. The name sorts by arrival and is unique across workers.
 
+Retries: a request with an `Idempotency-Key` header lands as `landing/events/key-<hash>.csv`
+instead, the same name for every retry with that key. A retry before the next ingest replaces
+the file; a retry after it lands the file again, and ingest writes the same `raw/` part again
+(its name comes from the landing file's), so the events reach `raw/` once either way. The last
+body sent with a key is the one kept.
+
 Durability: on a local lake the bytes go to a temporary name in the same folder (not matching
 `*.csv`, so ingest never sees a partial file), are flushed and fsynced, renamed into place, and
 the folder is fsynced so that the rename itself survives a crash. On S3 the file is one PUT,
@@ -12,6 +18,7 @@ which S3 stores durably and makes visible all at once. Only then does the API an
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Sequence
@@ -39,6 +46,15 @@ def new_batch_id(now: datetime | None = None) -> str:
     return f"{stamp}-{uuid.uuid4().hex[:16]}"
 
 
+# what an Idempotency-Key may hold (it never reaches a path: only its hash does)
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+
+def keyed_batch_id(idempotency_key: str) -> str:
+    """The batch id of every request sent with this Idempotency-Key."""
+    return f"key-{hashlib.sha256(idempotency_key.encode('utf-8')).hexdigest()[:32]}"
+
+
 def land(lake: Lake, batch_id: str, text: str) -> str:
     """Write one landing file durably; return its lake-relative path."""
     rel = f"{LANDING_DIR}/{batch_id}.csv"
@@ -47,7 +63,8 @@ def land(lake: Lake, batch_id: str, text: str) -> str:
         return rel
     target = Path(lake.root) / rel
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
+    # unique per writer: two retries of one key may land at the same moment
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as fh:

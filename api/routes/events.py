@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Header, Request
 
 from api import events
 from api.deps import AppMetrics, Store
@@ -28,6 +28,15 @@ def post_events(
     request: Request,
     store: Store,
     metrics: AppMetrics,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=events.IDEMPOTENCY_KEY_PATTERN,
+            description="any 1-128 characters of A-Z a-z 0-9 . _ : -; a retry with the same key "
+            "lands the events once (the last body sent with a key is kept)",
+        ),
+    ] = None,
 ) -> Any:
     """One event or a batch in the RetailRocket layout. The answer is 202 only once the batch
     is written and fsynced to `landing/events/` (one S3 PUT on S3), where the next `recsys
@@ -35,13 +44,16 @@ def post_events(
     a batch).
 
     Events do not need a snapshot: they are accepted before the first one is published.
+
+    Send an `Idempotency-Key` to retry safely: every request with the same key has the same
+    `batch_id`, and its events reach the warehouse once.
     """
     # a plain `def`: the write and the fsync block
     rows = batch if isinstance(batch, list) else [batch]
     text = events.to_csv(
         [(e.timestamp, e.visitorid, e.event, e.itemid, e.transactionid) for e in rows]
     )
-    batch_id = events.new_batch_id()
+    batch_id = events.keyed_batch_id(idempotency_key) if idempotency_key else events.new_batch_id()
     events.land(request.app.state.lake, batch_id, text)
     metrics.events_accepted.inc(len(rows))
     snapshot = store.current if store is not None else None

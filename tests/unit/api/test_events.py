@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import pytest
 from fastapi.testclient import TestClient
 
@@ -56,6 +57,41 @@ def test_landed_events_reach_ingest(client_for: Callable[..., TestClient], tmp_p
     assert client.post(URL, json=[VIEW, SALE]).status_code == 202
     report = ingest_landing(client.app.state.lake, tmp_path / "work")  # type: ignore[attr-defined]
     assert report is not None and (report.accepted, report.rejected) == (2, 0)
+
+
+def test_a_retry_with_the_same_key_lands_once(
+    client_for: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    client = client_for(None)
+    lake: Lake = client.app.state.lake  # type: ignore[attr-defined]
+    key = {"Idempotency-Key": "order-42:attempt"}
+    first = client.post(URL, json=[VIEW, SALE], headers=key)
+    again = client.post(URL, json=[VIEW, SALE], headers=key)  # before the next ingest
+    assert first.status_code == again.status_code == 202
+    assert first.json()["batch_id"] == again.json()["batch_id"]
+    assert [p.name for p in landing_files(client)] == [f"{first.json()['batch_id']}.csv"]
+    assert not list((Path(lake.root) / "landing" / "events").glob(".*.tmp"))
+    report = ingest_landing(lake, tmp_path / "work1")
+    assert report is not None and report.accepted == 2
+    # a retry after the ingest (the client never saw the 202) lands again; ingest rewrites
+    # the same raw part, so the rows are in raw/ once
+    assert client.post(URL, json=[VIEW, SALE], headers=key).status_code == 202
+    ingest_landing(lake, tmp_path / "work2")
+    parts = list((Path(lake.root) / "raw" / "events").glob("*.parquet"))
+    rows = duckdb.sql(f"select count(*) from read_parquet({[str(p) for p in parts]})")
+    assert rows.fetchall() == [(2,)]
+    # another key, or none, is another batch
+    other = client.post(URL, json=VIEW, headers={"Idempotency-Key": "order-43"})
+    plain = client.post(URL, json=VIEW)
+    ids = {first.json()["batch_id"], other.json()["batch_id"], plain.json()["batch_id"]}
+    assert len(ids) == 3
+
+
+@pytest.mark.parametrize("key", ["", "a b", "../x", "k" * 129, "a;b"])
+def test_a_bad_idempotency_key_is_a_422(client: TestClient, key: str) -> None:
+    response = client.post(URL, json=VIEW, headers={"Idempotency-Key": key})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
 
 
 @pytest.mark.parametrize(
