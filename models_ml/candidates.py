@@ -92,11 +92,9 @@ def confidence_matrix(
     else:
         raise ValueError(f"unknown weighting {params['weighting']!r}: use 'alpha' or 'bm25'")
     # implicit adds the 1 of "1 + alpha * r" itself: it uses the values as confidence - 1
-    matrix = matrix.astype(np.float32)
-    # each row's items in item order, whatever the order of the mart's rows (DuckDB sets none):
-    # the solver sums over them, and floating-point sums in another order give other factors
-    matrix.sort_indices()
-    return matrix, visitors, items
+    # the COO -> CSR conversion leaves each row's items in item order, whatever the order of
+    # the mart's rows (DuckDB sets none), so the solver sums them in one order: same factors
+    return matrix.astype(np.float32), visitors, items
 
 
 def fit(
