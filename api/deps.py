@@ -46,7 +46,7 @@ def snapshot_of(request: Request) -> Snapshot:
     store: SnapshotStore | None = getattr(request.app.state, "store", None)
     snapshot = store.current if store is not None else None
     if snapshot is None:
-        reason = store.last_error if store is not None and store.last_error else None
+        reason = store.public_error if store is not None else None
         raise HTTPException(503, detail=NO_SNAPSHOT + (f" ({reason})" if reason else ""))
     return snapshot
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -39,7 +40,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from models_ml.publish import SNAPSHOT_TABLES, verify_snapshot
+from models_ml.publish import SNAPSHOT_TABLES, open_snapshot, verify_snapshot
 
 # the columns the service reads from each table (models_ml/snapshot.py writes them)
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -100,6 +101,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 assert set(COLUMNS) == set(SNAPSHOT_TABLES)
 REQUIRED_METADATA = ("cutoff_at", "model_version", "feature_version")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")  # model and feature versions
 BATCH_ROWS = 1_000_000
 # DuckDB's memory while loading (sorts spill to disk beyond it); a load that needs more than
 # that anyway is tried once more with the larger limit
@@ -534,6 +536,12 @@ def _metadata(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     missing = [k for k in REQUIRED_METADATA if data.get(k) in (None, "")]
     if missing:
         raise SnapshotInvalid(f"metadata lacks {', '.join(missing)}")
+    for key in ("model_version", "feature_version"):  # they go out in every answer's headers
+        if not isinstance(data[key], str) or not NAME_PATTERN.fullmatch(data[key]):
+            raise SnapshotInvalid(
+                f"metadata {key} {str(data[key])[:80]!r} is not a name "
+                "(letters, digits and . _ : + -, at most 128)"
+            )
     return data
 
 
@@ -598,15 +606,13 @@ def load(path: Path, manifest: dict[str, Any], cache_bytes: int = 0) -> Snapshot
         )
     for attempt, memory in enumerate(LOADER_MEMORY):
         try:
-            with duckdb.connect(str(path), read_only=True) as con:
-                # the arrays are the copy that counts: DuckDB's own cache of the file's
-                # blocks would otherwise grow to the whole file while a snapshot is loaded
-                # beside the served one
-                # one thread: the load runs beside the requests being served, which need a
-                # core of their own more than the load needs to finish a few seconds sooner
-                con.execute("set threads = 1")
-                con.execute(f"set memory_limit = '{memory}'")
-                con.execute(f"set temp_directory = '{path.parent / '.spill'}'")
+            # the arrays are the copy that counts: DuckDB's own cache of the file's blocks
+            # would otherwise grow to the whole file while a snapshot is loaded beside the
+            # served one; one thread: the load runs beside the requests being served, which
+            # need a core of their own more than the load needs to finish a few seconds sooner
+            with open_snapshot(
+                path, threads=1, memory_limit=memory, temp_directory=path.parent / ".spill"
+            ) as con:
                 return _load_tables(con, manifest, cache_bytes)
         except duckdb.OutOfMemoryException:
             if attempt + 1 == len(LOADER_MEMORY):

@@ -43,12 +43,25 @@ from api import recommend
 from api.memory import release_memory
 from api.metrics import Metrics
 from api.snapshot import Snapshot, SnapshotInvalid, load
-from models_ml.publish import latest_version, sha256_file
+from models_ml.publish import InvalidVersion, check_version, latest_version, sha256_file
 from recsys.lake import Lake, LakeError
 
 log = logging.getLogger("api.snapshots")
 KEEP_CACHED = 2  # local copies kept: the served one and the one before (a quick roll-back)
 DIGEST_FILE = "snapshot.sha256"  # beside a verified copy: "<sha256> <size> <mtime_ns>"
+
+
+# what clients are told (readiness, 503s) for each reason a snapshot is not served
+PUBLIC_REASONS = {
+    "unpublished": "no snapshot published yet",
+    "lake": "the lake cannot be read",
+    "version": "snapshots/LATEST does not name a valid version",
+    "manifest": "the latest snapshot's manifest is missing or invalid",
+    "download": "the latest snapshot cannot be downloaded",
+    "checksum": "the latest snapshot's checksum does not match its manifest",
+    "invalid": "the latest snapshot is invalid",
+    "error": "the latest snapshot could not be loaded",
+}
 
 
 class Refused(RuntimeError):
@@ -69,10 +82,19 @@ class SnapshotStore:
         self.metrics = metrics
         self.cache_bytes = cache_bytes
         self.current: Snapshot | None = None
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # for the logs: may name lake paths
+        self.last_reason: str | None = None  # the Refused reason of last_error, for clients
         self._refused: set[tuple[str, str]] = set()  # (version, manifest digest)
         self._lock = threading.Lock()  # one refresh at a time
         metrics.track_snapshot_age(self._cutoff_epoch)
+
+    @property
+    def public_error(self) -> str | None:
+        """Why no snapshot is served, in words a client may see: no paths, hosts or versions
+        (those are in the log, for the operator)."""
+        if self.last_error is None:
+            return None
+        return PUBLIC_REASONS.get(self.last_reason or "", "the latest snapshot was not loaded")
 
     def _cutoff_epoch(self) -> float | None:
         current = self.current
@@ -96,15 +118,19 @@ class SnapshotStore:
         level = logging.DEBUG if message == self.last_error else logging.ERROR
         log.log(level, "snapshot not swapped in (%s): %s", reason, message)
         self.last_error = message
+        self.last_reason = reason
 
     def _refresh(self) -> bool:
         try:
             version = latest_version(self.lake)
+        except InvalidVersion as exc:  # not permanent: LATEST may be corrected in place
+            raise Refused("version", f"snapshots/LATEST: {exc}", False) from exc
         except (LakeError, OSError) as exc:
             raise Refused("lake", f"cannot read snapshots/LATEST: {exc}", False) from exc
         if version is None:
             if self.current is None:
                 self.last_error = f"no snapshot published yet ({self.lake.url('snapshots/LATEST')})"
+                self.last_reason = "unpublished"
             return False
         current = self.current
         if current is not None and current.version == version:
@@ -125,7 +151,7 @@ class SnapshotStore:
         self.current = snapshot  # the swap
         del current  # requests in flight may still hold it; the last one frees it
         release_memory()
-        self.last_error = None
+        self.last_error = self.last_reason = None
         self.metrics.swaps.inc()
         self.metrics.snapshot_load_seconds.set(seconds)
         self.metrics.snapshot_info.info(
@@ -182,7 +208,7 @@ class SnapshotStore:
 
     def _fetch(self, version: str, digest: str) -> Path:
         """The verified local copy of the version's file, downloaded unless already cached."""
-        target = self.cache_dir / version / "snapshot.duckdb"
+        target = self.cache_dir / check_version(version) / "snapshot.duckdb"
         if target.exists():
             if _verified(target, digest):
                 return target

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,49 @@ SNAPSHOT_TABLES = (
 )
 
 
+# The publisher's names, `<UTC time>-<sha256 prefix>` (a benchmark adds milliseconds). A
+# version names a folder, a cache path and a response header, and `LATEST` is read from the
+# lake, which is not trusted: anything else is refused where it is read (`check_version`).
+VERSION_PATTERN = re.compile(r"[0-9]{8}T[0-9]{6}(?:[0-9]{3})?Z-[0-9a-f]{8,64}")
+
+
+class InvalidVersion(ValueError):
+    """A snapshot version that is not of the publisher's format (never used as a name)."""
+
+
+def check_version(text: str) -> str:
+    """`text` if it is a version the publisher could have written, else InvalidVersion."""
+    if not VERSION_PATTERN.fullmatch(text):
+        shown = text[:80].encode("unicode_escape").decode("ascii")  # one line, printable
+        raise InvalidVersion(
+            f"{shown!r} is not a snapshot version (expected YYYYMMDDTHHMMSSZ-<hex digest>)"
+        )
+    return text
+
+
+def open_snapshot(path: Path, **config: Any) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a snapshot file that can touch nothing else.
+
+    A snapshot comes from the lake, which is not trusted: its connection reads no other file,
+    writes none, installs and loads no extension, and its settings are locked (settings are
+    given as connection config, never as SQL built from strings).
+    """
+    options = {
+        "autoload_known_extensions": False,
+        "autoinstall_known_extensions": False,
+        **{k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
+    }
+    con = duckdb.connect(str(path), read_only=True, config=options)
+    try:
+        # after the config: DuckDB refuses a temp_directory once external access is off
+        con.execute("set enable_external_access = false")
+        con.execute("set lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
 class GateRefused(RuntimeError):
     """The new model is worse than the baseline or than the published one."""
 
@@ -59,13 +103,21 @@ def sha256_file(path: Path) -> str:
 
 
 def latest_version(lake: Lake) -> str | None:
+    """The version `LATEST` names (None when nothing is published); InvalidVersion when it
+    names something the publisher would not have written."""
     if not lake.exists("snapshots/LATEST"):
         return None
-    return lake.read_text("snapshots/LATEST").strip() or None
+    text = lake.read_text("snapshots/LATEST").strip()
+    return check_version(text) if text else None
 
 
 def latest_manifest(lake: Lake) -> dict[str, Any] | None:
-    version = latest_version(lake)
+    """The manifest of the version `LATEST` names; None when there is none, or when `LATEST`
+    is not a valid version (a publish then replaces it)."""
+    try:
+        version = latest_version(lake)
+    except InvalidVersion:
+        return None
     if version is None or not lake.exists(f"snapshots/{version}/manifest.json"):
         return None
     return dict(json.loads(lake.read_text(f"snapshots/{version}/manifest.json")))
@@ -95,7 +147,7 @@ def gate(metrics: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
 
 def verify_snapshot(path: Path) -> dict[str, int]:
     """Open the file read-only, check every table is there; return the row counts."""
-    with duckdb.connect(str(path), read_only=True) as con:
+    with open_snapshot(path) as con:
         present = {r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()}
         missing = [t for t in SNAPSHOT_TABLES if t not in present]
         if missing:
@@ -152,10 +204,13 @@ def publish(
 
 def prune(lake: Lake, keep: int = KEEP) -> list[str]:
     """Delete all but the newest `keep` snapshots (never the one LATEST names)."""
-    current = latest_version(lake)
-    versions = sorted(
-        {p.split("/")[1] for p in lake.glob("snapshots/*/manifest.json")}, reverse=True
-    )
+    try:
+        current = latest_version(lake)
+    except InvalidVersion:
+        current = None
+    listed = {p.split("/")[1] for p in lake.glob("snapshots/*/manifest.json")}
+    # only the publisher's names: a folder named otherwise is not ours to delete
+    versions = sorted((v for v in listed if VERSION_PATTERN.fullmatch(v)), reverse=True)
     doomed = [v for v in versions[keep:] if v != current]
     for version in doomed:
         lake.remove(f"snapshots/{version}")

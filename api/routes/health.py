@@ -35,7 +35,7 @@ async def readyz(store: Store) -> Any:
     """200 once a snapshot is loaded (it was verified before it was loaded), else 503."""
     snapshot = store.current if store is not None else None
     if snapshot is None:
-        reason = store.last_error if store is not None else "the service is starting"
+        reason = store.public_error if store is not None else "the service is starting"
         body = Readiness(
             status="not ready", detail=NO_SNAPSHOT + (f" ({reason})" if reason else "")
         )

@@ -60,12 +60,12 @@ def test_the_same_bytes_under_a_new_version_are_linked(
     store, lake, published = make_store(tmp_path)
     assert store.refresh()
     before = dict(counted)
-    republish(lake, published.version, "29990101T000000Z-again")
+    republish(lake, published.version, "29990101T000000Z-a9a1a9a1")
     assert store.refresh()
-    assert store.current is not None and store.current.version == "29990101T000000Z-again"
+    assert store.current is not None and store.current.version == "29990101T000000Z-a9a1a9a1"
     assert counted == before  # neither downloaded nor hashed again
     first = tmp_path / "cache" / published.version / "snapshot.duckdb"
-    second = tmp_path / "cache" / "29990101T000000Z-again" / "snapshot.duckdb"
+    second = tmp_path / "cache" / "29990101T000000Z-a9a1a9a1" / "snapshot.duckdb"
     assert os.path.samefile(first, second)
     assert (second.parent / DIGEST_FILE).read_text().split()[0] == published.manifest["sha256"]
 
