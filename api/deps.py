@@ -14,11 +14,19 @@ the documented contract and the checked one are the same object.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Self
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from api.metrics import Metrics
 from api.schemas import MAX_EXCLUDE, MAX_ID, MAX_K
@@ -119,16 +127,32 @@ class Params(BaseModel):
         return parameters
 
 
-K = Annotated[int, Field(ge=1, le=MAX_K, description="how many items")]
+DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def _digits_only(value: Any) -> Any:
+    """A path or query value is an integer only as plain ASCII digits: Python's `int()` would
+    also read `1_000`, `+5`, ` 5` and other scripts' digits."""
+    if isinstance(value, str) and not DIGITS.fullmatch(value):
+        raise ValueError("must be a non-negative integer in digits 0-9 (at most 18)")
+    return value
+
+
+# integers from the path or the query string (bodies are strict JSON numbers already); the
+# check comes after the Field, so that OpenAPI still states the bounds
+DigitsOnly = BeforeValidator(_digits_only)
+K = Annotated[int, Field(ge=1, le=MAX_K, description="how many items"), DigitsOnly]
 
 
 class VisitorParams(Params):
     path_fields = ("visitor_id",)
 
-    visitor_id: Annotated[int, Field(ge=0, le=MAX_ID)]
+    visitor_id: Annotated[int, Field(ge=0, le=MAX_ID), DigitsOnly]
     k: K = 10
     category_id: Annotated[
-        int | None, Field(ge=0, le=MAX_ID, description="only items of this (leaf) category")
+        int | None,
+        Field(ge=0, le=MAX_ID, description="only items of this (leaf) category"),
+        DigitsOnly,
     ] = None
     exclude: Annotated[
         str | None,
@@ -153,5 +177,5 @@ class VisitorParams(Params):
 class SimilarParams(Params):
     path_fields = ("item_id",)
 
-    item_id: Annotated[int, Field(ge=0, le=MAX_ID)]
+    item_id: Annotated[int, Field(ge=0, le=MAX_ID), DigitsOnly]
     k: K = 10

@@ -26,12 +26,13 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, HTTPException, Request, Security
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -201,6 +202,45 @@ async def _send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
+MAX_ERRORS = 20  # a body of 1,000 bad events is answered with the first 20 of its errors
+
+
+def safe_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, with anything UTF-8 cannot encode (lone surrogates)
+    escaped: safe to put in a JSON answer or a log line."""
+    cut = text[:limit] + ("..." if len(text) > limit else "")
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def safe_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Validation errors as `{type, loc, msg}`: no `input`, no `ctx`, bounded, encodable."""
+    safe = []
+    for error in errors[:MAX_ERRORS]:
+        loc = [p if isinstance(p, int) else safe_text(str(p), 64) for p in error.get("loc", ())]
+        msg = str(error.get("msg", ""))
+        if error.get("type") == "json_invalid" and isinstance(error.get("ctx"), dict):
+            msg = f"{msg}: {error['ctx'].get('error', '')}"  # says what, not the input
+        safe.append(
+            {
+                "type": safe_text(str(error.get("type", "")), 64),
+                "loc": loc,
+                "msg": safe_text(msg, 200),
+            }
+        )
+    return safe
+
+
+def _unparsable(exc: Exception) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return "the body is not UTF-8 JSON"
+    if isinstance(cause, RecursionError):
+        return "the body is JSON nested too deep"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "the body holds an integer with too many digits"
+    return "the body is not valid JSON"
+
+
 async def _poll(store: SnapshotStore, interval: float) -> None:
     """Look for a newer LATEST every `interval` seconds, for as long as the app runs."""
     while True:
@@ -267,21 +307,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=v1_dependencies, responses=unauthorized)
     app.include_router(health.router)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        """422 naming the fields, without echoing the input: what a client sent may not even
+        be encodable (NaN, lone surrogates), and a refused value may be large or a secret."""
+        errors = safe_errors(exc.errors())
+        first = errors[0] if errors else {"loc": [], "type": ""}
+        log.info(  # one bounded line per refused request, never the input itself
+            "422 on %s %s: %d error(s), first %s at %s",
+            request.method,
+            safe_text(request.url.path, 80),
+            len(exc.errors()),
+            first["type"],
+            ".".join(str(part) for part in first["loc"]),
+        )
+        return JSONResponse({"detail": errors}, status_code=422)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        """As FastAPI answers, except that a body that is not even text (FastAPI's 400) is a
-        422 like any other malformed body, so that clients see one kind of answer for it."""
-        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        """As FastAPI answers, except that a body FastAPI cannot parse (its 400: not UTF-8, an
+        integer of thousands of digits, JSON nested too deep) is a 422 like any other
+        malformed body, so that clients see one kind of answer for it."""
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
             return JSONResponse(
-                {
-                    "detail": [
-                        {
-                            "type": "json_invalid",
-                            "loc": ["body"],
-                            "msg": "the body is not UTF-8 JSON",
-                        }
-                    ]
-                },
+                {"detail": [{"type": "json_invalid", "loc": ["body"], "msg": _unparsable(exc)}]},
                 status_code=422,
             )
         return await http_exception_handler(request, exc)
