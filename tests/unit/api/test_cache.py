@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from api.snapshot import AnswerCache
 
-OVERHEAD = AnswerCache.ENTRY_OVERHEAD
-
 
 def test_the_least_recently_used_answer_goes_first() -> None:
-    cache = AnswerCache(max_bytes=3 * (OVERHEAD + 100))
+    cache = AnswerCache(max_bytes=3 * AnswerCache.size_of("a", ("popular", b"x" * 100)))
     for key in "abc":
         cache.put(key, ("popular", b"x" * 100))
     assert cache.get("a") is not None  # a is now the most recent
     cache.put("d", ("popular", b"x" * 100))
     assert cache.get("b") is None
     assert [cache.get(k) is not None for k in "acd"] == [True, True, True]
-    assert cache.bytes == len(cache) * (OVERHEAD + 100) <= cache.max_bytes
+    assert cache.bytes == sum(AnswerCache.size_of(k, ("popular", b"x" * 100)) for k in "acd")
+    assert cache.bytes <= cache.max_bytes
 
 
 def test_big_answers_take_more_room_and_too_big_ones_none() -> None:
-    cache = AnswerCache(max_bytes=2 * OVERHEAD + 1_000)
+    cache = AnswerCache(max_bytes=2 * AnswerCache.size_of("small", ("", b"")) + 1_000)
     cache.put("small", ("popular", b"x" * 10))
     cache.put("big", ("popular", b"x" * 900))
     assert cache.get("small") is not None and cache.get("big") is not None
@@ -28,10 +27,36 @@ def test_big_answers_take_more_room_and_too_big_ones_none() -> None:
     cache.put("huge", ("popular", b"x" * 10_000))  # larger than the whole cache: not kept
     assert cache.get("huge") is None and cache.get("bigger") is not None
     cache.put("bigger", ("session", b"y" * 5))  # replacing an entry frees its room
-    assert cache.bytes == OVERHEAD + 5
+    assert cache.bytes == AnswerCache.size_of("bigger", ("session", b"y" * 5))
 
 
 def test_a_zero_sized_cache_keeps_nothing() -> None:
     cache = AnswerCache(max_bytes=0)
     cache.put("a", ("popular", b"[]"))
     assert cache.get("a") is None and len(cache) == 0
+
+
+def test_the_key_counts_too() -> None:
+    """400 requests excluding 1,000 distinct ids each: the keys alone are ~15 MB, so a cache
+    counting only the answers grew far past its budget."""
+    import gc
+    import tracemalloc
+
+    budget = 2_000_000
+    cache = AnswerCache(max_bytes=budget)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for request in range(400):
+            excluded = tuple(range(10**9 + request * 1_000, 10**9 + (request + 1) * 1_000))
+            cache.put((1001, 10, None, excluded), ("personalized", b"x" * 1_500))
+            del excluded
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert cache.bytes <= budget
+    assert 20 <= len(cache) <= 80  # about budget / 37 kB per entry
+    assert held < 1.3 * budget, (
+        f"the cache holds {held / 1e6:.1f} MB for a {budget / 1e6} MB budget"
+    )
