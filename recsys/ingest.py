@@ -6,27 +6,46 @@ Every data line of every input file ends up in exactly one place: the accepted t
 
 How it stays fast on 20M property rows: a clean file is parsed by Arrow's multi-threaded CSV
 reader and checked with vectorised kernels. Only when Arrow finds a structural problem (a wrong
-number of fields, bytes that are not UTF-8, a stray carriage return) is the file split into lines
-with NumPy, the bad lines set aside with their reason, and the rest parsed as before. Exact
-duplicates are found by grouping on a 64-bit row hash in DuckDB and confirmed on the values.
+number of fields, bytes that are not UTF-8, a stray carriage return, a quote left open) is the file
+split into lines with NumPy, the bad lines set aside with their reason, and the rest parsed as
+before. Exact duplicates are found by grouping on a 64-bit row hash in DuckDB and confirmed on the
+values. A rejected row keeps its line as it was in the file (`raw_line`), read back from the file's
+bytes by line number, so that what was refused can be fixed and sent again.
+
+CSV is read as CSV (RFC 4180): a field may be double-quoted, with `""` for a quote inside, as
+spreadsheets and pandas write it, and the header may be quoted too. One record per line, as in
+RetailRocket: a newline inside a quoted value is not supported, so a line that leaves a quote open
+is rejected ("unterminated quote") and the next line is judged on its own, never merged into it.
 
 Before anything is written, every file and header is checked: a missing file or column gives one
 error naming it and leaves the lake as it was. Ingest is idempotent: the sha256 of the inputs is
-recorded per table, and the same input again changes nothing.
+recorded per table, and the same input again changes nothing (so a row rejected as "timestamp in
+the future" stays rejected until its file changes).
 
 Events the API accepted wait in the lake's `landing/events/` as small files in the `events.csv`
-layout (`api/events.py`). Every ingest also picks them up, exactly once (`ingest_landing`): each
-file is checked with the same rules, its rows written as a Parquet part of their own,
-`raw/events/landed-<file>.parquet` (rejected rows: `raw/rejected/landed-<file>.parquet`), and
-only then is the file moved to `landing/events/_ingested/`. The part is named after the file,
-so a run that stops between the two steps writes the same part again on the next run instead of
-a second copy. A reload of `events.csv` replaces `raw/events/events.parquet` only: landed parts
-stay. (Exactly once from landing to raw; a client that posts the same events twice sends two
-batches.)
+layout (`api/events.py`). Every ingest also picks them up, exactly once (`ingest_landing`). Each
+file is first claimed: moved to `landing/events/_claimed/` (one atomic rename on a local lake; a
+copy then a delete on S3). Only the claimed copy is read, so an API retry that lands a file of the
+same name meanwhile is a new file in `landing/events/`, left for the next ingest, instead of being
+removed unread. The claimed file is checked with the same rules, its rows written as a Parquet part
+of their own, `raw/events/landed-<file>.parquet` (rejected rows:
+`raw/rejected/landed-<file>.parquet`), and only then is it moved to `landing/events/_ingested/`. A
+claim that a stopped run left behind is picked up by the next ingest. The part is named after the
+file, so a run that stops before the last move writes the same part again on the next run instead
+of a second copy, and a retry's file replaces the part of the file it repeats. A reload of
+`events.csv` replaces `raw/events/events.parquet` only: landed parts stay. (Exactly once from
+landing to raw; a client that posts the same events twice without an Idempotency-Key sends two
+batches. One ingest at a time: a second one running at once would take the first one's claims for
+left-overs.)
+
+Events later than `max_timestamp_ms` (by default now plus five minutes of clock skew) are rejected
+as "timestamp in the future": one event stamped 2099 would otherwise move every later training
+window to 2099. Item property snapshots follow the same rule; the category tree has no time.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import tempfile
@@ -49,7 +68,9 @@ MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01: anything later is not a real
 EVENT_TYPES = ("view", "addtocart", "transaction")
 LANDING_DIR = "landing/events"
 INGESTED_DIR = f"{LANDING_DIR}/_ingested"
+CLAIMED_DIR = f"{LANDING_DIR}/_claimed"
 LANDED_PREFIX = "landed-"
+CLOCK_SKEW_MS = 300_000  # default allowance for a client clock ahead of ours: 5 minutes
 
 
 class IngestError(ValueError):
@@ -164,7 +185,11 @@ def _check_inputs(raw_dir: Path) -> dict[str, list[Path]]:
                 header = header_bytes.decode("utf-8-sig").strip("\r\n")
             except UnicodeDecodeError as exc:
                 raise IngestError(f"{path}: the header line is not UTF-8") from exc
-            names = [h.strip() for h in header.split(",")] if header else []
+            # read as CSV: spreadsheets quote the header too ("timestamp","visitorid",...)
+            try:
+                names = [h.strip() for h in next(csv.reader([header]))] if header else []
+            except csv.Error as exc:  # e.g. a "header" far longer than any real one
+                raise IngestError(f"{path}: the header line is not CSV ({exc})") from exc
             missing = [c for c in spec.names if c not in names]
             if missing:
                 raise IngestError(
@@ -212,8 +237,61 @@ class _Rejects:
         )
 
 
+def _read_body(path: Path) -> bytes:
+    """The data lines of a CSV (all after the header line), the last one ended by a newline.
+
+    The added newline makes a quote left open on the last line show as a value holding a
+    newline (see `_read_csv`), as on every other line; line numbers and texts are unchanged.
+    """
+    data = path.read_bytes()
+    header_end = data.find(b"\n")
+    body = data[header_end + 1 :] if header_end >= 0 else b""
+    del data
+    if body and not body.endswith(b"\n"):
+        body += b"\n"
+    return body
+
+
+class _Lines:
+    """A file's data lines as they were written, looked up by line number for rejected rows.
+
+    The line offsets cost one pass over the bytes, so they are found only once something is
+    rejected; the lines themselves are views of the bytes, not copies.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body  # as `_read_body` returns it: ends with a newline
+        self._lines: pa.Array | None = None
+
+    def text(self, line_numbers: np.ndarray) -> pa.Array:
+        """The lines (header = line 1), without their terminator; non-UTF-8 bytes escaped."""
+        if self._lines is None:
+            newlines = np.flatnonzero(np.frombuffer(self.body, dtype=np.uint8) == 10)
+            bounds = np.concatenate([[0], newlines + 1]).astype(np.int64)
+            self._lines = pa.Array.from_buffers(
+                pa.large_binary(),
+                len(bounds) - 1,
+                [None, pa.py_buffer(bounds), pa.py_buffer(self.body)],
+            )
+        taken = self._lines.take(pa.array(np.asarray(line_numbers, dtype=np.int64) - 2))
+        try:
+            text = pc.cast(taken, pa.large_string())
+        except pa.ArrowInvalid:  # as `_structural_split` writes them
+            text = pa.array(
+                [v.decode("utf-8", errors="backslashreplace") for v in taken.to_pylist()],
+                pa.large_string(),
+            )
+        return pc.replace_substring_regex(text, r"\r?\n$", "").cast(pa.string())
+
+
 def _read_csv(body: bytes | pa.Buffer, n_fields: int) -> pa.Table:
-    """Arrow's CSV reader on header-less bytes: every field a string, no quoting, no skipping."""
+    """Arrow's CSV reader on header-less bytes: every field a string, no skipping.
+
+    Quoting is RFC 4180 (`"a,b"`, `""` inside), one record per line: Arrow is told values hold
+    no newlines, so it splits its blocks at any newline, but within a block it still carries a
+    quote left open over the newline. A value holding a newline is therefore always a broken
+    line (the caller checks), never a record to accept.
+    """
     invalid: list[int] = []
 
     def on_invalid(_row: object) -> str:
@@ -226,7 +304,12 @@ def _read_csv(body: bytes | pa.Buffer, n_fields: int) -> pa.Table:
             column_names=[f"f{i}" for i in range(n_fields)], block_size=1 << 24
         ),
         parse_options=pcsv.ParseOptions(
-            quote_char=False, ignore_empty_lines=False, invalid_row_handler=on_invalid
+            quote_char='"',
+            double_quote=True,
+            escape_char=False,
+            newlines_in_values=False,
+            ignore_empty_lines=False,
+            invalid_row_handler=on_invalid,
         ),
         convert_options=pcsv.ConvertOptions(
             column_types={f"f{i}": pa.string() for i in range(n_fields)},
@@ -237,6 +320,96 @@ def _read_csv(body: bytes | pa.Buffer, n_fields: int) -> pa.Table:
     if invalid:
         raise pa.ArrowInvalid(f"{len(invalid)} rows with a wrong number of fields")
     return table
+
+
+def _spans_lines(table: pa.Table) -> bool:
+    """Whether a value holds a newline: a quote left open (see `_read_csv`)."""
+    return any(pc.any(pc.match_substring(column, "\n")).as_py() is True for column in table.columns)
+
+
+def _scan_quoted(line: bytes) -> tuple[int, bool]:
+    """(fields, quote left open) of one line, by Arrow's rules; for oddly quoted lines only.
+
+    A quote opens a quoted value only at the start of a field; inside one, `""` is a quote and
+    a single `"` closes it, after which the field goes on unquoted (`"a"b` is `ab`); elsewhere a
+    quote is an ordinary character (`5"` is `5"`).
+    """
+    n, i = 1, 0
+    while i < len(line):
+        if line[i] == 34:  # at the start of a field
+            i += 1
+            while True:
+                j = line.find(b'"', i)
+                if j < 0:
+                    return n, True
+                if line[j + 1 : j + 2] != b'"':
+                    i = j + 1
+                    break
+                i = j + 2  # `""`: a quote inside the value
+        j = line.find(b",", i)
+        if j < 0:
+            break
+        n, i = n + 1, j + 1
+    return n, False
+
+
+def _count_fields(
+    data: np.ndarray, starts: np.ndarray, content_end: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fields per line, a comma inside quotes not counting, and which lines leave a quote open.
+
+    Vectorised for lines quoted the RFC 4180 way, where every quote opens a field, closes one,
+    or is half of a `""`: there the quotes pair up in order, and a comma between the two quotes
+    of a pair is inside a value. The rare line quoted any other way goes to `_scan_quoted`.
+    Done `BLOCK * 16` lines at a time, so that a file quoted throughout (8 quotes a line) needs
+    a bounded amount of memory for its quote positions.
+    """
+    n_fields = np.zeros(len(starts), dtype=np.int64)
+    open_quote = np.zeros(len(starts), dtype=bool)
+    for lo in range(0, len(starts), BLOCK * 16):
+        hi = min(lo + BLOCK * 16, len(starts))
+        base = starts[lo]
+        n_fields[lo:hi], open_quote[lo:hi] = _count_fields_block(
+            data[base : content_end[hi - 1]], starts[lo:hi] - base, content_end[lo:hi] - base
+        )
+    return n_fields, open_quote
+
+
+def _count_fields_block(
+    data: np.ndarray, starts: np.ndarray, content_end: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_count_fields` for one block of lines; `starts` and `content_end` index into `data`."""
+    commas = np.flatnonzero(data == 44)
+    n_fields = np.searchsorted(commas, content_end) - np.searchsorted(commas, starts) + 1
+    quotes = np.flatnonzero(data == 34)
+    if not len(quotes):
+        return n_fields, np.zeros(len(starts), dtype=bool)
+    first = np.searchsorted(quotes, starts)
+    per_line = np.searchsorted(quotes, content_end) - first
+    # every quote is inside a line's content (a terminator is only \n or \r\n), so each line's
+    # values repeated once per quote of it line up with `quotes`
+    line = np.repeat(np.arange(len(starts)), per_line)
+    k = np.arange(len(quotes)) - np.repeat(first, per_line)  # the quote's rank within its line
+    at_start = quotes == np.repeat(starts, per_line)
+    at_end = quotes + 1 == np.repeat(content_end, per_line)
+    before = data[np.maximum(quotes - 1, 0)]
+    after = data[np.minimum(quotes + 1, len(data) - 1)]
+    even = k % 2 == 0
+    ok = np.where(
+        even,
+        at_start | (before == 44) | ((k > 0) & (before == 34)),  # opens, or ends a `""`
+        at_end | (after == 44) | (after == 34),  # closes, or starts a `""`
+    )
+    odd_line = np.zeros(len(starts), dtype=bool)
+    odd_line[line[~ok]] = True
+    opening = np.flatnonzero(even & (k + 1 < np.repeat(per_line, per_line)))
+    inside = np.searchsorted(commas, quotes[opening + 1]) - np.searchsorted(commas, quotes[opening])
+    n_inside = np.bincount(line[opening], weights=inside, minlength=len(starts))
+    n_fields = n_fields - n_inside.astype(np.int64)
+    open_quote = per_line % 2 == 1
+    for i in np.flatnonzero(odd_line):
+        n_fields[i], open_quote[i] = _scan_quoted(data[starts[i] : content_end[i]].tobytes())
+    return n_fields, open_quote
 
 
 def _structural_split(body: bytes, n_fields: int, rejects: _Rejects) -> tuple[bytes, np.ndarray]:
@@ -257,8 +430,7 @@ def _structural_split(body: bytes, n_fields: int, rejects: _Rejects) -> tuple[by
     if len(cr):
         line_of_cr = np.searchsorted(starts, cr, side="right") - 1
         stray_cr[line_of_cr[cr < content_end[line_of_cr]]] = True
-    commas = np.flatnonzero(data == 44)
-    n_commas = np.searchsorted(commas, content_end) - np.searchsorted(commas, starts)
+    n_found, open_quote = _count_fields(data, starts, content_end)
     empty = content_end == starts
     # UTF-8, checked a block of lines at a time; a failing block is checked line by line
     # each element spans a whole line with its terminator: ASCII, so harmless to the check
@@ -279,10 +451,11 @@ def _structural_split(body: bytes, n_fields: int, rejects: _Rejects) -> tuple[by
                 except UnicodeDecodeError:
                     bad_utf8[lo + i] = True
     reason = np.full(len(starts), "", dtype=object)
-    wrong = n_commas != n_fields - 1
+    wrong = n_found != n_fields
     reason[wrong] = [
-        f"wrong number of fields: expected {n_fields}, got {k + 1}" for k in n_commas[wrong]
+        f"wrong number of fields: expected {n_fields}, got {k}" for k in n_found[wrong]
     ]
+    reason[open_quote] = "unterminated quote (newlines inside a quoted value are not supported)"
     reason[stray_cr] = "carriage return inside a line"
     reason[empty] = "empty line"
     reason[bad_utf8] = "bytes are not UTF-8"
@@ -318,9 +491,18 @@ def _int_column(values: pa.ChunkedArray, nullable: bool) -> tuple[pa.Array, np.n
 
 
 def _check_fields(
-    spec: TableSpec, table: pa.Table, line_numbers: np.ndarray, rejects: _Rejects
+    spec: TableSpec,
+    table: pa.Table,
+    line_numbers: np.ndarray,
+    rejects: _Rejects,
+    lines: _Lines,
+    max_timestamp_ms: int,
 ) -> pa.Table:
-    """Type every column; rows failing a check go to `rejects` with the first reason."""
+    """Type every column; rows failing a check go to `rejects` with the first reason.
+
+    Their `raw_line` comes from `lines`, the file as written: the parsed fields have lost the
+    quotes and cannot say whether an empty value was there at all.
+    """
     reasons: list[str] = [""]  # code 0: no problem
     code = np.zeros(table.num_rows, dtype=np.int16)
 
@@ -343,6 +525,10 @@ def _check_fields(
                     as_numpy(pc.fill_null(pc.greater_equal(arr, MAX_TIMESTAMP_MS), False)),
                     "timestamp out of range",
                 )
+                flag(
+                    as_numpy(pc.fill_null(pc.greater(arr, max_timestamp_ms), False)),
+                    "timestamp in the future",
+                )
             typed[name] = arr
         else:
             arr = values.combine_chunks()
@@ -362,40 +548,35 @@ def _check_fields(
         flag(~has_tx & is_tx, "transaction without transactionid")
     bad_rows = np.flatnonzero(code)
     if len(bad_rows):
-        index = pa.array(bad_rows)
-        raw = pc.binary_join_element_wise(
-            *[pc.take(table.column(f"f{i}"), index) for i in range(len(spec.columns))], ","
-        )
         texts = pa.array(reasons).take(pa.array(code[bad_rows]))
-        rejects.add(line_numbers[bad_rows], texts, raw)
+        rejects.add(line_numbers[bad_rows], texts, lines.text(line_numbers[bad_rows]))
         good = code == 0
         typed = {name: pc.filter(arr, pa.array(good)) for name, arr in typed.items()}
         line_numbers = line_numbers[good]
     return pa.table({**typed, "_line_number": pa.array(line_numbers)})
 
 
-def _parse_file(spec: TableSpec, path: Path) -> tuple[pa.Table, pa.Table]:
+def _parse_file(spec: TableSpec, path: Path, max_timestamp_ms: int) -> tuple[pa.Table, pa.Table]:
     """(accepted rows with `_line_number`, rejected rows) of one CSV."""
-    data = path.read_bytes()
-    header_end = data.find(b"\n")
-    body = data[header_end + 1 :] if header_end >= 0 else b""
-    del data
+    body = _read_body(path)
     n_fields = len(spec.columns)
     rejects = _Rejects()
-    n_lines = body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+    n_lines = body.count(b"\n")
     try:
         if body.count(b"\r") != body.count(b"\r\n"):
             raise pa.ArrowInvalid("stray carriage return")
         table = _read_csv(body, n_fields) if body else None
         if table is not None and table.num_rows != n_lines:
             raise pa.ArrowInvalid("rows and lines differ")
+        if table is not None and b'"' in body and _spans_lines(table):
+            raise pa.ArrowInvalid("a quote left open")
         line_numbers = np.arange(2, n_lines + 2, dtype=np.int64)
     except pa.ArrowInvalid:
         clean, line_numbers = _structural_split(body, n_fields, rejects)
         table = _read_csv(clean, n_fields) if clean else None
     if table is None:
         table = pa.table({f"f{i}": pa.array([], pa.string()) for i in range(n_fields)})
-    accepted = _check_fields(spec, table, line_numbers, rejects)
+    accepted = _check_fields(spec, table, line_numbers, rejects, _Lines(body), max_timestamp_ms)
     return accepted, rejects.table(path.name)
 
 
@@ -449,12 +630,13 @@ def _ingest_table(
     paths: list[Path],
     out_dir: Path,
     say: Callable[[str], None],
+    max_timestamp_ms: int,
 ) -> TableReport:
     report = TableReport(table=spec.name, files=[p.name for p in paths])
     accepted_parts, rejected_parts = [], []
     for file_index, path in enumerate(paths):
         t0 = time.perf_counter()
-        accepted, rejected = _parse_file(spec, path)
+        accepted, rejected = _parse_file(spec, path, max_timestamp_ms)
         accepted = accepted.append_column(
             "_file_index", pa.array(np.full(accepted.num_rows, file_index, dtype=np.int32))
         )
@@ -471,21 +653,23 @@ def _ingest_table(
         dup_index, dup_reasons = _find_duplicates(con, spec, accepted, files)
         if len(dup_index):
             dups = accepted.take(pa.array(dup_index))
-            raw = pc.binary_join_element_wise(
-                *[pc.cast(dups.column(c), pa.string()) for c in spec.names], ","
-            )
-            raw = pc.fill_null(raw, "")  # an empty optional field makes the join null
-            rejected_parts.append(
-                pa.table(
-                    {
-                        "source_file": pa.array(files).take(dups.column("_file_index")),
-                        "line_number": dups.column("_line_number"),
-                        "reason": dup_reasons,
-                        "raw_line": raw,
-                    },
-                    schema=REJECTED_SCHEMA,
+            dup_files = dups.column("_file_index").to_numpy()
+            dup_lines = dups.column("_line_number").to_numpy()
+            # each duplicate's line as written, read again from its own file
+            for file_index in np.unique(dup_files):
+                rows = np.flatnonzero(dup_files == file_index)
+                numbers = dup_lines[rows]
+                rejected_parts.append(
+                    pa.table(
+                        {
+                            "source_file": pa.array([files[file_index]] * len(rows)),
+                            "line_number": pa.array(numbers),
+                            "reason": dup_reasons.take(pa.array(rows)),
+                            "raw_line": _Lines(_read_body(paths[file_index])).text(numbers),
+                        },
+                        schema=REJECTED_SCHEMA,
+                    )
                 )
-            )
             keep = np.ones(accepted.num_rows, dtype=bool)
             keep[dup_index] = False
             accepted = accepted.filter(pa.array(keep))
@@ -517,14 +701,26 @@ def _ingest_table(
     return report
 
 
+def default_max_timestamp_ms() -> int:
+    """The latest event time accepted when the caller gives none: now plus `CLOCK_SKEW_MS`."""
+    return int(time.time() * 1000) + CLOCK_SKEW_MS
+
+
 def ingest(
     raw_dir: Path,
     lake: Lake,
     progress: Callable[[str], None] | None = None,
     work_dir: Path | None = None,
+    max_timestamp_ms: int | None = None,
 ) -> list[TableReport]:
-    """Validate the CSVs in `raw_dir` and write the lake's `raw/` tables. See the module doc."""
+    """Validate the CSVs in `raw_dir` and write the lake's `raw/` tables. See the module doc.
+
+    Rows stamped later than `max_timestamp_ms` (epoch ms; default `default_max_timestamp_ms()`)
+    are rejected as "timestamp in the future", here and in the landed events.
+    """
     say = progress or (lambda _msg: None)
+    if max_timestamp_ms is None:
+        max_timestamp_ms = default_max_timestamp_ms()
     found = _check_inputs(raw_dir)
     lake.check_access()
     reports: list[TableReport] = []
@@ -549,7 +745,7 @@ def ingest(
                     continue
             t0 = time.perf_counter()
             say(f"{spec.name}: {', '.join(report_name.name for report_name in paths) or 'none'}")
-            report = _ingest_table(con, spec, paths, out_dir, say)
+            report = _ingest_table(con, spec, paths, out_dir, say, max_timestamp_ms)
             say(
                 f"  {report.raw_rows:,} rows = {report.accepted:,} accepted + "
                 f"{report.rejected:,} rejected ({time.perf_counter() - t0:.1f}s)"
@@ -565,53 +761,93 @@ def ingest(
                 f"raw/_ingest/{spec.name}.json",
                 json.dumps({"sha256": digest, "report": report.to_dict()}, indent=2),
             )
-        landed = ingest_landing(lake, out_dir / "landing", say)
+        landed = ingest_landing(lake, out_dir / "landing", say, max_timestamp_ms)
         if landed is not None:
             reports.append(landed)
     return reports
 
 
+def _claim(lake: Lake, rel: str) -> str | None:
+    """Move a waiting landing file to `CLAIMED_DIR`; None when it is gone (another ingest took it).
+
+    From here on the API's next file of the same name is a new file in `LANDING_DIR`, which this
+    ingest neither reads nor removes.
+    """
+    claimed = f"{CLAIMED_DIR}/{rel.rsplit('/', 1)[-1]}"
+    try:
+        lake.move(rel, claimed)
+    except FileNotFoundError:
+        return None
+    return claimed
+
+
 def ingest_landing(
-    lake: Lake, work_dir: Path, say: Callable[[str], None] | None = None
+    lake: Lake,
+    work_dir: Path,
+    say: Callable[[str], None] | None = None,
+    max_timestamp_ms: int | None = None,
 ) -> TableReport | None:
     """Move the API's landed event files into `raw/events/`, exactly once (see the module doc).
 
-    Returns one report over all the files picked up, or None when there were none.
+    Claims a stopped run left in `CLAIMED_DIR` come first, then the files waiting in
+    `LANDING_DIR`, each claimed before it is read. Returns one report over all the files picked
+    up, or None when there were none.
     """
     say = say or (lambda _msg: None)
-    files = lake.glob(f"{LANDING_DIR}/*.csv")
-    if not files:
+    if max_timestamp_ms is None:
+        max_timestamp_ms = default_max_timestamp_ms()
+    left_over = lake.glob(f"{CLAIMED_DIR}/*.csv")
+    waiting = lake.glob(f"{LANDING_DIR}/*.csv")
+    if not left_over and not waiting:
         return None
     t0 = time.perf_counter()
-    report = TableReport(table="landed_events", files=[f.rsplit("/", 1)[-1] for f in files])
+    report = TableReport(table="landed_events", files=[])
     counts: dict[str, int] = {}
     header = ",".join(EVENTS.names)
     con = duckdb.connect()
     try:
-        for rel in files:
+        for rel in left_over + waiting:
             name = rel.rsplit("/", 1)[-1]
+            claimed = rel if rel.startswith(f"{CLAIMED_DIR}/") else _claim(lake, rel)
+            if claimed is None:
+                say(f"  {name}: taken by another ingest, skipped")
+                continue
             stem = name[: -len(".csv")]
             folder = work_dir / stem
             folder.mkdir(parents=True, exist_ok=True)
             local = folder / name
-            lake.get(rel, local)
+            try:
+                local.write_bytes(lake.read_bytes(claimed))
+            except FileNotFoundError:  # a claim another ingest finished meanwhile
+                say(f"  {name}: taken by another ingest, skipped")
+                continue
             first = _read_header(local).decode("utf-8", errors="replace").strip("\r\n")
             if first != header:
                 raise IngestError(
-                    f"{lake.url(rel)}: unexpected header {first!r}; expected {header} "
-                    "(landing files are written by the API; nothing was moved)"
+                    f"{lake.url(claimed)}: unexpected header {first!r}; expected {header} "
+                    "(landing files are written by the API; nothing was written, and the file "
+                    "stays where it is)"
                 )
-            part = _ingest_table(con, EVENTS, [local], folder, lambda _msg: None)
-            if part.accepted:
-                lake.put(folder / "events.parquet", f"raw/events/{LANDED_PREFIX}{stem}.parquet")
-            if part.rejected:
-                lake.put(
-                    folder / "rejected_events.parquet",
+            part = _ingest_table(con, EVENTS, [local], folder, lambda _msg: None, max_timestamp_ms)
+            # written, or removed when empty: a retry's file replaces the parts of the one before
+            for count, local_part, target in (
+                (part.accepted, "events.parquet", f"raw/events/{LANDED_PREFIX}{stem}.parquet"),
+                (
+                    part.rejected,
+                    "rejected_events.parquet",
                     f"raw/rejected/{LANDED_PREFIX}{stem}.parquet",
-                )
-            # the rows are in raw/ now: only then does the file leave the landing area
-            lake.put(local, f"{INGESTED_DIR}/{name}")
-            lake.remove(rel)
+                ),
+            ):
+                if count:
+                    lake.put(folder / local_part, target)
+                else:
+                    lake.remove(target)
+            # the rows are in raw/ now: only then does the claim leave for `_ingested/`
+            try:
+                lake.move(claimed, f"{INGESTED_DIR}/{name}")
+            except FileNotFoundError:  # another ingest took the same claim; the rows are in raw/
+                say(f"  {name}: moved by another ingest")
+            report.files.append(name)
             report.raw_rows += part.raw_rows
             report.accepted += part.accepted
             report.rejected += part.rejected
@@ -619,9 +855,12 @@ def ingest_landing(
                 counts[reason] = counts.get(reason, 0) + count
     finally:
         con.close()
+    if not report.files:
+        return None
     report.reasons = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     say(
-        f"landed events: {len(files):,} files, {report.raw_rows:,} rows = {report.accepted:,} "
-        f"accepted + {report.rejected:,} rejected ({time.perf_counter() - t0:.1f}s)"
+        f"landed events: {len(report.files):,} files, {report.raw_rows:,} rows = "
+        f"{report.accepted:,} accepted + {report.rejected:,} rejected "
+        f"({time.perf_counter() - t0:.1f}s)"
     )
     return report

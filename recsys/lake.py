@@ -104,6 +104,16 @@ class Lake:
         except Exception as exc:
             raise _explain(exc, self.url(rel)) from exc
 
+    def read_bytes(self, rel: str) -> bytes:
+        """The bytes of `rel`; FileNotFoundError when it is not there."""
+        try:
+            with self.fs.open(self._path(rel), "rb") as fh:
+                return bytes(fh.read())
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise _explain(exc, self.url(rel)) from exc
+
     def write_text(self, rel: str, text: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "file"
@@ -138,6 +148,28 @@ class Lake:
             self.fs.get_file(self._path(rel), str(local))
         except Exception as exc:
             raise _explain(exc, self.url(rel)) from exc
+
+    def move(self, src_rel: str, dst_rel: str) -> None:
+        """Move `src_rel` to `dst_rel`, replacing what was there; FileNotFoundError when
+        `src_rel` is not there (someone else moved it first).
+
+        Local: one rename, atomic: a writer replacing `src_rel` at the same moment either lands
+        before it (and is moved) or after it (and stays). S3 has no rename: a server-side copy
+        then a delete, so for a moment both exist, and a PUT to `src_rel` that lands after the
+        copy and before the delete is deleted unread (a window of one request, not atomic).
+        """
+        try:
+            if self.is_s3:
+                self.fs.copy(self._path(src_rel), self._path(dst_rel))
+                self.fs.rm(self._path(src_rel))
+                return
+            target = Path(self._path(dst_rel))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._path(src_rel), target)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise _explain(exc, self.url(src_rel)) from exc
 
     def remove(self, rel: str) -> None:
         try:

@@ -96,3 +96,40 @@ def test_publish_a_snapshot_to_s3(
         fs.size(f"{bucket}/snapshots/{published.version}/snapshot.duckdb")
         == snapshot.stat().st_size
     )
+
+
+def test_landed_events_are_claimed_and_moved_on_s3(
+    s3_settings: Settings, seaweed_s3: SeaweedS3, tmp_path: Path
+) -> None:
+    from api.events import land, to_csv
+    from recsys.ingest import CLAIMED_DIR, INGESTED_DIR, LANDING_DIR, ingest_landing
+
+    lake = Lake.from_settings(s3_settings)
+    # Lake.move on S3: a copy then a delete, replacing the target
+    lake.write_text(f"{LANDING_DIR}/a.csv", "new")
+    lake.write_text(f"{INGESTED_DIR}/a.csv", "old")
+    lake.move(f"{LANDING_DIR}/a.csv", f"{INGESTED_DIR}/a.csv")
+    assert lake.read_bytes(f"{INGESTED_DIR}/a.csv") == b"new"
+    assert not lake.exists(f"{LANDING_DIR}/a.csv")
+    with pytest.raises(FileNotFoundError):  # gone: another ingest took it
+        lake.move(f"{LANDING_DIR}/a.csv", f"{CLAIMED_DIR}/a.csv")
+    with pytest.raises(FileNotFoundError):
+        lake.read_bytes(f"{LANDING_DIR}/a.csv")
+
+    # a claim a stopped ingest left, and a file waiting: both end in raw/ and `_ingested/`
+    rows = [(1430622700000, 5, "view", 12, None), (1430622720000, 5, "transaction", 12, 99)]
+    land(lake, "key-a", to_csv(rows[:1]))
+    lake.write_text(f"{CLAIMED_DIR}/key-b.csv", to_csv(rows[1:]))
+    assert lake.glob(f"{LANDING_DIR}/*.csv") == [f"{LANDING_DIR}/key-a.csv"]
+    report = ingest_landing(lake, tmp_path / "work")
+    assert report is not None
+    assert (report.files, report.accepted, report.rejected) == (["key-b.csv", "key-a.csv"], 2, 0)
+    fs = s3fs.S3FileSystem(**seaweed_s3.s3fs_options(), use_listings_cache=False)
+    root = s3_settings.lake_uri.removeprefix("s3://")
+    assert sorted(p.removeprefix(f"{root}/") for p in fs.find(f"{root}/landing")) == [
+        f"{INGESTED_DIR}/a.csv",
+        f"{INGESTED_DIR}/key-a.csv",
+        f"{INGESTED_DIR}/key-b.csv",
+    ]
+    assert fs.exists(f"{root}/raw/events/landed-key-a.parquet")
+    assert fs.exists(f"{root}/raw/events/landed-key-b.parquet")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from recsys.ingest import IngestError, ingest
+import recsys.ingest as ingest_module
+from recsys.ingest import CLAIMED_DIR, LANDING_DIR, IngestError, ingest, ingest_landing
 from recsys.lake import Lake
 
 HEADER = b"timestamp,visitorid,event,itemid,transactionid\n"
@@ -169,6 +172,196 @@ def test_windows_line_endings_are_accepted(tmp_path: Path, lake: Lake) -> None:
     assert reports["events"].rejected == 0
 
 
+def test_quoted_fields_are_read_as_csv(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as spreadsheets and pandas write them; clean files, so Arrow's reader alone reads them
+    monkeypatch.setattr(ingest_module, "_structural_split", _no_slow_path)
+    raw = write_events(
+        tmp_path / "raw",
+        [*GOOD, b'"1433223532117","7","view","8",""', b'1433223532118,7,"transaction",8,"42"'],
+    )
+    (raw / "item_properties.csv").write_bytes(
+        b"timestamp,itemid,property,value\n"
+        b'"1431226800000","10","790","n552.000 639502"\n'
+        b'1431226800000,11,note,"a ""quoted"" word, and a comma"\n'
+    )
+    (raw / "category_tree.csv").write_bytes(b'categoryid,parentid\n"5","1"\n"1",""\n')
+    reports = {r.table: r for r in ingest(raw, lake)}
+    assert {name: r.rejected for name, r in reports.items()} == {
+        "events": 0,
+        "item_properties": 0,
+        "category_tree": 0,
+    }
+    assert read(lake, "raw/events/events.parquet")[-2:] == [
+        (1433223532117, 7, "view", 8, None),
+        (1433223532118, 7, "transaction", 8, 42),
+    ]
+    assert read(lake, "raw/item_properties/item_properties.parquet") == [
+        (1431226800000, 10, "790", "n552.000 639502"),
+        (1431226800000, 11, "note", 'a "quoted" word, and a comma'),
+    ]
+    assert read(lake, "raw/category_tree/category_tree.parquet") == [(5, 1), (1, None)]
+
+
+def _no_slow_path(*_args: object) -> None:
+    raise AssertionError("a clean file went down the slow path")
+
+
+def test_quoted_fields_on_the_slow_path(tmp_path: Path, lake: Lake) -> None:
+    # one broken line per file sends it down the slow path, which counts fields itself
+    raw = write_events(
+        tmp_path / "raw", [*GOOD, b'"1433223532117","7","view","8",""', b"1433223532117,7,view"]
+    )
+    (raw / "item_properties.csv").write_bytes(
+        b"timestamp,itemid,property,value\n"
+        b'1431226800000,10,790,"n552.000,639502"\n'
+        b'1431226800000,11,note,"say ""hi"", twice"\n'
+        b"1431226800000,12,790\n"
+        b'1431226800000,13,"a,b",x\n'
+    )
+    reports = {r.table: r for r in ingest(raw, lake)}
+    assert reports["events"].reasons == {"wrong number of fields: expected 5,": 1}
+    assert reports["item_properties"].reasons == {"wrong number of fields: expected 4,": 1}
+    assert read(lake, "raw/events/events.parquet")[-1] == (1433223532117, 7, "view", 8, None)
+    assert read(lake, "raw/item_properties/item_properties.parquet") == [
+        (1431226800000, 10, "790", "n552.000,639502"),
+        (1431226800000, 11, "note", 'say "hi", twice'),
+        (1431226800000, 13, "a,b", "x"),
+    ]
+    assert [(r[1], r[2]) for r in read(lake, "raw/rejected/item_properties.parquet")] == [
+        (4, "wrong number of fields: expected 4, got 3")
+    ]
+
+
+def test_quoted_headers_are_accepted(tmp_path: Path, lake: Lake) -> None:
+    raw = write_events(
+        tmp_path / "raw", GOOD, header=b'"timestamp","visitorid","event","itemid","transactionid"\n'
+    )
+    (raw / "category_tree.csv").write_bytes(b'"categoryid","parentid"\n5,1\n')
+    reports = {r.table: r for r in ingest(raw, lake)}
+    assert (reports["events"].accepted, reports["category_tree"].accepted) == (len(GOOD), 1)
+    # unquoted, a wrong header is still one clear error
+    (raw / "category_tree.csv").write_bytes(b'"categoryid","parent"\n5,1\n')
+    with pytest.raises(IngestError, match="missing column 'parentid'"):
+        ingest(raw, lake)
+
+
+UNTERMINATED = "unterminated quote (newlines inside a quoted value are not supported)"
+
+
+def test_an_unterminated_quote_is_rejected_never_merged(tmp_path: Path, lake: Lake) -> None:
+    folder = tmp_path / "raw"
+    write_events(folder, [])
+    (folder / "events.csv").write_bytes(
+        HEADER
+        + b"\n".join(
+            [GOOD[0], b'1430622443000,3,view,"10,', GOOD[1], GOOD[3], b'1430622443000,4,view,10,"']
+        )  # the last line without a newline
+    )
+    # a value over two lines is two broken lines; the next line is judged on its own
+    (folder / "item_properties.csv").write_bytes(
+        b"timestamp,itemid,property,value\n"
+        b"1431226800000,10,790,x\n"
+        b'1431226800000,10,note,"first line\n'
+        b'second line"\n'
+        b"1431226800000,11,790,y\n"
+    )
+    # the only fault: a quote left open on the last line, where Arrow alone would accept it
+    (folder / "category_tree.csv").write_bytes(b'categoryid,parentid\n5,1\n1,"')
+    reports = {r.table: r for r in ingest(folder, lake)}
+    assert [(r[1], r[2], r[3]) for r in read(lake, "raw/rejected/events.parquet")] == [
+        (3, UNTERMINATED, '1430622443000,3,view,"10,'),
+        (6, UNTERMINATED, '1430622443000,4,view,10,"'),
+    ]
+    assert read(lake, "raw/events/events.parquet") == [
+        (1430622443000, 1, "view", 10, None),
+        (1430622456000, 1, "addtocart", 10, None),
+        (1430622600000, 2, "view", 11, None),
+    ]
+    assert [(r[1], r[2]) for r in read(lake, "raw/rejected/item_properties.parquet")] == [
+        (3, UNTERMINATED),
+        (4, "wrong number of fields: expected 4, got 1"),
+    ]
+    assert reports["item_properties"].accepted == 2
+    assert read(lake, "raw/category_tree/category_tree.parquet") == [(5, 1)]
+    assert [(r[1], r[2]) for r in read(lake, "raw/rejected/category_tree.parquet")] == [
+        (3, UNTERMINATED)
+    ]
+
+
+def test_every_rejected_row_keeps_its_line_as_written(tmp_path: Path, lake: Lake) -> None:
+    lines = [
+        *GOOD,
+        *(line for line, _ in BAD),  # one of each reason, a duplicate with an empty field too
+        b'"1430622443000","3","click","10",""',
+        b'"1430622443000","1","view","10",""',  # line 2 again, quoted
+    ]
+    raw = write_events(tmp_path / "raw", lines)
+    # two parts, the second with Windows line endings, repeating a row of the first
+    (raw / "item_properties_part1.csv").write_bytes(
+        b'timestamp,itemid,property,value\n1431226800000,10,790,"a,b"\n1431226800000,10,,x\n'
+    )
+    (raw / "item_properties_part2.csv").write_bytes(
+        b"timestamp,itemid,property,value\r\n"
+        b"1431226800000,11,790,c\r\n"
+        b'"1431226800000",10,790,"a,b"\r\n'
+    )
+    reports = {r.table: r for r in ingest(raw, lake)}
+    for table in ("events", "item_properties"):
+        for source, number, reason, raw_line in read(lake, f"raw/rejected/{table}.parquet"):
+            written = (raw / source).read_bytes().split(b"\n")[number - 1].removesuffix(b"\r")
+            assert raw_line == written.decode("utf-8", errors="backslashreplace"), reason
+    assert reports["events"].rejected == len(BAD) + 2
+    assert reports["item_properties"].reasons == {"empty property": 1, "exact duplicate": 1}
+    duplicates = [
+        r[1:] for r in read(lake, "raw/rejected/events.parquet") if r[2].startswith("exact")
+    ]
+    assert duplicates == [
+        (len(GOOD) + 10, "exact duplicate of line 2 of events.csv", "1430622443000,1,view,10,"),
+        (
+            len(lines) + 1,
+            "exact duplicate of line 2 of events.csv",
+            '"1430622443000","1","view","10",""',
+        ),
+    ]
+    assert [r[:3] for r in read(lake, "raw/rejected/item_properties.parquet")] == [
+        ("item_properties_part1.csv", 3, "empty property"),
+        (
+            "item_properties_part2.csv",
+            3,
+            "exact duplicate of line 2 of item_properties_part1.csv",
+        ),
+    ]
+
+
+FUTURE = 4_070_908_800_000  # 2099-01-01
+
+
+def test_events_in_the_future_are_rejected(tmp_path: Path, lake: Lake) -> None:
+    raw = write_events(tmp_path / "raw", [*GOOD, b"%d,3,view,10," % FUTURE])
+    (raw / "item_properties.csv").write_bytes(
+        b"timestamp,itemid,property,value\n1431226800000,10,790,x\n%d,10,790,y\n" % FUTURE
+    )
+    land(lake, "20260101T000000000000Z-a", to_csv([*LANDED, (FUTURE, 5, "view", 12, None)]))
+    reports = {r.table: r for r in ingest(raw, lake)}
+    for table in ("events", "item_properties", "landed_events"):
+        report = reports[table]
+        assert report.reasons == {"timestamp in the future": 1}, table
+        assert report.raw_rows == report.accepted + report.rejected
+    assert reports["events"].accepted == len(GOOD)
+    assert read(lake, "raw/rejected/events.parquet") == [
+        ("events.csv", len(GOOD) + 2, "timestamp in the future", f"{FUTURE},3,view,10,")
+    ]
+    assert count_events(lake) == len(GOOD) + len(LANDED)
+    assert max(r[0] for r in read(lake, "raw/events/*.parquet")) < FUTURE
+    # the caller's limit (its clock plus the allowed skew) replaces the default
+    other = Lake(str(tmp_path / "other"))
+    reports = {r.table: r for r in ingest(raw, other, max_timestamp_ms=1430622500000)}
+    assert reports["events"].reasons == {"timestamp in the future": 2}  # GOOD[3] is later
+    assert reports["events"].accepted == 3
+
+
 # --- events the API landed (landing/events/): picked up by every ingest, exactly once
 
 LANDED = [
@@ -184,9 +377,13 @@ def land(lake: Lake, batch_id: str, text: str) -> str:
     return api_land(lake, batch_id, text)
 
 
-def landed_rows() -> str:
-    from api.events import to_csv
+def to_csv(rows: Sequence[tuple[int, int, str, int, int | None]]) -> str:
+    from api.events import to_csv as api_to_csv
 
+    return api_to_csv(rows)
+
+
+def landed_rows() -> str:
     return to_csv(LANDED)
 
 
@@ -242,24 +439,26 @@ def test_a_crash_between_part_and_move_duplicates_nothing(
 ) -> None:
     raw = write_events(tmp_path / "raw", GOOD)
     land(lake, "20260101T000000000000Z-a", landed_rows())
-    put = Lake.put
+    move = Lake.move
 
-    def crash_on_move(self: Lake, local: Path, rel: str) -> None:
-        if rel.startswith("landing/events/_ingested/"):
+    def crash_on_move(self: Lake, src_rel: str, dst_rel: str) -> None:
+        if dst_rel.startswith("landing/events/_ingested/"):
             raise OSError("the machine went away")
-        put(self, local, rel)
+        move(self, src_rel, dst_rel)
 
-    monkeypatch.setattr(Lake, "put", crash_on_move)
+    monkeypatch.setattr(Lake, "move", crash_on_move)
     with pytest.raises(OSError, match="went away"):
         ingest(raw, lake)
-    # the part is written, the file still waits: the state a crash leaves
+    # the part is written, the claimed file still waits: the state a crash leaves
     assert count_events(lake) == len(GOOD) + len(LANDED)
-    assert (Path(lake.root) / "landing/events/20260101T000000000000Z-a.csv").exists()
-    monkeypatch.setattr(Lake, "put", put)
+    assert (Path(lake.root) / "landing/events/_claimed/20260101T000000000000Z-a.csv").exists()
+    monkeypatch.setattr(Lake, "move", move)
     reports = {r.table: r for r in ingest(raw, lake)}
     assert reports["landed_events"].accepted == len(LANDED)  # picked up again ...
     assert count_events(lake) == len(GOOD) + len(LANDED)  # ... into the same part
-    assert not list((Path(lake.root) / "landing/events").glob("*.csv"))
+    assert list((Path(lake.root) / "landing/events").rglob("*.csv")) == [
+        Path(lake.root) / "landing/events/_ingested/20260101T000000000000Z-a.csv"
+    ]
 
 
 def test_a_csv_reload_keeps_the_landed_parts(tmp_path: Path, lake: Lake) -> None:
@@ -277,4 +476,105 @@ def test_a_landing_file_with_a_wrong_header_is_refused(tmp_path: Path, lake: Lak
     land(lake, "20260101T000000000000Z-a", "visitorid,itemid\n1,2\n")
     with pytest.raises(IngestError, match="unexpected header 'visitorid,itemid'"):
         ingest(raw, lake)
-    assert (Path(lake.root) / "landing/events/20260101T000000000000Z-a.csv").exists()
+    # kept, claimed: the next ingest refuses it again until someone looks
+    claimed = Path(lake.root) / "landing/events/_claimed/20260101T000000000000Z-a.csv"
+    assert claimed.read_text() == "visitorid,itemid\n1,2\n"
+    assert not list((Path(lake.root) / "raw/events").glob("landed-*"))
+
+
+def test_a_claim_left_by_a_stopped_ingest_is_picked_up(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = write_events(tmp_path / "raw", GOOD)
+    land(lake, "20260101T000000000000Z-a", landed_rows())
+    put = Lake.put
+
+    def crash_on_part(self: Lake, local: Path, rel: str) -> None:
+        if rel.startswith("raw/events/landed-"):
+            raise OSError("the machine went away")
+        put(self, local, rel)
+
+    monkeypatch.setattr(Lake, "put", crash_on_part)
+    with pytest.raises(OSError, match="went away"):
+        ingest(raw, lake)
+    root = Path(lake.root)
+    # claimed before it was read: out of the landing folder, not yet in raw/
+    assert not (root / "landing/events/20260101T000000000000Z-a.csv").exists()
+    assert (root / "landing/events/_claimed/20260101T000000000000Z-a.csv").exists()
+    assert count_events(lake) == len(GOOD)
+    monkeypatch.setattr(Lake, "put", put)
+    reports = {r.table: r for r in ingest(raw, lake)}
+    assert reports["landed_events"].files == ["20260101T000000000000Z-a.csv"]
+    assert sorted(read(lake, "raw/events/landed-20260101T000000000000Z-a.parquet")) == sorted(
+        LANDED
+    )
+    assert list((root / "landing/events").rglob("*.csv")) == [
+        root / "landing/events/_ingested/20260101T000000000000Z-a.csv"
+    ]
+
+
+def test_a_file_landed_again_while_its_claim_is_read_is_kept(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an Idempotency-Key retry lands under the same name while ingest works on the first copy
+    raw = write_events(tmp_path / "raw", GOOD)
+    land(lake, "key-abc", landed_rows())
+    retry = [(1430622730000, 5, "view", 13, None)]
+    put = Lake.put
+    retried: list[str] = []
+
+    def retry_meanwhile(self: Lake, local: Path, rel: str) -> None:
+        if rel == "raw/events/landed-key-abc.parquet" and not retried:
+            retried.append(land(lake, "key-abc", to_csv(retry)))
+        put(self, local, rel)
+
+    monkeypatch.setattr(Lake, "put", retry_meanwhile)
+    reports = {r.table: r for r in ingest(raw, lake)}
+    assert retried
+    assert reports["landed_events"].accepted == len(LANDED)
+    root = Path(lake.root)
+    assert (root / "landing/events/key-abc.csv").read_text() == to_csv(retry)  # not lost
+    assert (root / "landing/events/_ingested/key-abc.csv").read_text() == landed_rows()
+    monkeypatch.setattr(Lake, "put", put)
+    reports = {r.table: r for r in ingest(raw, lake)}
+    assert reports["landed_events"].files == ["key-abc.csv"]
+    assert read(lake, "raw/events/landed-key-abc.parquet") == retry  # the last body sent
+    assert (root / "landing/events/_ingested/key-abc.csv").read_text() == to_csv(retry)
+    assert not list((root / "landing/events").glob("*.csv"))
+
+
+def test_a_landing_file_gone_before_its_claim_is_skipped(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    land(lake, "20260101T000000000000Z-a", landed_rows())
+    glob = Lake.glob
+
+    def listed_then_taken(self: Lake, pattern: str) -> list[str]:
+        found = glob(self, pattern)
+        if pattern == "landing/events/*.csv":  # another ingest claims b after this listing
+            found.append("landing/events/20260101T000000000000Z-b.csv")
+        return found
+
+    monkeypatch.setattr(Lake, "glob", listed_then_taken)
+    report = ingest_landing(lake, tmp_path / "work")
+    assert report is not None
+    assert report.files == ["20260101T000000000000Z-a.csv"]
+    assert report.accepted == len(LANDED)
+
+
+def test_lake_move_renames_and_landing_globs_stay_in_their_folder(lake: Lake) -> None:
+    lake.write_text(f"{LANDING_DIR}/a.csv", "new")
+    lake.write_text(f"{CLAIMED_DIR}/b.csv", "claimed")
+    lake.write_text(f"{LANDING_DIR}/_ingested/a.csv", "old")
+    assert lake.glob(f"{LANDING_DIR}/*.csv") == [f"{LANDING_DIR}/a.csv"]
+    assert lake.glob(f"{CLAIMED_DIR}/*.csv") == [f"{CLAIMED_DIR}/b.csv"]
+    root = Path(lake.root)
+    inode = os.stat(root / LANDING_DIR / "a.csv").st_ino
+    lake.move(f"{LANDING_DIR}/a.csv", f"{LANDING_DIR}/_ingested/a.csv")  # replaces the old one
+    assert lake.read_bytes(f"{LANDING_DIR}/_ingested/a.csv") == b"new"
+    assert os.stat(root / LANDING_DIR / "_ingested/a.csv").st_ino == inode  # renamed, not copied
+    assert not (root / LANDING_DIR / "a.csv").exists()
+    with pytest.raises(FileNotFoundError):
+        lake.move(f"{LANDING_DIR}/a.csv", f"{CLAIMED_DIR}/a.csv")
+    with pytest.raises(FileNotFoundError):
+        lake.read_bytes(f"{LANDING_DIR}/a.csv")
