@@ -39,6 +39,9 @@ NO_SNAPSHOT = (
 )
 
 
+DIGITS = re.compile(r"[0-9]{1,18}")  # an id or a count, as the path or the query writes it
+
+
 async def get_store(request: Request) -> SnapshotStore | None:
     return getattr(request.app.state, "store", None)
 
@@ -63,15 +66,25 @@ async def current_snapshot(request: Request) -> Snapshot:
     return snapshot_of(request)
 
 
+ANONYMOUS = "anonymous"  # the caller when the service runs without API keys
+
+
+def caller_of(request: Request) -> str:
+    """Who is calling: an id derived from the API key that `ServiceMiddleware` accepted (never
+    the key itself), or `anonymous` without keys."""
+    return str(request.scope.get("state", {}).get("caller", ANONYMOUS))
+
+
 def exclude_ids(text: str | None) -> tuple[int, ...]:
     """Comma-separated item ids as sorted unique ints; ValueError says what is wrong."""
     if not text:
         return ()
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    bad = next((p for p in parts if not (p.isascii() and p.isdigit() and len(p) <= 18)), None)
-    if bad is not None:
+    bad = next((i for i, p in enumerate(parts) if not DIGITS.fullmatch(p)), None)
+    if bad is not None:  # says where, never echoes what
         raise ValueError(
-            f"{bad[:40]!r} is not an item id (a non-negative integer of at most 18 digits)"
+            f"id {bad + 1} of the list is not an item id (a non-negative integer of at most "
+            "18 digits 0-9)"
         )
     if len(parts) > MAX_EXCLUDE:
         raise ValueError(f"at most {MAX_EXCLUDE} ids, got {len(parts)}")
@@ -125,9 +138,6 @@ class Params(BaseModel):
                 parameter["description"] = description
             parameters.append(parameter)
         return parameters
-
-
-DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def _digits_only(value: Any) -> Any:

@@ -8,7 +8,13 @@ One ASGI middleware (`ServiceMiddleware`, plain ASGI: Starlette's `BaseHTTPMiddl
 tens of microseconds a request) does what every request needs, in this order:
 
 1. the API key, for `/v1` routes when `RECSYS_API_KEYS` is set: checked before the body is
-   read, so a caller without a key learns nothing (401, never a 422);
+   read, so a caller without a key learns nothing (401, never a 422). The key's caller id
+   (derived from it, never the key) goes into the request state: idempotency keys are scoped
+   to it, and its rate limit (`RECSYS_API_RATE_LIMIT` per second, bursts of
+   `RECSYS_API_RATE_BURST`) answers 429 with `Retry-After` when spent. Without keys, `/v1`
+   answers only requests that arrived on a loopback address (403 otherwise), unless
+   `RECSYS_API_ALLOW_NO_AUTH` says something in front of the service checks callers: the
+   rule holds however the app is started, not only under `recsys serve`;
 2. the body limit: a declared `Content-Length` over `RECSYS_API_MAX_BODY_BYTES` is refused
    at once (413), and a streamed body is counted as it is read;
 3. the request duration histogram, by route template (not the raw path: ids would explode
@@ -22,24 +28,32 @@ import contextlib
 import gc
 import hashlib
 import hmac
+import importlib.resources
+import ipaddress
 import json
 import logging
+import math
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, HTTPException, Request, Security
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from api.memory import tune_allocator
 from api.metrics import Metrics
+from api.ratelimit import RateLimiter
 from api.routes import events, health, items, recommendations
 from api.store import SnapshotStore
 from recsys.lake import Lake
@@ -80,13 +94,22 @@ class ServiceMiddleware:
         metrics: Metrics,
         api_keys: tuple[str, ...],
         max_body_bytes: int,
+        rate_limiter: RateLimiter | None = None,
+        allow_no_auth: bool = False,
     ) -> None:
         self.app = app
         self.service = service
         self.metrics = metrics
         # digests: compare_digest on equal-length inputs does not leak a key's length
         self.key_digests = tuple(hashlib.sha256(k.encode()).digest() for k in api_keys)
+        # who a key is, for idempotency scopes and rate limits: derived from it, never it
+        self.callers = tuple(
+            "key-" + hashlib.sha256(b"recsys-caller\0" + d).hexdigest()[:16]
+            for d in self.key_digests
+        )
         self.max_body_bytes = max_body_bytes
+        self.rate_limiter = rate_limiter if api_keys else None  # per key: none without keys
+        self.allow_no_auth = allow_no_auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,19 +118,36 @@ class ServiceMiddleware:
         started = time.perf_counter()
         method = scope["method"]
         status = 500  # what the client gets if the app fails before answering
-        path = scope["path"]
+        path = _route_path(scope)
         early: tuple[int, str, list[tuple[bytes, bytes]]] | None = None
-        needs_key = self.key_digests and (path == "/v1" or path.startswith("/v1/"))
-        if needs_key and not self._authorized(scope):
-            early = (
-                401,
-                f"a valid {API_KEY_HEADER} header is required",
-                [(b"www-authenticate", b"ApiKey")],
-            )
+        # everything but the open pages is guarded (an allowlist: a route added later, or a
+        # path seen through a root path, is never open by mistake)
+        guarded = not (path in OPEN_PATHS or path.startswith(OPEN_PREFIXES))
+        if guarded and self.key_digests:
+            caller = self._caller(scope)
+            if caller is None:
+                early = (
+                    401,
+                    f"a valid {API_KEY_HEADER} header is required",
+                    [(b"www-authenticate", b"ApiKey")],
+                )
+            else:
+                scope.setdefault("state", {})["caller"] = caller
+                limiter = self.rate_limiter
+                wait = limiter.acquire(caller) if limiter is not None else None
+                if wait is not None:
+                    retry = max(1, math.ceil(wait))
+                    early = (
+                        429,
+                        f"too many requests for this API key; retry in {retry} s",
+                        [(b"retry-after", str(retry).encode())],
+                    )
+        elif guarded and not self.allow_no_auth and not _is_local(scope):
+            early = (403, NO_AUTH_REFUSAL, [])
         if early is None and method in BODY_METHODS:
             declared = _header(scope, b"content-length")
             if declared is not None and (
-                not declared.isdigit() or int(declared) > self.max_body_bytes
+                not DIGITS.fullmatch(declared) or int(declared) > self.max_body_bytes
             ):
                 early = (413, BodyTooLarge(self.max_body_bytes).detail, [])
             else:
@@ -148,15 +188,17 @@ class ServiceMiddleware:
             (b"x-model-version", snapshot.model_version.encode()),
         ]
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _caller(self, scope: Scope) -> str | None:
+        """The caller id of the request's API key; None when it has no valid one."""
         given = _header(scope, API_KEY_HEADER.lower().encode())
         if given is None:
-            return False
+            return None
         digest = hashlib.sha256(given.encode("latin-1")).digest()
-        accepted = False
-        for key in self.key_digests:  # no early exit: the time does not say which key matched
-            accepted |= hmac.compare_digest(digest, key)
-        return accepted
+        matched = -1
+        for i, key in enumerate(self.key_digests):  # no early exit: the time does not say
+            if hmac.compare_digest(digest, key):  # which key matched
+                matched = i
+        return self.callers[matched] if matched >= 0 else None
 
     def _limited(self, receive: Receive) -> Receive:
         limit = self.max_body_bytes
@@ -180,6 +222,52 @@ class ServiceMiddleware:
             if match != Match.NONE:
                 return str(getattr(route, "path", "unmatched"))
         return "unmatched"
+
+
+NO_AUTH_REFUSAL = (
+    "this service has no API keys, so it answers /v1 on loopback addresses only: set "
+    "RECSYS_API_KEYS, or RECSYS_API_ALLOW_NO_AUTH=true if something in front of it checks callers"
+)
+
+
+# open without a key, from anywhere: probes, Prometheus, the API's own documentation
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"})
+OPEN_PREFIXES = ("/docs/assets/",)
+DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: without the root path that a server or a mount puts in
+    front of it (`uvicorn --root-path /api` makes `/api/v1/...`)."""
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", ""))
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only (127.0.0.0/8, ::1, ::ffff:127.x, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # a dual-stack socket's IPv4 clients
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def _is_local(scope: Scope) -> bool:
+    """Whether the request came in on a loopback address (or not over IP at all: a Unix
+    socket, an in-process test client)."""
+    server = scope.get("server")
+    host = str(server[0]) if server else ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True  # not an IP address: no network interface involved
+    return is_loopback(host)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -206,10 +294,13 @@ MAX_ERRORS = 20  # a body of 1,000 bad events is answered with the first 20 of i
 
 
 def safe_text(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, with anything UTF-8 cannot encode (lone surrogates)
-    escaped: safe to put in a JSON answer or a log line."""
-    cut = text[:limit] + ("..." if len(text) > limit else "")
-    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
+    """`text` cut to `limit` characters, with every character that is not printable (control
+    characters, lone surrogates that UTF-8 cannot encode) escaped: safe to put in a JSON
+    answer or a log line."""
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return cut + ("..." if len(text) > limit else "")
 
 
 def safe_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -239,6 +330,40 @@ def _unparsable(exc: Exception) -> str:
     if isinstance(cause, ValueError) and "digits" in str(cause):
         return "the body holds an integer with too many digits"
     return "the body is not valid JSON"
+
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """`/docs` (Swagger UI) and `/redoc` with their scripts, styles and icon served from this
+    process (the assets of the `fastapi-offline` package): the pages load nothing from another
+    host, so they work offline and leak no visit to a CDN."""
+    static = Path(str(importlib.resources.files("fastapi_offline") / "static"))
+    app.mount(DOCS_ASSETS, StaticFiles(directory=static), name="docs-assets")
+    title = f"{app.title} - API"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=str(app.openapi_url),
+            title=title,
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            # Swagger UI would send the schema to validator.swagger.io for its badge
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(
+            openapi_url=str(app.openapi_url),
+            title=title,
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 async def _poll(store: SnapshotStore, interval: float) -> None:
@@ -293,7 +418,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Recommendations for an online shop, served from published snapshots.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a public CDN: ours, below
+        redoc_url=None,
     )
+    _add_docs(app)
     app.state.metrics = metrics
     app.state.settings = settings
     # with keys, the scheme is documented in OpenAPI; the check itself is ServiceMiddleware's
@@ -315,7 +443,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         first = errors[0] if errors else {"loc": [], "type": ""}
         log.info(  # one bounded line per refused request, never the input itself
             "422 on %s %s: %d error(s), first %s at %s",
-            request.method,
+            safe_text(request.method, 16),
             safe_text(request.url.path, 80),
             len(exc.errors()),
             first["type"],
@@ -338,7 +466,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         """The last resort: a bug, logged with its traceback; the client gets a plain 500."""
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        log.error(
+            "unexpected error on %s %s",
+            safe_text(request.method, 16),
+            safe_text(request.url.path, 200),
+            exc_info=exc,
+        )
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
     app.add_middleware(
@@ -347,5 +480,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         api_keys=settings.api_keys,
         max_body_bytes=settings.recsys_api_max_body_bytes,
+        rate_limiter=(
+            RateLimiter(settings.recsys_api_rate_limit, settings.recsys_api_rate_burst)
+            if settings.recsys_api_rate_limit > 0
+            else None
+        ),
+        allow_no_auth=settings.recsys_api_allow_no_auth,
     )
     return app

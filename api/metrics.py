@@ -51,7 +51,16 @@ ANSWERS = (
     ("similar", "similar"),
     ("similar", "popular"),
 )
-SWAP_FAILURE_REASONS = ("lake", "manifest", "download", "checksum", "invalid", "error")
+SWAP_FAILURE_REASONS = (
+    "lake",
+    "version",
+    "manifest",
+    "download",
+    "checksum",
+    "invalid",
+    "error",
+)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CACHES = ("recommendations", "similar")
 
 
@@ -133,6 +142,8 @@ class Metrics:
         (self._hits if hit else self._misses)[cache].inc()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        if method not in HTTP_METHODS:  # any token is a method to the parser: a label per
+            method = "OTHER"  # made-up one would let a caller grow the series without bound
         key = (method, route, status)
         child = self._durations.get(key)
         if child is None:

@@ -41,7 +41,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from models_ml.publish import SNAPSHOT_TABLES, open_snapshot, verify_snapshot
+from models_ml.publish import SNAPSHOT_TABLES, open_snapshot, shown, verify_snapshot
 
 # the columns the service reads from each table (models_ml/snapshot.py writes them)
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -555,14 +555,14 @@ def _metadata(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         try:
             data[str(key)] = json.loads(value)
         except (TypeError, ValueError) as exc:
-            raise SnapshotInvalid(f"metadata {key!r} is not JSON: {value!r}") from exc
+            raise SnapshotInvalid(f"metadata {shown(key)} is not JSON: {shown(value)}") from exc
     missing = [k for k in REQUIRED_METADATA if data.get(k) in (None, "")]
     if missing:
         raise SnapshotInvalid(f"metadata lacks {', '.join(missing)}")
     for key in ("model_version", "feature_version"):  # they go out in every answer's headers
         if not isinstance(data[key], str) or not NAME_PATTERN.fullmatch(data[key]):
             raise SnapshotInvalid(
-                f"metadata {key} {str(data[key])[:80]!r} is not a name "
+                f"metadata {key} {shown(data[key])} is not a name "
                 "(letters, digits and . _ : + -, at most 128)"
             )
     return data
@@ -572,7 +572,7 @@ def _parse_cutoff(value: Any) -> datetime:
     try:
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError as exc:
-        raise SnapshotInvalid(f"metadata cutoff_at {value!r} is not a timestamp") from exc
+        raise SnapshotInvalid(f"metadata cutoff_at {shown(value)} is not a timestamp") from exc
     if parsed.tzinfo is not None:
         parsed = parsed.astimezone(UTC).replace(tzinfo=None)
     return parsed
@@ -599,12 +599,14 @@ def _load_ranker(con: duckdb.DuckDBPyConnection) -> Ranker:
     cats = [columns[i] for i in model.get_cat_feature_indices()]
     if metadata.get("features") is not None and list(metadata["features"]) != columns:
         raise SnapshotInvalid(
-            f"the ranker's features {columns} differ from its metadata's {metadata['features']}"
+            f"the ranker's features {shown(columns, 300)} differ from its metadata's "
+            f"{shown(metadata['features'], 300)}"
         )
     unknown = [c for c in columns if c not in FEATURE_COLUMNS]
     if unknown:
         raise SnapshotInvalid(
-            f"the ranker needs features this service cannot compute: {', '.join(unknown)}"
+            "the ranker needs features this service cannot compute: "
+            + shown(", ".join(unknown), 300).strip("'")
         )
     return Ranker(model=model, features=columns, cat_features=cats, metadata=metadata)
 
@@ -621,6 +623,12 @@ def load(path: Path, manifest: dict[str, Any], cache_bytes: int = 0) -> Snapshot
     except (duckdb.Error, ValueError) as exc:
         raise SnapshotInvalid(str(exc)) from exc
     expected = manifest.get("row_counts") or {}
+    if not isinstance(expected, dict) or not all(
+        isinstance(expected[t], int) and not isinstance(expected[t], bool)
+        for t in SNAPSHOT_TABLES
+        if t in expected
+    ):
+        raise SnapshotInvalid("the manifest's row_counts are not whole numbers by table")
     differ = [t for t in SNAPSHOT_TABLES if t in expected and int(expected[t]) != counts[t]]
     if differ:
         raise SnapshotInvalid(

@@ -43,7 +43,7 @@ from api import recommend
 from api.memory import release_memory
 from api.metrics import Metrics
 from api.snapshot import Snapshot, SnapshotInvalid, load
-from models_ml.publish import InvalidVersion, check_version, latest_version, sha256_file
+from models_ml.publish import InvalidVersion, check_version, latest_version, sha256_file, shown
 from recsys.lake import Lake, LakeError
 
 log = logging.getLogger("api.snapshots")
@@ -191,11 +191,13 @@ class SnapshotStore:
             manifest: dict[str, Any] = json.loads(manifest_text)
             digest = str(manifest["sha256"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise Refused("manifest", f"{version}: manifest.json is invalid: {exc}", True) from exc
+            raise Refused(
+                "manifest", f"{version}: manifest.json is invalid: {shown(exc, 200)}", True
+            ) from exc
         if manifest.get("version") != version:
             raise Refused(
                 "manifest",
-                f"{version}: manifest.json names version {manifest.get('version')!r}",
+                f"{version}: manifest.json names version {shown(manifest.get('version'))}",
                 True,
             )
         local = self._fetch(version, digest)

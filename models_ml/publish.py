@@ -51,12 +51,19 @@ class InvalidVersion(ValueError):
     """A snapshot version that is not of the publisher's format (never used as a name)."""
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """A value read from the lake, as it may appear in a message: quoted, one line, printable
+    ASCII, at most `limit` characters of it."""
+    text = str(value)
+    cut = text[:limit].encode("unicode_escape").decode("ascii")
+    return repr(cut) + ("..." if len(text) > limit else "")
+
+
 def check_version(text: str) -> str:
     """`text` if it is a version the publisher could have written, else InvalidVersion."""
     if not VERSION_PATTERN.fullmatch(text):
-        shown = text[:80].encode("unicode_escape").decode("ascii")  # one line, printable
         raise InvalidVersion(
-            f"{shown!r} is not a snapshot version (expected YYYYMMDDTHHMMSSZ-<hex digest>)"
+            f"{shown(text)} is not a snapshot version (expected YYYYMMDDTHHMMSSZ-<hex digest>)"
         )
     return text
 
@@ -146,15 +153,36 @@ def gate(metrics: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
 
 
 def verify_snapshot(path: Path) -> dict[str, int]:
-    """Open the file read-only, check every table is there; return the row counts."""
-    with open_snapshot(path) as con:
-        present = {r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()}
+    """Open the file read-only, check every table is there and nothing else that could run a
+    query when read (views, macros, tables outside `main`); return the row counts."""
+    with open_snapshot(path, threads=1, memory_limit="256MB") as con:
+        present = {
+            r[0]
+            for r in con.execute(
+                "select table_name from duckdb_tables() where schema_name = 'main'"
+            ).fetchall()
+        }
         missing = [t for t in SNAPSHOT_TABLES if t not in present]
         if missing:
             raise ValueError(f"snapshot {path} lacks tables: {', '.join(missing)}")
+        extra = con.execute(
+            """
+            select 'view ' || view_name from duckdb_views() where not internal
+            union all
+            select 'macro ' || function_name from duckdb_functions()
+            where not internal and function_type like '%macro%'
+            union all
+            select 'table ' || schema_name || '.' || table_name from duckdb_tables()
+            where schema_name != 'main'
+            limit 3
+            """
+        ).fetchall()
+        if extra:  # a publisher writes plain tables: anything else is not a snapshot of ours
+            names = ", ".join(shown(str(r[0]), 40) for r in extra)
+            raise ValueError(f"snapshot {path} holds more than tables: {names}")
         counts = {}
-        for table in SNAPSHOT_TABLES:
-            row = con.execute(f"select count(*) from {table}").fetchone()
+        for table in SNAPSHOT_TABLES:  # names of ours, not the file's
+            row = con.execute(f'select count(*) from main."{table}"').fetchone()
             counts[table] = int(row[0]) if row else 0
     return counts
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
+import time
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
@@ -25,15 +35,28 @@ class Settings(BaseSettings):
     recsys_lake_uri: str | None = None
     aws_endpoint_url: str | None = None
     aws_access_key_id: str | None = None
-    aws_secret_access_key: str | None = None
+    aws_secret_access_key: SecretStr | None = None  # never in a repr, a log or a dump
     aws_region: str | None = None
 
     # the HTTP service (api/); see README, "Serving recommendations"
     recsys_api_keys: SecretStr | None = None  # comma-separated; unset = no auth (local only)
-    recsys_api_poll_seconds: float = Field(default=10.0, ge=0.05, le=3600.0)
+    recsys_api_poll_seconds: float = Field(default=10.0, ge=0.05, le=3600.0, allow_inf_nan=False)
     recsys_api_cache_dir: Path | None = None  # local copies of snapshots; default under data dir
     recsys_api_max_body_bytes: int = Field(default=1_048_576, ge=1_024, le=64 * 1_048_576)
     recsys_api_cache_mb: int = Field(default=32, ge=0, le=4096)  # answers cached per snapshot
+    # limits of the server and of each caller (README, "Security")
+    recsys_api_max_header_bytes: int = Field(default=16_384, ge=1_024, le=1_048_576)
+    recsys_api_header_timeout_seconds: float = Field(default=5.0, gt=0, le=300, allow_inf_nan=False)
+    recsys_api_body_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
+    recsys_api_max_concurrency: int = Field(default=256, ge=1, le=100_000)
+    recsys_api_rate_limit: float = Field(
+        default=1_000.0, ge=0, allow_inf_nan=False
+    )  # requests/s per key; 0 = off
+    recsys_api_rate_burst: int = Field(default=2_000, ge=1)
+    # answer /v1 on a non-loopback address without keys (something in front checks callers)
+    recsys_api_allow_no_auth: bool = False
+    # how far ahead of this machine's clock an event may be (the API refuses, ingest rejects)
+    recsys_max_clock_skew_seconds: int = Field(default=300, ge=0, le=7 * 86_400)
 
     @field_validator("recsys_lake_uri")
     @classmethod
@@ -47,7 +70,8 @@ class Settings(BaseSettings):
     def _keys_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        keys = [k.strip() for k in value.get_secret_value().split(",") if k.strip()]
+        # commas or lines: a key file may hold one key per line
+        keys = [k.strip() for k in re.split(r"[,\n]", value.get_secret_value()) if k.strip()]
         short = sum(len(k) < MIN_API_KEY_LENGTH for k in keys)
         if short:
             # says how many, never which: the message may end up in a log
@@ -71,6 +95,10 @@ class Settings(BaseSettings):
             return self.recsys_api_cache_dir.expanduser().resolve()
         return self.data_dir / "api_cache"
 
+    def max_event_timestamp_ms(self) -> int:
+        """The latest event time accepted now: this machine's clock plus the allowed skew."""
+        return int(time.time() * 1000) + self.recsys_max_clock_skew_seconds * 1000
+
     @property
     def data_dir(self) -> Path:
         return self.recsys_data_dir.expanduser().resolve()
@@ -91,7 +119,7 @@ class Settings(BaseSettings):
         if self.aws_access_key_id:
             options["key"] = self.aws_access_key_id
         if self.aws_secret_access_key:
-            options["secret"] = self.aws_secret_access_key
+            options["secret"] = self.aws_secret_access_key.get_secret_value()
         if self.aws_endpoint_url:
             options["endpoint_url"] = self.aws_endpoint_url
         if self.aws_region:
@@ -99,8 +127,74 @@ class Settings(BaseSettings):
         return options
 
     def dbt_env(self) -> dict[str, str]:
-        """Environment for a dbt subprocess: absolute paths so dbt's cwd does not matter."""
-        return {"RECSYS_DATA_DIR": str(self.data_dir), "RECSYS_LAKE_URI": self.lake_uri}
+        """Environment for dbt: absolute paths so dbt's cwd does not matter, and the S3
+        credentials wherever they came from (s3fs inside dbt reads only the AWS variables, and
+        a `*_FILE` secret is not one)."""
+        env = {"RECSYS_DATA_DIR": str(self.data_dir), "RECSYS_LAKE_URI": self.lake_uri}
+        if self.aws_access_key_id:
+            env["AWS_ACCESS_KEY_ID"] = self.aws_access_key_id
+        if self.aws_secret_access_key:
+            env["AWS_SECRET_ACCESS_KEY"] = self.aws_secret_access_key.get_secret_value()
+        return env
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            SecretFiles(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+
+# settings that may come from a file named by `<NAME>_FILE` (how Docker and Kubernetes mount
+# secrets) instead of the variable itself
+SECRET_FILE_SETTINGS = ("recsys_api_keys", "aws_access_key_id", "aws_secret_access_key")
+MAX_SECRET_FILE_BYTES = 65_536
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """`RECSYS_API_KEYS_FILE`, `AWS_ACCESS_KEY_ID_FILE`, `AWS_SECRET_ACCESS_KEY_FILE`: the
+    setting is the file's content (surrounding whitespace stripped). Setting both a variable
+    and its `_FILE` is an error, not a silent choice."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # all the work is in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in SECRET_FILE_SETTINGS:
+            variable = name.upper()
+            path = os.environ.get(f"{variable}_FILE", "").strip()
+            if not path:
+                continue
+            if variable in os.environ:  # even empty: `VAR: ${VAR:-}` must not switch auth off
+                raise SettingsError(f"{variable} and {variable}_FILE are both set: set one")
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read(MAX_SECRET_FILE_BYTES + 1)
+            except OSError as exc:
+                raise SettingsError(
+                    f"{variable}_FILE: cannot read {path}: {exc.strerror}"
+                ) from None
+            if len(data) > MAX_SECRET_FILE_BYTES:
+                raise SettingsError(f"{variable}_FILE: {path} is larger than a secret can be")
+            try:
+                text = data.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise SettingsError(f"{variable}_FILE: {path} is not UTF-8 text") from None
+            if not text:  # an empty key file would silently mean "no auth"
+                raise SettingsError(f"{variable}_FILE: {path} is empty")
+            values[name] = text
+        return values
 
 
 def get_settings() -> Settings:

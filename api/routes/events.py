@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Request
+from fastapi import APIRouter, Body, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 
 from api import events
-from api.deps import AppMetrics, Store
-from api.schemas import MAX_EVENTS, ErrorMessage, EventBatch, EventsAccepted
+from api.deps import AppMetrics, Store, caller_of
+from api.schemas import MAX_EVENTS, ErrorMessage, Event, EventBatch, EventsAccepted
+from recsys.settings import Settings
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -17,7 +19,13 @@ router = APIRouter(prefix="/v1/events", tags=["events"])
     "",
     status_code=202,
     response_model=EventsAccepted,
-    responses={413: {"model": ErrorMessage, "description": "the body is too large"}},
+    responses={
+        409: {
+            "model": ErrorMessage,
+            "description": "the Idempotency-Key was already used with a different body",
+        },
+        413: {"model": ErrorMessage, "description": "the body is too large"},
+    },
     summary="Send events",
 )
 def post_events(
@@ -34,7 +42,8 @@ def post_events(
             alias="Idempotency-Key",
             pattern=events.IDEMPOTENCY_KEY_PATTERN,
             description="any 1-128 characters of A-Z a-z 0-9 . _ : -; a retry with the same key "
-            "lands the events once (the last body sent with a key is kept)",
+            "and body lands the events once; another body under a used key is a 409. Keys are "
+            "per API key: other callers' keys never meet yours",
         ),
     ] = None,
 ) -> Any:
@@ -50,11 +59,21 @@ def post_events(
     """
     # a plain `def`: the write and the fsync block
     rows = batch if isinstance(batch, list) else [batch]
+    settings: Settings = request.app.state.settings
+    _refuse_future(rows, isinstance(batch, list), settings)
     text = events.to_csv(
         [(e.timestamp, e.visitorid, e.event, e.itemid, e.transactionid) for e in rows]
     )
-    batch_id = events.keyed_batch_id(idempotency_key) if idempotency_key else events.new_batch_id()
-    events.land(request.app.state.lake, batch_id, text)
+    lake = request.app.state.lake
+    if idempotency_key:
+        batch_id = events.keyed_batch_id(caller_of(request), idempotency_key)
+        try:
+            events.land_once(lake, batch_id, text)
+        except events.IdempotencyConflict as exc:
+            raise HTTPException(409, detail=str(exc)) from None
+    else:
+        batch_id = events.new_batch_id()
+        events.land(lake, batch_id, text)
     metrics.events_accepted.inc(len(rows))
     snapshot = store.current if store is not None else None
     return EventsAccepted(
@@ -63,3 +82,23 @@ def post_events(
         snapshot_version=snapshot.version if snapshot else None,
         model_version=snapshot.model_version if snapshot else None,
     )
+
+
+def _refuse_future(rows: list[Event], is_batch: bool, settings: Settings) -> None:
+    """422 for events later than this server's clock plus the allowed skew: one event from 2099
+    would otherwise move every later training window to 2099 (ingest rejects them too)."""
+    limit, skew_seconds = settings.max_event_timestamp_ms(), settings.recsys_max_clock_skew_seconds
+    errors = [
+        {
+            "type": "less_than_equal",
+            "loc": ("body", "events", i, "timestamp")
+            if is_batch
+            else ("body", "event", "timestamp"),
+            "msg": f"is later than this server's clock allows (now + {skew_seconds} s)",
+            "input": event.timestamp,
+        }
+        for i, event in enumerate(rows)
+        if event.timestamp > limit
+    ]
+    if errors:
+        raise RequestValidationError(errors)

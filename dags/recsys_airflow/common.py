@@ -68,7 +68,9 @@ def ingest_lake(raw_dir: str | None, settings: Settings = SETTINGS) -> dict[str,
     else:
         say("no raw_dir: ingesting the events the API landed, if any")
         with tempfile.TemporaryDirectory() as tmp:
-            landed = ingest_landing(Lake.from_settings(settings), Path(tmp), say)
+            landed = ingest_landing(
+                Lake.from_settings(settings), Path(tmp), say, settings.max_event_timestamp_ms()
+            )
         reports = [landed] if landed is not None else []
         if not reports:
             say("no landed events waiting")

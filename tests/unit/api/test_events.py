@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from recsys.ingest import ingest_landing
 from recsys.lake import Lake
-from tests.unit.api.conftest import metric
+from tests.api_snapshots import default_world
+from tests.unit.api.conftest import KEY, metric
 
 URL = "/v1/events"
 VIEW = {"timestamp": 1442545187123, "visitorid": 1, "event": "view", "itemid": 5}
@@ -73,10 +75,12 @@ def test_a_retry_with_the_same_key_lands_once(
     assert not list((Path(lake.root) / "landing" / "events").glob(".*.tmp"))
     report = ingest_landing(lake, tmp_path / "work1")
     assert report is not None and report.accepted == 2
-    # a retry after the ingest (the client never saw the 202) lands again; ingest rewrites
-    # the same raw part, so the rows are in raw/ once
-    assert client.post(URL, json=[VIEW, SALE], headers=key).status_code == 202
-    ingest_landing(lake, tmp_path / "work2")
+    # a retry after the ingest (the client never saw the 202) is answered without landing
+    # anything: the ingested file is the same body
+    again = client.post(URL, json=[VIEW, SALE], headers=key)
+    assert again.status_code == 202 and again.json()["batch_id"] == first.json()["batch_id"]
+    assert landing_files(client) == []
+    assert ingest_landing(lake, tmp_path / "work2") is None
     parts = list((Path(lake.root) / "raw" / "events").glob("*.parquet"))
     rows = duckdb.sql(f"select count(*) from read_parquet({[str(p) for p in parts]})")
     assert rows.fetchall() == [(2,)]
@@ -120,3 +124,65 @@ def test_a_bad_event_is_a_422_naming_the_field(
     assert response.status_code == 422, response.text
     assert where in [error["loc"] for error in response.json()["detail"]]
     assert landing_files(client) == before  # nothing written
+
+
+def raw_rows(lake: Lake) -> list[tuple[object, ...]]:
+    parts = [str(p) for p in (Path(lake.root) / "raw" / "events").glob("*.parquet")]
+    if not parts:
+        return []
+    query = f"select visitorid, itemid, event from read_parquet({parts}) order by all"
+    return duckdb.sql(query).fetchall()
+
+
+def test_another_body_under_a_used_key_is_a_409_before_and_after_ingest(
+    client_for: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    client = client_for(None)
+    lake: Lake = client.app.state.lake  # type: ignore[attr-defined]
+    key = {"Idempotency-Key": "order-7"}
+    assert client.post(URL, json=[VIEW, SALE], headers=key).status_code == 202
+    changed = client.post(URL, json=[VIEW], headers=key)
+    assert changed.status_code == 409 and "different body" in changed.json()["detail"]
+    ingest_landing(lake, tmp_path / "work")
+    assert client.post(URL, json=[{**VIEW, "itemid": 6}], headers=key).status_code == 409
+    assert landing_files(client) == []
+    assert raw_rows(lake) == [(1, 5, "transaction"), (1, 5, "view")]  # the first body, once
+
+
+OTHER_KEY = "another-valid-key-0123456789"
+
+
+def test_idempotency_keys_belong_to_their_caller(
+    client_for: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """A second client using the same Idempotency-Key once replaced the first one's events."""
+    client = client_for(default_world(), recsys_api_keys=f"{KEY},{OTHER_KEY}")
+    lake: Lake = client.app.state.lake  # type: ignore[attr-defined]
+    mine = {"X-API-Key": KEY, "Idempotency-Key": "batch-1"}
+    theirs = {"X-API-Key": OTHER_KEY, "Idempotency-Key": "batch-1"}
+    first = client.post(URL, json=[VIEW], headers=mine)
+    second = client.post(URL, json=[{**VIEW, "visitorid": 2}], headers=theirs)
+    assert first.status_code == second.status_code == 202
+    assert first.json()["batch_id"] != second.json()["batch_id"]
+    assert KEY not in first.json()["batch_id"]
+    ingest_landing(lake, tmp_path / "work1")
+    # and after the ingest, each caller's retry is its own
+    assert client.post(URL, json=[VIEW], headers=mine).status_code == 202
+    assert client.post(URL, json=[{**VIEW, "visitorid": 3}], headers=theirs).status_code == 409
+    ingest_landing(lake, tmp_path / "work2")
+    assert raw_rows(lake) == [(1, 5, "view"), (2, 5, "view")]
+
+
+def test_events_from_the_future_are_refused(client_for: Callable[..., TestClient]) -> None:
+    client = client_for(None, recsys_max_clock_skew_seconds=60)
+    now_ms = int(time.time() * 1000)
+    assert client.post(URL, json={**VIEW, "timestamp": now_ms + 30_000}).status_code == 202
+    for late in (now_ms + 120_000, 4_070_908_800_000):  # two minutes ahead; 2099
+        response = client.post(URL, json=[VIEW, {**VIEW, "timestamp": late}])
+        assert response.status_code == 422
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body", "events", 1, "timestamp"]
+        assert "later than this server's clock allows (now + 60 s)" in error["msg"]
+        response = client.post(URL, json={**VIEW, "timestamp": late})
+        assert response.json()["detail"][0]["loc"] == ["body", "event", "timestamp"]
+    assert len(landing_files(client)) == 1

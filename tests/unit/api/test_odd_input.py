@@ -14,7 +14,6 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 
-
 EVENT = '{"timestamp": 1433223532117, "visitorid": 7, "event": "view", "itemid": 8}'
 BAD_BODIES = [
     # (route, raw JSON body, where the error is)
@@ -103,3 +102,47 @@ def test_ids_in_paths_and_queries_are_plain_digits(client: TestClient, loose: st
         assert "digits 0-9" in error["msg"] and error["loc"][0] in ("path", "query")
     assert client.get("/v1/recommendations/1001?k=5&category_id=7").status_code == 200
     assert client.get("/v1/items/0001001/similar?k=05").status_code == 200
+
+
+def test_control_characters_never_reach_the_log(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    assert client.get("/v1/items/1%1b[31m%00/similar").status_code == 422
+    assert caplog.records and all(
+        "\x1b" not in r.getMessage() and "\x00" not in r.getMessage() for r in caplog.records
+    )
+
+
+def test_an_odd_content_length_is_a_413_not_a_500(client: TestClient) -> None:
+    """uvicorn's parsers refuse these first; the app must not fail on them either (another
+    server, or a test client, may pass them on)."""
+    import asyncio
+
+    app = client.app
+    for declared in (b"\xb2", b"1" * 5_000, b"-1", b" 12"):
+        sent: list[dict[str, object]] = []
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/recommendations",
+            "raw_path": b"/v1/recommendations",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", declared)],
+            "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: dict[str, object], sent: list[dict[str, object]] = sent) -> None:
+            sent.append(message)
+
+        asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+        assert sent[0]["status"] == 413, declared[:10]

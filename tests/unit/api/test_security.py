@@ -83,3 +83,95 @@ def test_refusals_name_the_snapshot_too(locked: TestClient) -> None:
         response.headers["x-snapshot-version"] == locked.get("/readyz").json()["snapshot_version"]
     )
     assert response.headers["x-model-version"] == "fv1_test-catboost-42"
+
+
+def test_a_key_over_its_rate_limit_gets_429_with_retry_after(
+    client_for: Callable[..., TestClient],
+) -> None:
+    client = client_for(
+        default_world(),
+        recsys_api_keys=f"{KEY},{OTHER}",
+        recsys_api_rate_limit=0.1,  # a token every 10 s: none comes back during the test
+        recsys_api_rate_burst=5,
+    )
+    greedy, polite = {"X-API-Key": KEY}, {"X-API-Key": OTHER}
+    codes = [client.get("/v1/recommendations/1001", headers=greedy).status_code for _ in range(8)]
+    assert codes == [200] * 5 + [429] * 3
+    refused = client.get("/v1/recommendations/1001", headers=greedy)
+    assert refused.status_code == 429 and 5 <= int(refused.headers["retry-after"]) <= 10
+    assert "too many requests" in refused.json()["detail"]
+    # other keys, and what needs no key, are not held back by it
+    assert client.get("/v1/recommendations/1001", headers=polite).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    # a wrong key is still a 401, never a 429 that would tell it apart
+    assert (
+        client.get("/v1/recommendations/1001", headers={"X-API-Key": "w" * 20}).status_code == 401
+    )
+
+
+def test_without_keys_v1_answers_on_loopback_only(
+    client_for: Callable[..., TestClient],
+) -> None:
+    """The rule once lived in `recsys serve` only: an app started any other way (uvicorn on
+    0.0.0.0, a container) served anyone. `scope["server"]` is the address a request came in on
+    (in-process here: no traffic leaves the test)."""
+    open_app = client_for(default_world()).app
+    for base, allowed in (
+        ("http://127.0.0.1:8000", True),
+        ("http://[::1]:8000", True),
+        ("http://192.0.2.10:8000", False),  # a documentation address, never contacted
+        ("http://[2001:db8::1]:8000", False),
+    ):
+        with TestClient(open_app, base_url=base) as remote:
+            response = remote.get("/v1/recommendations/1001")
+            assert (response.status_code == 200) is allowed, base
+            if not allowed:
+                assert response.status_code == 403
+                assert "RECSYS_API_KEYS" in response.json()["detail"]
+                assert remote.get("/healthz").status_code == 200
+    trusting = client_for(default_world(), recsys_api_allow_no_auth=True).app
+    with TestClient(trusting, base_url="http://192.0.2.10:8000") as remote:
+        assert remote.get("/v1/recommendations/1001").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_nothing_from_another_host(client: TestClient, page: str) -> None:
+    import re
+
+    html = client.get(page)
+    assert html.status_code == 200
+    urls = re.findall(r"""(?:src|href|url)\s*[=:(]\s*['"]?([^'")\s>]+)""", html.text)
+    assert urls and not [u for u in urls if "//" in u], urls  # no absolute or protocol URL
+    for url in urls:
+        if url.startswith("/docs/assets/"):
+            asset = client.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 1_000, url
+
+
+def test_a_root_path_does_not_open_the_api(client_for: Callable[..., TestClient]) -> None:
+    """Behind `--root-path /api` every path starts with `/api`: the key check once looked for
+    `/v1/` at the start of the full path and let everything through."""
+    app = client_for(default_world(), recsys_api_keys=KEY).app
+    with TestClient(app, root_path="/api") as behind_proxy:
+        assert behind_proxy.get("/api/v1/recommendations/1001").status_code == 401
+        response = behind_proxy.get("/api/v1/recommendations/1001", headers={"X-API-Key": KEY})
+        assert response.status_code == 200
+        assert behind_proxy.get("/api/healthz").status_code == 200
+    open_app = client_for(default_world()).app
+    with TestClient(open_app, root_path="/api", base_url="http://192.0.2.10:8000") as remote:
+        assert remote.get("/api/v1/recommendations/1001").status_code == 403
+
+
+def test_ipv4_clients_of_a_dual_stack_socket_are_local(
+    client_for: Callable[..., TestClient],
+) -> None:
+    app = client_for(default_world()).app
+    with TestClient(app, base_url="http://[::ffff:127.0.0.1]:8000") as mapped:
+        assert mapped.get("/v1/recommendations/1001").status_code == 200
+
+
+def test_made_up_methods_share_one_metric_label(client: TestClient) -> None:
+    for number in range(5):
+        client.request(f"X{number}", "/v1/recommendations/1001")
+    text = client.get("/metrics").text
+    assert 'method="X0"' not in text and 'method="OTHER"' in text
