@@ -61,7 +61,12 @@ def run_ingest(raw_dir: Path, settings: Settings) -> list[TableReport]:
     lake = Lake.from_settings(settings)
     _say(f"ingesting {raw_dir} into {lake.uri}/raw/")
     t0 = time.perf_counter()
-    reports = ingest(raw_dir, lake, progress=lambda m: _say(f"  {m}"))
+    reports = ingest(
+        raw_dir,
+        lake,
+        progress=lambda m: _say(f"  {m}"),
+        max_timestamp_ms=settings.max_event_timestamp_ms(),
+    )
     _say(f"[ingest] done in {time.perf_counter() - t0:.1f}s")
     _print_ingest(reports)
     return reports
@@ -156,9 +161,6 @@ def try_it(settings: Settings) -> str:
     )
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-
-
 def serve_log_config(level: str) -> dict[str, object]:
     """uvicorn's logging, with the service's own `api` loggers on the same handler."""
     import copy
@@ -175,14 +177,23 @@ def serve_log_config(level: str) -> dict[str, object]:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    if not settings.api_keys and args.host not in LOOPBACK_HOSTS and not args.allow_no_auth:
+    from api.main import is_loopback
+    from api.server import uvicorn_options
+
+    allow_no_auth = args.allow_no_auth or settings.recsys_api_allow_no_auth
+    if not settings.api_keys and not is_loopback(args.host) and not allow_no_auth:
+        # the app refuses such requests itself (403), however it is started; this says it
+        # before anything listens
         print(
             f"error: refusing to listen on {args.host} without RECSYS_API_KEYS: anyone who can "
-            "reach it could use the API. Set RECSYS_API_KEYS, or pass --allow-no-auth if "
-            "something in front of the service checks callers.",
+            "reach it could use the API. Set RECSYS_API_KEYS, or pass --allow-no-auth "
+            "(RECSYS_API_ALLOW_NO_AUTH=true) if something in front of the service checks "
+            "callers.",
             file=sys.stderr,
         )
         return 2
+    if args.allow_no_auth:  # the workers read their settings from the environment
+        os.environ["RECSYS_API_ALLOW_NO_AUTH"] = "true"
     auth = "API keys required on /v1" if settings.api_keys else "no API keys (local only)"
     _say(
         f"serving on http://{args.host}:{args.port} with {args.workers} worker(s), "
@@ -197,6 +208,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level=args.log_level,
         log_config=serve_log_config(args.log_level),
         access_log=args.access_log,
+        # the limits on every connection: header size and time, body time, concurrency
+        **uvicorn_options(settings),
     )
     return 0
 
@@ -268,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
     from models_ml.publish import GateRefused
     from models_ml.steps import NotEnoughData
     from recsys.ingest import IngestError
@@ -275,7 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from recsys.warehouse import BuildError
 
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except (ValidationError, SettingsError) as exc:
+        print(f"error: settings: {exc}", file=sys.stderr)  # never a value: hide_input_in_errors
+        return 2
     try:
         return int(args.func(args, settings))
     except (IngestError, LakeError, BuildError, GateRefused, NotEnoughData) as exc:

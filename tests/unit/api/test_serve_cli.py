@@ -32,3 +32,16 @@ def test_the_service_logs_through_uvicorns_handlers() -> None:
         "level": "WARNING",
         "propagate": False,
     }
+
+
+def test_bad_settings_are_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RECSYS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RECSYS_API_KEYS", "short-secret-1")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: settings:") and "short-secret-1" not in err
+    monkeypatch.setenv("RECSYS_API_KEYS_FILE", str(tmp_path / "missing"))
+    assert main(["serve"]) == 2
+    assert "RECSYS_API_KEYS and RECSYS_API_KEYS_FILE are both set" in capsys.readouterr().err
