@@ -37,11 +37,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import psutil
 
 from models_ml.publish import sha256_file
+from recsys.lake import connect_duckdb
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"ratio": 0.70, "get_p99_ms": 10.0, "post_p99_ms": 20.0, "rss_gb": 1.5}
@@ -72,7 +72,7 @@ class Publisher:
         for n in range(1, variants):
             path = staging / f"snapshot-{n}.duckdb"
             shutil.copyfile(source / "snapshot.duckdb", path)
-            with duckdb.connect(str(path)) as con:
+            with connect_duckdb(path) as con:
                 con.execute("insert into metadata values ('bench_variant', ?)", [json.dumps(n)])
                 con.execute("checkpoint")
             self.files.append((path, sha256_file(path)))
@@ -230,7 +230,7 @@ def main() -> int:
     publisher = Publisher(source, work / "lake", swaps)
     publisher.publish()
 
-    with duckdb.connect(str(source / "snapshot.duckdb"), read_only=True) as con:
+    with connect_duckdb(source / "snapshot.duckdb", read_only=True) as con:
         rows = con.execute("select distinct visitor_id from recommendations").fetchall()
         known = [r[0] for r in rows]
         sessions = [

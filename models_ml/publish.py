@@ -22,7 +22,7 @@ from typing import Any
 
 import duckdb
 
-from recsys.lake import Lake
+from recsys.lake import Lake, connect_duckdb
 
 KEEP = 5
 GATE_METRIC = "ndcg@10"
@@ -75,12 +75,8 @@ def open_snapshot(path: Path, **config: Any) -> duckdb.DuckDBPyConnection:
     writes none, installs and loads no extension, and its settings are locked (settings are
     given as connection config, never as SQL built from strings).
     """
-    options = {
-        "autoload_known_extensions": False,
-        "autoinstall_known_extensions": False,
-        **{k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
-    }
-    con = duckdb.connect(str(path), read_only=True, config=options)
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in config.items()}
+    con: duckdb.DuckDBPyConnection = connect_duckdb(path, read_only=True, config=options)
     try:
         # after the config: DuckDB refuses a temp_directory once external access is off
         con.execute("set enable_external_access = false")

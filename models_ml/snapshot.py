@@ -22,9 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
+
+from recsys.lake import connect_duckdb
 
 TOP_K = 50
 POPULAR_PER_SCOPE = 100
@@ -52,7 +53,7 @@ def build_snapshot(
     scored["confidence"] = confidence(scored["rank"].to_numpy())
     recommendations = scored[["visitor_id", "item_id", "rank", "score", "confidence"]]
 
-    with duckdb.connect(str(out)) as con:
+    with connect_duckdb(out) as con:
         con.execute(f"attach '{warehouse}' as wh (read_only)")
         con.execute(
             """

@@ -60,7 +60,11 @@ def _ts(value: datetime) -> str:
 
 
 def connect(settings: Settings, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(str(settings.warehouse_path), read_only=read_only)
+    """The warehouse, with the lake's filesystem: its staging views read the lake's Parquet."""
+    con: duckdb.DuckDBPyConnection = Lake.from_settings(settings).duckdb(
+        settings.warehouse_path, read_only=read_only
+    )
+    return con
 
 
 def build_info(settings: Settings) -> dict[str, Any]:

@@ -144,12 +144,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def try_it(settings: Settings) -> str:
     """How to ask the published snapshot for recommendations, with a visitor it knows."""
-    import duckdb
+    from recsys.lake import connect_duckdb
 
     built = settings.data_dir / "snapshot_build" / "snapshot.duckdb"
     visitor = None
     if built.exists():
-        with duckdb.connect(str(built), read_only=True) as con:
+        with connect_duckdb(built, read_only=True) as con:
             row = con.execute("select min(visitor_id) from recommendations").fetchone()
             visitor = row[0] if row else None
     example = visitor if visitor is not None else "VISITOR_ID"

@@ -61,7 +61,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from recsys.lake import Lake
+from recsys.lake import Lake, connect_duckdb
 
 BLOCK = 65_536  # lines per UTF-8 check on the slow path
 MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01: anything later is not a real event
@@ -726,7 +726,7 @@ def ingest(
     reports: list[TableReport] = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         out_dir = Path(tmp)
-        con = duckdb.connect()
+        con = connect_duckdb()
         con.execute(f"set temp_directory = '{out_dir / 'spill'}'")
         staged: list[tuple[TableSpec, TableReport, str]] = []
         for spec in SPECS:
@@ -804,7 +804,7 @@ def ingest_landing(
     report = TableReport(table="landed_events", files=[])
     counts: dict[str, int] = {}
     header = ",".join(EVENTS.names)
-    con = duckdb.connect()
+    con = connect_duckdb()
     try:
         for rel in left_over + waiting:
             name = rel.rsplit("/", 1)[-1]

@@ -178,14 +178,9 @@ class Lake:
         except Exception as exc:
             raise _explain(exc, self.url(rel)) from exc
 
-    def duckdb(self) -> Any:
-        """A DuckDB connection that reads this lake's URIs (S3 through the fsspec filesystem)."""
-        import duckdb
-
-        con = duckdb.connect()
-        if self.is_s3:
-            con.register_filesystem(self.fs)
-        return con
+    def duckdb(self, database: str | Path = ":memory:", read_only: bool = False) -> Any:
+        """A DuckDB connection that reads this lake's URIs (see `connect_duckdb`)."""
+        return connect_duckdb(database, lake=self, read_only=read_only)
 
     def check_access(self) -> None:
         """Fail early with a clear message when the lake cannot be listed."""
@@ -195,3 +190,36 @@ class Lake:
                 self.fs.ls(bucket, refresh=True)
         except Exception as exc:
             raise _explain(exc, self.uri) from exc
+
+
+# DuckDB downloads an extension it lacks when a query needs one (httpfs for s3:// paths): on a
+# machine without the network that is an error at best, a hang at worst, and either way a path
+# that tests on this machine would not have taken. Off on every connection the project opens.
+NO_EXTENSION_DOWNLOADS: dict[str, Any] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+
+
+def connect_duckdb(
+    database: str | Path = ":memory:",
+    *,
+    lake: Lake | None = None,
+    read_only: bool = False,
+    config: dict[str, Any] | None = None,
+) -> Any:
+    """Every DuckDB connection the project opens (the warehouse, a snapshot, scratch work).
+
+    Extensions are never installed or loaded on demand (`NO_EXTENSION_DOWNLOADS`). With `lake`
+    on S3, the lake's fsspec filesystem is registered, as dbt's profile registers it
+    (`filesystems:`), so that the warehouse's views over `s3://` Parquet read the same way in
+    dbt and here; without it such a read fails at once, naming the extension.
+    """
+    import duckdb
+
+    con = duckdb.connect(
+        str(database), read_only=read_only, config={**NO_EXTENSION_DOWNLOADS, **(config or {})}
+    )
+    if lake is not None and lake.is_s3:
+        con.register_filesystem(lake.fs)
+    return con

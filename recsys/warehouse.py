@@ -189,9 +189,9 @@ SUMMARY_TABLES = (
 
 def summary(settings: Settings) -> str:
     """What the last build made: feature version, cutoff and the rows of each mart."""
-    import duckdb
+    from recsys.lake import connect_duckdb
 
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with connect_duckdb(settings.warehouse_path, read_only=True) as con:
         row = con.execute(
             "select feature_version, cutoff_at, invocation_id from feature_builds"
         ).fetchone()
