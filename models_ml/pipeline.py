@@ -29,6 +29,7 @@ import pandas as pd
 from models_ml import conformal, evaluation, ranker, report, steps
 from models_ml.publish import GateRefused, Published, gate, latest_manifest, publish
 from models_ml.snapshot import build_snapshot
+from recsys.ingest import require_events
 from recsys.lake import Lake
 from recsys.settings import Settings
 
@@ -61,6 +62,10 @@ def sample_negatives(
     return kept.sort_values(["visitor_id", "als_rank"], kind="stable")
 
 
+class NotReady(RuntimeError):
+    """A step needs what an earlier step writes (a trained model, metrics), and it is missing."""
+
+
 def _paths(settings: Settings) -> dict[str, Path]:
     data = settings.data_dir
     return {
@@ -80,6 +85,15 @@ def training_windows(
     win = steps.windows(settings, test_days, label_days)
     say(f"windows: t1 {win.t1}, t2 {win.t2}, end {win.end}")
     return win
+
+
+def _require(settings: Settings, paths: dict[str, Path], names: tuple[str, ...], step: str) -> None:
+    """NoEvents when the lake is empty, else NotReady naming the step to run first when one
+    of the files a step reads is missing (a clear line instead of a FileNotFoundError)."""
+    missing = [paths[n] for n in names if not paths[n].exists()]
+    if missing:
+        require_events(Lake.from_settings(settings))
+        raise NotReady(f"{missing[0]} does not exist yet: run `{step}` first")
 
 
 def windows_from_dict(payload: dict[str, str]) -> steps.Windows:
@@ -219,6 +233,7 @@ def train(
 def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
     """Score popularity, ALS, ALS + CatBoost and the session method on (t2, end]."""
     paths = _paths(settings)
+    _require(settings, paths, ("training", "ranker", "calibration"), "recsys train")
     training = json.loads(paths["training"].read_text())
     win = windows_from_dict(training["windows"])
     model, _ = ranker.load(paths["ranker"])
@@ -311,6 +326,8 @@ def publish_snapshot(settings: Settings, say: steps.Say = print, force: bool = F
     against whatever is published by then.
     """
     paths = _paths(settings)
+    _require(settings, paths, ("ranker", "calibration"), "recsys train")
+    _require(settings, paths, ("metrics",), "recsys evaluate")
     metrics = json.loads(paths["metrics"].read_text())
     reasons = gate_reasons(settings)
     if reasons and not force:

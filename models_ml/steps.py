@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from models_ml import candidates
+from recsys.ingest import NO_EVENTS_HINT, RAW_EVENTS, NoEvents, require_events
 from recsys.lake import Lake
 from recsys.settings import Settings
 from recsys.warehouse import build, dbt_command
@@ -81,12 +82,13 @@ def build_info(settings: Settings) -> dict[str, Any]:
 def latest_event(settings: Settings) -> datetime:
     """The time of the latest ingested event, read from the lake's raw events."""
     lake = Lake.from_settings(settings)
+    require_events(lake)
     with lake.duckdb() as con:
         row = con.execute(
-            f"select max(timestamp) from read_parquet('{lake.url('raw/events/*.parquet')}')"
+            f"select max(timestamp) from read_parquet('{lake.url(RAW_EVENTS)}')"
         ).fetchone()
-    if row is None or row[0] is None:
-        raise RuntimeError("no events in the lake: run `recsys ingest` first")
+    if row is None or row[0] is None:  # parts, but every row was rejected
+        raise NoEvents(f"no events in {lake.url('raw/events/')} yet: {NO_EVENTS_HINT}")
     return datetime(1970, 1, 1) + timedelta(milliseconds=int(row[0]))
 
 

@@ -284,9 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
+    from models_ml.pipeline import NotReady
     from models_ml.publish import GateRefused
     from models_ml.steps import NotEnoughData
-    from recsys.ingest import IngestError
+    from recsys.ingest import IngestError, NoEvents
     from recsys.lake import LakeError
     from recsys.warehouse import BuildError
 
@@ -298,7 +299,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args, settings))
-    except (IngestError, LakeError, BuildError, GateRefused, NotEnoughData) as exc:
+    except (
+        IngestError,
+        LakeError,
+        BuildError,
+        GateRefused,
+        NotEnoughData,
+        NoEvents,
+        NotReady,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

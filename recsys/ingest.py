@@ -73,6 +73,24 @@ LANDED_PREFIX = "landed-"
 CLOCK_SKEW_MS = 300_000  # default allowance for a client clock ahead of ours: 5 minutes
 
 
+RAW_EVENTS = "raw/events/*.parquet"  # what every build reads first
+NO_EVENTS_HINT = (
+    "ingest some first: `recsys ingest --raw-dir DIR` (or `recsys run --raw-dir DIR`; plain "
+    "`recsys run` generates demo data), set RECSYS_RAW_DIR or pass `raw_dir` to the DAG, or "
+    "POST events to the API and ingest them"
+)
+
+
+class NoEvents(RuntimeError):
+    """The lake holds no raw events yet: nothing to build, train or evaluate on."""
+
+
+def require_events(lake: Lake) -> None:
+    """NoEvents, saying what to do, when the lake has no raw events yet."""
+    if not lake.glob(RAW_EVENTS):
+        raise NoEvents(f"no events in {lake.url('raw/events/')} yet: {NO_EVENTS_HINT}")
+
+
 class IngestError(ValueError):
     """The input cannot be ingested at all (missing file or column). Nothing was written."""
 

@@ -169,7 +169,12 @@ def build(
     extra_vars: dict[str, object] | None = None,
     echo: bool = True,
 ) -> str:
-    """`dbt build`: every model and test, as of `cutoff_at` (default: the latest event)."""
+    """`dbt build`: every model and test, as of `cutoff_at` (default: the latest event).
+    NoEvents (before dbt starts) when the lake has no raw events yet."""
+    from recsys.ingest import require_events
+    from recsys.lake import Lake
+
+    require_events(Lake.from_settings(settings))
     args = ["build"]
     if select:
         args += ["--select", select]

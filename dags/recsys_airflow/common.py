@@ -222,5 +222,25 @@ def raw_dir_param() -> Param:
 
 @task(inlets=[LANDED_EVENTS], outlets=list(RAW_ASSETS.values()))
 def ingest() -> dict[str, Any]:
-    """The CSVs of `raw_dir` (if given) and the API's landed events -> the lake's raw/."""
-    return ingest_lake(run_params().get("raw_dir"), SETTINGS)
+    """The CSVs of `raw_dir` (if given) and the API's landed events -> the lake's raw/.
+
+    Skipped, with the reason in its log, when the lake still has no raw events after it (a
+    fresh set-up's first scheduled run): every task after it is skipped too, and the run ends
+    without a failure to clear."""
+    rows = ingest_lake(run_params().get("raw_dir"), SETTINGS)
+    skip_without_events(SETTINGS)
+    return rows
+
+
+def skip_without_events(settings: Settings = SETTINGS) -> None:
+    """AirflowSkipException saying what to do when the lake has no raw events yet."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from recsys.ingest import NoEvents, require_events
+    from recsys.lake import Lake
+
+    try:
+        require_events(Lake.from_settings(settings))
+    except NoEvents as exc:
+        log.warning("%s", exc)
+        raise AirflowSkipException(str(exc)) from None

@@ -92,3 +92,33 @@ def test_training_dag_publishes_a_snapshot(
     assert by_asset["recsys.snapshots"]["version"] == version
     assert {"recsys.raw.events", "recsys.features.interactions"} <= set(by_asset)
     assert not (data / "airflow" / "warehouse.lease").exists()  # released at the end
+
+
+def test_a_run_with_nothing_ingested_is_skipped_not_failed(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A fresh `make airflow`, DAG unpaused: the catch-up run once failed in training_windows
+    with DuckDB's 'No files found that match the pattern'."""
+    target = tmp_path_factory.getbasetemp() / "dbt_manifest"
+    manifest = write_manifest(target, airflow_env(target.parent / "manifest_env", target))
+    env = airflow_env(tmp_path, manifest)
+    airflow(["db", "migrate"], env, timeout=300)
+    for dag in ("recsys_training", "recsys_features"):
+        run = airflow(["dags", "test", dag], env, timeout=300)
+        assert "no events in" in run.stdout + run.stderr and "recsys ingest --raw-dir" in (
+            run.stdout + run.stderr
+        )
+        with sqlite3.connect(tmp_path / "home" / "airflow.db") as db:
+            states = dict(
+                db.execute(
+                    "select task_id, state from task_instance where dag_id = ?", (dag,)
+                ).fetchall()
+            )
+            (run_state,) = db.execute(
+                "select state from dag_run where dag_id = ?", (dag,)
+            ).fetchone()
+        assert run_state == "success", states
+        assert states["ingest"] == "skipped"
+        assert "failed" not in states.values() and "upstream_failed" not in states.values()
+        assert states["release_warehouse"] == "success"  # the lease is given back
+    assert not (tmp_path / "data" / "airflow" / "warehouse.lease").exists()

@@ -37,3 +37,28 @@ def test_unknown_scale_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["generate", "--scale", "huge", "--out", "x"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", [["build"], ["train", "--search-budget", "1"], ["evaluate"], ["publish"]]
+)
+def test_an_empty_lake_is_a_clear_error(
+    command: list[str], settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing ingested yet: one line saying so and what to do, not DuckDB's 'No files found'."""
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no events in ") and "recsys ingest --raw-dir" in err
+    assert "No files found" not in err and "Traceback" not in err
+
+
+def test_a_step_before_its_inputs_names_the_step_to_run(
+    tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = tmp_path / "raw"
+    assert main(["generate", "--scale", "tiny", "--seed", "5", "--out", str(raw)]) == 0
+    assert main(["ingest", "--raw-dir", str(raw)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist yet: run `recsys train` first" in err and "Traceback" not in err
