@@ -50,6 +50,7 @@ import hashlib
 import json
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from recsys.lake import Lake, connect_duckdb
+from recsys.lake import Lake, LakeError, connect_duckdb
 
 BLOCK = 65_536  # lines per UTF-8 check on the slow path
 MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01: anything later is not a real event
@@ -649,6 +650,7 @@ def _ingest_table(
     out_dir: Path,
     say: Callable[[str], None],
     max_timestamp_ms: int,
+    ingest_id: str | None = None,
 ) -> TableReport:
     report = TableReport(table=spec.name, files=[p.name for p in paths])
     accepted_parts, rejected_parts = [], []
@@ -701,6 +703,10 @@ def _ingest_table(
         if rejected_parts
         else REJECTED_SCHEMA.empty_table()
     )
+    if ingest_id is not None:  # the files name the ingest that wrote them (see `_data_is`)
+        tag = {INGEST_ID_KEY: ingest_id.encode()}
+        accepted = accepted.replace_schema_metadata(tag)
+        rejected = rejected.replace_schema_metadata(tag)
     pq.write_table(
         accepted,
         out_dir / f"{spec.name}.parquet",
@@ -724,6 +730,25 @@ def default_max_timestamp_ms() -> int:
     return int(time.time() * 1000) + CLOCK_SKEW_MS
 
 
+INGEST_ID_KEY = b"recsys.ingest_id"  # Parquet key-value metadata of a table's raw files
+
+
+def _data_is(lake: Lake, spec: TableSpec, ingest_id: object) -> bool:
+    """Whether the table's raw files (accepted and rejected) were both written by `ingest_id`:
+    read from their Parquet footers only, so cheap on S3 too."""
+    if not isinstance(ingest_id, str):
+        return False  # a marker from before ingest ids: check by ingesting again, once
+    for rel in (f"raw/{spec.name}/{spec.name}.parquet", f"raw/rejected/{spec.name}.parquet"):
+        try:
+            with lake.open(rel) as fh:
+                metadata = pq.read_schema(fh).metadata or {}
+        except (FileNotFoundError, OSError, LakeError, pa.ArrowInvalid):
+            return False
+        if metadata.get(INGEST_ID_KEY) != ingest_id.encode():
+            return False
+    return True
+
+
 def ingest(
     raw_dir: Path,
     lake: Lake,
@@ -744,16 +769,21 @@ def ingest(
     reports: list[TableReport] = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         out_dir = Path(tmp)
-        con = connect_duckdb()
-        con.execute(f"set temp_directory = '{out_dir / 'spill'}'")
-        staged: list[tuple[TableSpec, TableReport, str]] = []
+        con = connect_duckdb(config={"temp_directory": str(out_dir / "spill")})
+        staged: list[tuple[TableSpec, TableReport, str, str]] = []
         for spec in SPECS:
             paths = found[spec.name]
             digest = _sha256(paths) if paths else "none"
             marker = f"raw/_ingest/{spec.name}.json"
             if lake.exists(marker):
                 previous = json.loads(lake.read_text(marker))
-                if previous.get("sha256") == digest:
+                same_input = previous.get("sha256") == digest
+                if same_input and not _data_is(lake, spec, previous.get("ingest_id")):
+                    say(
+                        f"{spec.name}: raw/ does not hold what its marker describes (an ingest "
+                        "stopped half-way?): ingesting it again"
+                    )
+                elif same_input:
                     report = TableReport(table=spec.name, files=[p.name for p in paths])
                     for key in ("raw_rows", "accepted", "rejected", "reasons"):
                         setattr(report, key, previous["report"][key])
@@ -763,21 +793,27 @@ def ingest(
                     continue
             t0 = time.perf_counter()
             say(f"{spec.name}: {', '.join(report_name.name for report_name in paths) or 'none'}")
-            report = _ingest_table(con, spec, paths, out_dir, say, max_timestamp_ms)
+            ingest_id = f"{digest[:16]}-{uuid.uuid4().hex[:12]}"
+            report = _ingest_table(con, spec, paths, out_dir, say, max_timestamp_ms, ingest_id)
             say(
                 f"  {report.raw_rows:,} rows = {report.accepted:,} accepted + "
                 f"{report.rejected:,} rejected ({time.perf_counter() - t0:.1f}s)"
             )
             reports.append(report)
-            staged.append((spec, report, digest))
+            staged.append((spec, report, digest, ingest_id))
         con.close()
-        # everything is validated and staged locally: now replace the lake's files
-        for spec, report, digest in staged:
+        # everything is validated and staged locally: now replace the lake's files, the marker
+        # last. A stop in between leaves files that name another ingest than the marker does,
+        # which the next ingest sees (`_data_is`) and repairs
+        for spec, report, digest, ingest_id in staged:
             lake.put(out_dir / f"{spec.name}.parquet", f"raw/{spec.name}/{spec.name}.parquet")
             lake.put(out_dir / f"rejected_{spec.name}.parquet", f"raw/rejected/{spec.name}.parquet")
             lake.write_text(
                 f"raw/_ingest/{spec.name}.json",
-                json.dumps({"sha256": digest, "report": report.to_dict()}, indent=2),
+                json.dumps(
+                    {"sha256": digest, "ingest_id": ingest_id, "report": report.to_dict()},
+                    indent=2,
+                ),
             )
         landed = ingest_landing(lake, out_dir / "landing", say, max_timestamp_ms)
         if landed is not None:

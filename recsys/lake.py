@@ -114,6 +114,16 @@ class Lake:
         except Exception as exc:
             raise _explain(exc, self.url(rel)) from exc
 
+    def open(self, rel: str) -> Any:
+        """`rel` opened for binary reading (a file object; seekable, so a Parquet footer can be
+        read without the rest); FileNotFoundError when it is not there."""
+        try:
+            return self.fs.open(self._path(rel), "rb")
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise _explain(exc, self.url(rel)) from exc
+
     def write_text(self, rel: str, text: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "file"

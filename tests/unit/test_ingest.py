@@ -578,3 +578,32 @@ def test_lake_move_renames_and_landing_globs_stay_in_their_folder(lake: Lake) ->
         lake.move(f"{LANDING_DIR}/a.csv", f"{CLAIMED_DIR}/a.csv")
     with pytest.raises(FileNotFoundError):
         lake.read_bytes(f"{LANDING_DIR}/a.csv")
+
+
+def test_an_ingest_stopped_before_its_markers_is_repaired_not_trusted(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest A; ingest B, stopped after its Parquet files were put but before the markers;
+    ingest A again: it once said 'unchanged' and kept B's rows under A's marker."""
+    a = write_events(tmp_path / "a", GOOD)
+    b = write_events(tmp_path / "b", GOOD[:1])
+    ingest(a, lake)
+    real_write_text = Lake.write_text
+
+    def killed_at_the_marker(self: Lake, rel: str, text: str) -> None:
+        if rel.startswith("raw/_ingest/"):
+            raise KeyboardInterrupt("killed")  # what kill -9 leaves: the files, no marker
+        real_write_text(self, rel, text)
+
+    monkeypatch.setattr(Lake, "write_text", killed_at_the_marker)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(b, lake)
+    monkeypatch.setattr(Lake, "write_text", real_write_text)
+    assert len(read(lake, "raw/events/events.parquet")) == 1  # B's data under A's marker
+    messages: list[str] = []
+    reports = {r.table: r for r in ingest(a, lake, progress=messages.append)}
+    assert not reports["events"].unchanged
+    assert any("does not hold what its marker describes" in m for m in messages)
+    assert len(read(lake, "raw/events/events.parquet")) == len(GOOD)
+    # and once repaired, the same input is unchanged again
+    assert all(r.unchanged for r in ingest(a, lake))
