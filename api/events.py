@@ -27,7 +27,10 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,3 +143,29 @@ def land(lake: Lake, batch_id: str, text: str) -> str:
     finally:
         os.close(folder)
     return rel
+
+
+class RecentBatches:
+    """Digests of the batches each caller sent without a key in the last `seconds`, so that a
+    repeat (most likely a retry that will land twice) can be flagged and counted. Bounded:
+    the oldest are forgotten first; per worker process."""
+
+    def __init__(self, seconds: float = 600.0, max_entries: int = 100_000) -> None:
+        self.seconds = seconds
+        self.max_entries = max_entries
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def seen(self, caller: str, text: str, now: float | None = None) -> bool:
+        """Record the batch; True if the same caller sent the same body within the window."""
+        now = time.monotonic() if now is None else now
+        digest = hashlib.sha256(f"{caller}\0{text}".encode()).digest()
+        with self._lock:
+            while self._seen and (
+                len(self._seen) >= self.max_entries
+                or next(iter(self._seen.values())) < now - self.seconds
+            ):
+                self._seen.popitem(last=False)
+            previous = self._seen.pop(digest, None)
+            self._seen[digest] = now
+        return previous is not None and previous >= now - self.seconds

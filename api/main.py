@@ -51,6 +51,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api.events import RecentBatches
 from api.memory import tune_allocator
 from api.metrics import Metrics
 from api.ratelimit import RateLimiter
@@ -424,6 +425,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_docs(app)
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.recent_batches = RecentBatches()
     # with keys, the scheme is documented in OpenAPI; the check itself is ServiceMiddleware's
     v1_dependencies = (
         [Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))] if settings.api_keys else []

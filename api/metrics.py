@@ -121,6 +121,12 @@ class Metrics:
             "Events durably written to the landing area.",
             registry=r,
         )
+        self.events_repeated = Counter(
+            "recsys_events_unkeyed_repeats",
+            "Batches sent without Idempotency-Key whose body this worker accepted before from "
+            "the same caller within RECENT_SECONDS: likely retries, landed twice.",
+            registry=r,
+        )
         ProcessCollector(registry=r)  # resident memory, CPU, open files of this process
         # children by label values, made once (`labels()` takes a lock on every call); every
         # series exists from the start, at 0, so that rates and alerts see them

@@ -125,6 +125,18 @@ class EventsAccepted(BaseModel):
     batch_id: str = Field(description="the landing file's name, without `.csv`")
     snapshot_version: str | None
     model_version: str | None
+    retry_safe: bool = Field(
+        description="whether sending this request again lands its events once (it had an "
+        "Idempotency-Key); without one, a retry lands them twice"
+    )
+    possible_duplicate: bool = Field(
+        default=False,
+        description="the same body came from the same caller without a key a moment ago: "
+        "probably a retry, and its events are now in the landing area twice",
+    )
+    note: str | None = Field(
+        default=None, description="what to do differently, when there is something"
+    )
 
 
 class Health(BaseModel):

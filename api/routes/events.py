@@ -55,7 +55,11 @@ def post_events(
     Events do not need a snapshot: they are accepted before the first one is published.
 
     Send an `Idempotency-Key` to retry safely: every request with the same key has the same
-    `batch_id`, and its events reach the warehouse once.
+    `batch_id`, and its events reach the warehouse once. **Without a key, a retry lands its
+    events twice** (a request that timed out may well have been stored): the answer says so
+    (`retry_safe: false`), flags a body the same caller sent a moment ago
+    (`possible_duplicate`), and the service counts such repeats
+    (`recsys_events_unkeyed_repeats_total`).
     """
     # a plain `def`: the write and the fsync block
     rows = batch if isinstance(batch, list) else [batch]
@@ -71,9 +75,13 @@ def post_events(
             events.land_once(lake, batch_id, text)
         except events.IdempotencyConflict as exc:
             raise HTTPException(409, detail=str(exc)) from None
+        repeated = False
     else:
         batch_id = events.new_batch_id()
         events.land(lake, batch_id, text)
+        repeated = request.app.state.recent_batches.seen(caller_of(request), text)
+        if repeated:
+            metrics.events_repeated.inc()
     metrics.events_accepted.inc(len(rows))
     snapshot = store.current if store is not None else None
     return EventsAccepted(
@@ -81,7 +89,16 @@ def post_events(
         batch_id=batch_id,
         snapshot_version=snapshot.version if snapshot else None,
         model_version=snapshot.model_version if snapshot else None,
+        retry_safe=bool(idempotency_key),
+        possible_duplicate=repeated,
+        note=None if idempotency_key else NO_KEY_NOTE,
     )
+
+
+NO_KEY_NOTE = (
+    "sent without an Idempotency-Key: if you send this request again (say, after a timeout), "
+    "its events land twice; send a key to retry safely"
+)
 
 
 def _refuse_future(rows: list[Event], is_batch: bool, settings: Settings) -> None:

@@ -186,3 +186,32 @@ def test_events_from_the_future_are_refused(client_for: Callable[..., TestClient
         response = client.post(URL, json={**VIEW, "timestamp": late})
         assert response.json()["detail"][0]["loc"] == ["body", "event", "timestamp"]
     assert len(landing_files(client)) == 1
+
+
+def test_a_202_says_whether_a_retry_is_safe_and_flags_a_likely_one(
+    client_for: Callable[..., TestClient],
+) -> None:
+    client = client_for(None)
+    keyed = client.post(URL, json=[VIEW], headers={"Idempotency-Key": "k-1"}).json()
+    assert keyed["retry_safe"] is True and keyed["note"] is None
+    first = client.post(URL, json=[VIEW, SALE]).json()
+    assert first["retry_safe"] is False and "Idempotency-Key" in first["note"]
+    assert first["possible_duplicate"] is False
+    again = client.post(URL, json=[VIEW, SALE]).json()  # a client retrying without a key
+    assert again["possible_duplicate"] is True
+    assert metric(client, "recsys_events_unkeyed_repeats_total") == 1
+    assert client.post(URL, json=[SALE]).json()["possible_duplicate"] is False
+    described = client.get("/openapi.json").json()["paths"]["/v1/events"]["post"]["description"]
+    assert "Without a key, a retry lands its" in described
+
+
+def test_recent_batches_forget_after_their_window() -> None:
+    from api.events import RecentBatches
+
+    recent = RecentBatches(seconds=10, max_entries=3)
+    assert not recent.seen("a", "x", now=0) and recent.seen("a", "x", now=5)
+    assert not recent.seen("b", "x", now=6)  # another caller
+    assert not recent.seen("a", "x", now=20)  # outside the window
+    for n in range(5):
+        recent.seen("a", str(n), now=21)
+    assert len(recent._seen) <= 3
