@@ -13,10 +13,14 @@ writes it. Two rules keep `warehouse.duckdb` safe:
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
+import socket
 import tempfile
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,39 +102,95 @@ def current_owner() -> str:
     return lease_owner(context["dag"].dag_id, context["run_id"])
 
 
-def claim_warehouse(owner: str, path: Path = LEASE_PATH) -> bool:
+def claim_warehouse(
+    owner: str,
+    path: Path = LEASE_PATH,
+    holder_running: Callable[[str], bool] | None = None,
+) -> bool:
     """Take the warehouse for `owner` (a DAG run); False while another run holds it.
 
-    The lease is a file created exclusively (`O_EXCL`), so two claims never both succeed. A run
-    that already holds it (a cleared, re-run task) claims it again.
+    The lease is a file created exclusively (`O_EXCL`), so two claims never both succeed; it
+    names its holder and since when. A run that already holds it (a cleared, re-run task)
+    claims it again. A lease whose holder is no longer running (`holder_running`, which asks
+    Airflow for the holder's run state; a run that died with Airflow, or was deleted) is taken
+    over: under a lock beside the lease, so that of two runs waiting for it only one takes it,
+    and only after reading again that it is still that holder's.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-        holder = lease_holder(path)
+        lease = read_lease(path)
+        holder = lease.get("owner") if lease else None
         if holder == owner:
             return True
+        if holder is not None and holder_running is not None and not holder_running(holder):
+            return _take_over(owner, holder, path)
+        since = lease.get("since", "?") if lease else "?"
         say(
-            f"the warehouse is held by {holder} ({path}); waiting. If that run is no longer "
-            "running, delete the file."
+            f"the warehouse is held by {holder} since {since} ({path}); waiting until that run "
+            "ends (a lease whose run is no longer running is taken over)"
         )
         return False
     with os.fdopen(fd, "w") as fh:
-        fh.write(owner + "\n")
+        fh.write(_lease_text(owner))
     say(f"warehouse claimed by {owner}")
     return True
 
 
-def lease_holder(path: Path = LEASE_PATH) -> str | None:
+def _lease_text(owner: str) -> str:
+    since = datetime.now(UTC).isoformat(timespec="seconds")
+    return json.dumps({"owner": owner, "since": since, "host": socket.gethostname()}) + "\n"
+
+
+def _take_over(owner: str, stale: str, path: Path) -> bool:
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # one taker at a time; released on close
+        lease = read_lease(path)
+        if lease is not None and lease.get("owner") != stale:
+            return lease.get("owner") == owner  # someone else took it meanwhile
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(_lease_text(owner))
+        os.replace(partial, path)
+    say(f"warehouse taken over by {owner} from {stale}, whose run is no longer running")
+    return True
+
+
+def read_lease(path: Path = LEASE_PATH) -> dict[str, str] | None:
+    """The lease's holder and since when; None when nobody holds it. (A lease written before
+    the holder's time was recorded is the holder's name alone.)"""
     try:
-        return path.read_text().strip() or None
+        text = path.read_text().strip()
     except FileNotFoundError:
         return None
+    if not text:
+        return None
+    try:
+        lease = json.loads(text)
+    except ValueError:
+        return {"owner": text}
+    return {str(k): str(v) for k, v in lease.items()} if isinstance(lease, dict) else None
+
+
+def lease_holder(path: Path = LEASE_PATH) -> str | None:
+    lease = read_lease(path)
+    return lease.get("owner") if lease else None
+
+
+def run_is_running(holder: str) -> bool:
+    """Whether the DAG run a lease names is queued or running, as Airflow's metadata says
+    (asked through the task SDK, from inside a task)."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    dag_id, _, run_id = holder.partition("/")
+    count = RuntimeTaskInstance.get_dr_count(
+        dag_id=dag_id, run_ids=[run_id], states=["queued", "running"]
+    )
+    return count > 0
 
 
 def claim_for_this_run() -> bool:
-    return claim_warehouse(current_owner())
+    return claim_warehouse(current_owner(), holder_running=run_is_running)
 
 
 def release_for_this_run() -> None:

@@ -114,6 +114,7 @@ def _probe(out: str) -> None:
     result["gate"] = _probe_gate()
     result["landing"] = _probe_landing()
     result["lease"] = _probe_lease(Path(out).parent / "lease")
+    result["stale_lease"] = _probe_stale_lease(Path(out).parent / "stale")
     result["manifest"] = _probe_manifest(Path(out).parent / "project")
     Path(out).write_text(json.dumps(result, default=str))
 
@@ -166,6 +167,47 @@ def _probe_lease(path: Path) -> list[bool | str | None]:
         claim_warehouse("b/run1", path),
         lease_holder(path),
     ]
+
+
+def _probe_stale_lease(folder: Path) -> dict[str, Any]:
+    """Takeover of a lease whose holder's run is no longer running, and never otherwise."""
+    import threading
+
+    from recsys_airflow.common import claim_warehouse, lease_holder, read_lease
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "warehouse.lease"
+    running = {"a/run1"}
+
+    def is_running(holder: str) -> bool:
+        return holder in running
+
+    result: dict[str, Any] = {
+        "a_claims": claim_warehouse("a/run1", path, is_running),
+        "b_waits_while_a_runs": claim_warehouse("b/run1", path, is_running),
+        "holder_while_a_runs": lease_holder(path),
+    }
+    # a's run died with Airflow (its teardown never released the lease); four others wait
+    running.clear()
+    running.update(f"c/run{i}" for i in range(4))
+    wins: list[bool] = []
+    barrier = threading.Barrier(4)
+
+    def contender(name: str) -> None:
+        barrier.wait()
+        wins.append(claim_warehouse(name, path, is_running))
+
+    threads = [threading.Thread(target=contender, args=(f"c/run{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result["takeovers"] = sum(wins)
+    result["new_holder"] = lease_holder(path)
+    result["lease"] = read_lease(path)
+    path.write_text("old/run-from-before\n")  # a lease in the older, name-only form
+    result["old_form"] = lease_holder(path)
+    return result
 
 
 def _probe_manifest(project: Path) -> dict[str, Any]:
@@ -347,6 +389,15 @@ def test_every_task_runs_inside_the_warehouse_lease(probe: dict[str, Any]) -> No
 
 def test_lease_admits_one_run_at_a_time(probe: dict[str, Any]) -> None:
     assert probe["lease"] == [True, False, True, False, "a/run1", True, True, "b/run1"]
+
+
+def test_a_lease_whose_run_died_is_taken_over_once(probe: dict[str, Any]) -> None:
+    stale = probe["stale_lease"]
+    assert stale["a_claims"] is True
+    assert stale["b_waits_while_a_runs"] is False and stale["holder_while_a_runs"] == "a/run1"
+    assert stale["takeovers"] == 1  # four runs waiting: exactly one takes it
+    assert stale["new_holder"].startswith("c/run") and stale["lease"]["since"]
+    assert stale["old_form"] == "old/run-from-before"
 
 
 def test_lineage_from_raw_events_to_the_snapshot(probe: dict[str, Any], manifest: Path) -> None:
