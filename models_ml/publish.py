@@ -22,7 +22,7 @@ from typing import Any
 
 import duckdb
 
-from recsys.lake import Lake, connect_duckdb
+from recsys.lake import TEMP_PREFIX, Lake, connect_duckdb
 
 KEEP = 5
 GATE_METRIC = "ndcg@10"
@@ -214,7 +214,7 @@ def publish(
     base = f"snapshots/{version}"
     lake.put(snapshot_path, f"{base}/snapshot.duckdb")
     # read it back: what the lake holds must be what we built
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
         copy = Path(tmp) / "snapshot.duckdb"
         lake.get(f"{base}/snapshot.duckdb", copy)
         if sha256_file(copy) != digest:

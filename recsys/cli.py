@@ -77,6 +77,27 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def run_gc(settings: Settings, grace_seconds: float) -> int:
+    from recsys.gc import collect
+    from recsys.lake import Lake
+
+    done = collect(Lake.from_settings(settings), grace_seconds=grace_seconds)
+    for kind, items in (
+        ("snapshot folders without a manifest", done.snapshot_folders),
+        ("temporary files", done.temporary_files),
+        ("scratch folders", done.scratch_folders),
+    ):
+        if items:
+            _say(f"  removed {len(items)} {kind}: {', '.join(items[:5])}")
+    return done.count
+
+
+def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
+    count = _timed("gc", lambda: run_gc(settings, args.grace_seconds))
+    _say(f"removed {count} leftovers of stopped runs (older than {args.grace_seconds:g} s)")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     from recsys.warehouse import build, summary
 
@@ -124,6 +145,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 "generate",
                 lambda: generate(args.scale, args.seed, raw_dir, progress=lambda m: _say(f"  {m}")),
             )
+    if run_gc(settings, 3600.0):  # the next run cleans up after a killed one
+        _say("  (leftovers of stopped runs older than an hour, removed: see `recsys gc`)")
     run_ingest(raw_dir, settings)
     if args.skip_ml:
         _timed("build", lambda: build(settings, cutoff_at=args.cutoff_at, echo=False))
@@ -255,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="publish even if the gate refuses")
     p.add_argument("--skip-ml", action="store_true", help="stop after the warehouse build")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("gc", help="remove what killed runs left in the lake and temp folder")
+    p.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=3600.0,
+        help="only what is older (a running job may still be writing newer things)",
+    )
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("serve", help="start the API on the lake's latest snapshot")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")

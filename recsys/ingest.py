@@ -62,7 +62,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from recsys.lake import Lake, LakeError, connect_duckdb
+from recsys.lake import TEMP_PREFIX, Lake, LakeError, connect_duckdb
 
 BLOCK = 65_536  # lines per UTF-8 check on the slow path
 MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01: anything later is not a real event
@@ -767,7 +767,7 @@ def ingest(
     found = _check_inputs(raw_dir)
     lake.check_access()
     reports: list[TableReport] = []
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=work_dir) as tmp:
         out_dir = Path(tmp)
         con = connect_duckdb(config={"temp_directory": str(out_dir / "spill")})
         staged: list[tuple[TableSpec, TableReport, str, str]] = []

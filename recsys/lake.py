@@ -17,6 +17,10 @@ import fsspec
 
 from recsys.settings import Settings
 
+# the prefix of every scratch folder the project makes under the system's temporary directory,
+# so that `recsys gc` can tell the ones a killed run left behind from anyone else's
+TEMP_PREFIX = "recsys-"
+
 
 class LakeError(RuntimeError):
     """The lake cannot be read or written (bad credentials, no bucket, no permission)."""
@@ -125,7 +129,7 @@ class Lake:
             raise _explain(exc, self.url(rel)) from exc
 
     def write_text(self, rel: str, text: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
             local = Path(tmp) / "file"
             local.write_text(text, encoding="utf-8")
             self.put(local, rel)

@@ -65,13 +65,13 @@ def ingest_lake(raw_dir: str | None, settings: Settings = SETTINGS) -> dict[str,
     ingested with it); without one, the landed events alone. Rows per table, for the XCom."""
     from recsys.cli import run_ingest
     from recsys.ingest import ingest_landing
-    from recsys.lake import Lake
+    from recsys.lake import TEMP_PREFIX, Lake
 
     if raw_dir:
         reports = run_ingest(Path(raw_dir), settings)
     else:
         say("no raw_dir: ingesting the events the API landed, if any")
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
             landed = ingest_landing(
                 Lake.from_settings(settings), Path(tmp), say, settings.max_event_timestamp_ms()
             )
