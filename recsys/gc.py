@@ -6,7 +6,7 @@ A run killed at the wrong moment (`kill -9`, a lost node) leaves:
   retention (`models_ml.publish.prune`) counts manifests, so it never saw them;
 - hidden temporary files of the lake's atomic writes (`.<name>.<random>` beside their target,
   `.<name>.<hex>.tmp` of the API's landing) in `raw/`, `snapshots/`, `landing/events/` and
-  `features/`;
+  `features/`, and the `tmp_<mart>.parquet` of a feature export killed before its rename;
 - scratch folders named `recsys-*` under the system's temporary directory (ingest's staging, a
   publish's read-back copy).
 
@@ -31,6 +31,7 @@ GRACE_SECONDS = 3600.0
 # what the project's atomic writes name their temporary files (recsys.lake.Lake.put,
 # api.events.land, the API's snapshot cache)
 TEMP_FILE = re.compile(r"^\.(.+\.[A-Za-z0-9_]{6,}|.+\.tmp|.+\.part)$")
+EXPORT_TEMP_FILE = re.compile(r"^tmp_.+\.parquet$")  # DuckDB's COPY ... (use_tmp_file true)
 VERSION_TIME = re.compile(r"^([0-9]{8}T[0-9]{6})")
 LAKE_FOLDERS = ("raw", "snapshots", "landing/events", "features")
 
@@ -62,8 +63,11 @@ def collect(
     if not lake.is_s3:
         root = Path(lake.root)
         for folder in LAKE_FOLDERS:
-            for path in sorted((root / folder).rglob(".*")) if (root / folder).is_dir() else []:
-                if path.is_file() and TEMP_FILE.match(path.name) and _older(path, cutoff):
+            for path in sorted((root / folder).rglob("*")) if (root / folder).is_dir() else []:
+                temporary = TEMP_FILE.match(path.name) or (
+                    folder == "features" and EXPORT_TEMP_FILE.match(path.name)
+                )
+                if temporary and path.is_file() and _older(path, cutoff):
                     path.unlink(missing_ok=True)
                     done.temporary_files.append(str(path.relative_to(root)))
     scratch = Path(temp_dir or tempfile.gettempdir())

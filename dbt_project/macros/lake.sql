@@ -47,8 +47,11 @@
     {{- return(adapter.dispatch('export_relation_to_parquet', 'recsys')(relation, location)) -}}
 {%- endmacro %}
 
+{#- use_tmp_file: DuckDB writes tmp_<mart>.parquet and renames it when complete, so a build
+    killed mid-export leaves the previous file (or none) under the mart's name, never a
+    truncated one; `recsys gc` removes a tmp_ file a killed build left. -#}
 {% macro duckdb__export_relation_to_parquet(relation, location) -%}
-    copy (select * from {{ relation }}) to '{{ location }}' (format parquet, compression snappy)
+    copy (select * from {{ relation }}) to '{{ location }}' (format parquet, compression snappy, use_tmp_file true)
 {%- endmacro %}
 
 

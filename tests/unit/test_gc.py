@@ -39,6 +39,8 @@ def test_leftovers_of_killed_runs_go_and_fresh_ones_stay(tmp_path: Path) -> None
         root / "raw" / "events" / ".events.parquet.k2j3h4_a": HOUR * 2,
         root / "landing" / "events" / ".key-abc.csv.1a2b3c4d.tmp": HOUR * 2,
         root / "snapshots" / ".LATEST.x8y7z6w5": 10.0,  # a write in progress: stays
+        root / "features" / "fv1_x" / "tmp_interactions.parquet": HOUR * 2,  # a killed export
+        root / "features" / "fv1_x" / "sessions.parquet": HOUR * 2,  # an export: stays
     }
     for path, seconds in litter.items():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +56,7 @@ def test_leftovers_of_killed_runs_go_and_fresh_ones_stay(tmp_path: Path) -> None
     done = collect(lake, grace_seconds=HOUR, temp_dir=scratch)
     assert done.snapshot_folders == ["snapshots/20200101T000000Z-deadbeef"]
     assert sorted(done.temporary_files) == [
+        "features/fv1_x/tmp_interactions.parquet",
         "landing/events/.key-abc.csv.1a2b3c4d.tmp",
         "raw/events/.events.parquet.k2j3h4_a",
     ]
@@ -61,6 +64,7 @@ def test_leftovers_of_killed_runs_go_and_fresh_ones_stay(tmp_path: Path) -> None
     assert not old.exists() and (root / "snapshots" / new_version).exists()
     assert (root / "snapshots" / ".LATEST.x8y7z6w5").exists()
     assert (root / "snapshots" / "notes" / "x").exists()
+    assert (root / "features" / "fv1_x" / "sessions.parquet").exists()
     assert (scratch / f"{TEMP_PREFIX}now").exists() and (scratch / "someone-elses").exists()
     # the published snapshot and LATEST are untouched
     assert (root / "snapshots" / published.version / "manifest.json").exists()
