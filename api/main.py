@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import hashlib
 import hmac
@@ -32,8 +33,6 @@ import importlib.resources
 import ipaddress
 import json
 import logging
-import math
-import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -51,10 +50,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api.deps import DIGITS
 from api.events import RecentBatches
 from api.memory import tune_allocator
 from api.metrics import Metrics
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, retry_after
 from api.routes import events, health, items, recommendations
 from api.store import SnapshotStore
 from recsys.lake import Lake
@@ -137,11 +137,11 @@ class ServiceMiddleware:
                 limiter = self.rate_limiter
                 wait = limiter.acquire(caller) if limiter is not None else None
                 if wait is not None:
-                    retry = max(1, math.ceil(wait))
+                    retry = retry_after(wait)
                     early = (
                         429,
                         f"too many requests for this API key; retry in {retry} s",
-                        [(b"retry-after", str(retry).encode())],
+                        [(b"retry-after", retry.encode())],
                     )
         elif guarded and not self.allow_no_auth and not _is_local(scope):
             early = (403, NO_AUTH_REFUSAL, [])
@@ -234,7 +234,6 @@ NO_AUTH_REFUSAL = (
 # open without a key, from anywhere: probes, Prometheus, the API's own documentation
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"})
 OPEN_PREFIXES = ("/docs/assets/",)
-DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def _route_path(scope: Scope) -> str:
@@ -263,7 +262,13 @@ def _is_local(scope: Scope) -> bool:
     """Whether the request came in on a loopback address (or not over IP at all: a Unix
     socket, an in-process test client)."""
     server = scope.get("server")
-    host = str(server[0]) if server else ""
+    return _is_local_host(str(server[0]) if server else "")
+
+
+@functools.lru_cache(maxsize=256)
+def _is_local_host(host: str) -> bool:
+    """`_is_local` for the address a request came in on: a server listens on a few, so each
+    is parsed once, not on every request."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -123,8 +123,9 @@ class Metrics:
         )
         self.events_repeated = Counter(
             "recsys_events_unkeyed_repeats",
-            "Batches sent without Idempotency-Key whose body this worker accepted before from "
-            "the same caller within RECENT_SECONDS: likely retries, landed twice.",
+            "Batches sent without Idempotency-Key whose body this worker accepted from the "
+            "same caller in the ten minutes before (api.events.RecentBatches): likely retries, "
+            "landed twice.",
             registry=r,
         )
         ProcessCollector(registry=r)  # resident memory, CPU, open files of this process

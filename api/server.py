@@ -163,6 +163,15 @@ class _Deadlines:
         self._discarding = False  # refused: what the client still sends is dropped
         self._linger_left = 0
 
+    # both protocols: the head's clock starts with the connection, and stops with it
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm(_HEAD, self.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
     # the cycle of uvicorn's protocol (each protocol has its own RequestResponseCycle class)
     def _current_cycle(self) -> Any:
         return getattr(self, "cycle", None)
@@ -272,14 +281,6 @@ if HAVE_HTTPTOOLS:
             self._head_has_bytes = False  # bytes toward the awaited head have arrived
             self._body_open = False  # headers complete, body not yet
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm(_HEAD, self.limits.header_timeout)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
         def data_received(self, data: bytes) -> None:
             if self._discarding:
                 self._discard(data)
@@ -370,14 +371,6 @@ class LimitedH11Protocol(_Deadlines, H11Protocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._setup_deadlines(limits)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm(_HEAD, self.limits.header_timeout)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:

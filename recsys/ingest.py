@@ -63,6 +63,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from recsys.lake import TEMP_PREFIX, Lake, LakeError, connect_duckdb
+from recsys.settings import Settings
 
 BLOCK = 65_536  # lines per UTF-8 check on the slow path
 MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01: anything later is not a real event
@@ -71,7 +72,9 @@ LANDING_DIR = "landing/events"
 INGESTED_DIR = f"{LANDING_DIR}/_ingested"
 CLAIMED_DIR = f"{LANDING_DIR}/_claimed"
 LANDED_PREFIX = "landed-"
-CLOCK_SKEW_MS = 300_000  # default allowance for a client clock ahead of ours: 5 minutes
+# default allowance for a client clock ahead of ours, when the caller gives no limit: the
+# setting's default (RECSYS_MAX_CLOCK_SKEW_SECONDS), which the CLI and the DAGs pass
+CLOCK_SKEW_MS = int(Settings.model_fields["recsys_max_clock_skew_seconds"].default) * 1000
 
 
 RAW_EVENTS = "raw/events/*.parquet"  # what every build reads first
