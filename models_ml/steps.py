@@ -25,7 +25,7 @@ from models_ml import candidates
 from recsys.ingest import NO_EVENTS_HINT, RAW_EVENTS, NoEvents, require_events
 from recsys.lake import Lake
 from recsys.settings import Settings
-from recsys.warehouse import build, dbt_command
+from recsys.warehouse import build, check_one_build, dbt_command
 
 Say = Callable[[str], None]
 
@@ -71,6 +71,7 @@ def connect(settings: Settings, read_only: bool = True) -> duckdb.DuckDBPyConnec
 def build_info(settings: Settings) -> dict[str, Any]:
     """The feature_builds row of the last build: version, cutoff and dbt invocation."""
     with connect(settings) as con:
+        check_one_build(con)  # IncompleteBuild when a build stopped part-way
         row = con.execute(
             "select feature_version, cutoff_at, invocation_id from feature_builds"
         ).fetchone()
@@ -247,6 +248,7 @@ _RANKING_SQL = """
 def ranking_frame(settings: Settings) -> pd.DataFrame:
     """ranking_features with the label of each pair (0 when no event in the label window)."""
     with connect(settings) as con:
+        check_one_build(con, layers=("marts", "ranking"))
         return con.execute(
             _RANKING_SQL + "order by ranking_features.visitor_id, ranking_features.als_rank"
         ).df()

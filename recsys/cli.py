@@ -319,9 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models_ml.pipeline import NotReady
     from models_ml.publish import GateRefused
     from models_ml.steps import NotEnoughData
-    from recsys.ingest import IngestError, NoEvents
+    from recsys.ingest import IncompleteIngest, IngestError, NoEvents
     from recsys.lake import LakeError
-    from recsys.warehouse import BuildError
+    from recsys.warehouse import BuildError, IncompleteBuild
 
     args = build_parser().parse_args(argv)
     try:
@@ -333,8 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, settings))
     except (
         IngestError,
+        IncompleteIngest,
         LakeError,
         BuildError,
+        IncompleteBuild,
         GateRefused,
         NotEnoughData,
         NoEvents,

@@ -50,7 +50,6 @@ import hashlib
 import json
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +161,7 @@ class TableReport:
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     unchanged: bool = False
+    ingest_id: str | None = None  # written into the raw files' footers and the marker
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -706,7 +706,11 @@ def _ingest_table(
         if rejected_parts
         else REJECTED_SCHEMA.empty_table()
     )
-    if ingest_id is not None:  # the files name the ingest that wrote them (see `_data_is`)
+    if ingest_id is not None:
+        # the files name the ingest that wrote them (see `_data_is`): the input's digest and
+        # what came of it, so the same input gives the same id, and so the same bytes, on every
+        # run (a re-run after a crash ends where an uninterrupted run would have)
+        ingest_id = report.ingest_id = f"{ingest_id}-{accepted.num_rows}-{rejected.num_rows}"
         tag = {INGEST_ID_KEY: ingest_id.encode()}
         accepted = accepted.replace_schema_metadata(tag)
         rejected = rejected.replace_schema_metadata(tag)
@@ -750,6 +754,33 @@ def _data_is(lake: Lake, spec: TableSpec, ingest_id: object) -> bool:
         if metadata.get(INGEST_ID_KEY) != ingest_id.encode():
             return False
     return True
+
+
+class IncompleteIngest(RuntimeError):
+    """raw/ does not hold what its markers describe: an ingest stopped between the two."""
+
+
+def check_raw(lake: Lake) -> None:
+    """IncompleteIngest when a raw table's files were written by another ingest than the one
+    its marker (`raw/_ingest/<table>.json`) records: an ingest was stopped after putting some
+    files and before its markers, and its data must not be built on. Tables without a marker
+    (raw Parquet put there by other means) are taken as they are. Reads footers only."""
+    stale = []
+    for spec in SPECS:
+        marker = f"raw/_ingest/{spec.name}.json"
+        if not lake.exists(marker):
+            continue
+        try:
+            ingest_id = json.loads(lake.read_text(marker)).get("ingest_id")
+        except (ValueError, AttributeError):
+            ingest_id = None
+        if not _data_is(lake, spec, ingest_id):
+            stale.append(spec.name)
+    if stale:
+        raise IncompleteIngest(
+            f"raw/ does not hold what raw/_ingest/ describes for {', '.join(stale)} (an ingest "
+            "was stopped half-way): run `recsys ingest` with the same input again to repair it"
+        )
 
 
 def ingest(
@@ -796,14 +827,13 @@ def ingest(
                     continue
             t0 = time.perf_counter()
             say(f"{spec.name}: {', '.join(report_name.name for report_name in paths) or 'none'}")
-            ingest_id = f"{digest[:16]}-{uuid.uuid4().hex[:12]}"
-            report = _ingest_table(con, spec, paths, out_dir, say, max_timestamp_ms, ingest_id)
+            report = _ingest_table(con, spec, paths, out_dir, say, max_timestamp_ms, digest[:16])
             say(
                 f"  {report.raw_rows:,} rows = {report.accepted:,} accepted + "
                 f"{report.rejected:,} rejected ({time.perf_counter() - t0:.1f}s)"
             )
             reports.append(report)
-            staged.append((spec, report, digest, ingest_id))
+            staged.append((spec, report, digest, str(report.ingest_id)))
         con.close()
         # everything is validated and staged locally: now replace the lake's files, the marker
         # last. A stop in between leaves files that name another ingest than the marker does,

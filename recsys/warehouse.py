@@ -20,6 +20,53 @@ class BuildError(RuntimeError):
     """dbt failed; the message carries the lines of its output that say why."""
 
 
+class IncompleteBuild(RuntimeError):
+    """The warehouse holds tables from more than one build: one was stopped part-way."""
+
+
+REBUILD_HINT = "run `recsys build` (or the features DAG) again to finish it"
+
+
+def check_one_build(con: Any, layers: tuple[str, ...] = ("marts",)) -> str:
+    """The feature version of the warehouse's last complete build; IncompleteBuild when a
+    model of `layers` was last built as of another version than feature_builds names.
+
+    Every mart and ranking model records its build in `model_builds` inside the transaction
+    that swaps its table in (dbt_project/macros/build_records.sql), so a build killed or
+    failed part-way leaves some marts recorded at the new version while feature_builds, built
+    last, still names the old one.
+    """
+    import duckdb
+
+    try:
+        row = con.execute("select feature_version from feature_builds").fetchone()
+        records = con.execute(
+            "select model, layer, feature_version from model_builds order by model"
+        ).fetchall()
+    except duckdb.CatalogException as exc:
+        raise IncompleteBuild(
+            f"the warehouse has no complete build ({str(exc).splitlines()[0]}): {REBUILD_HINT}"
+        ) from None
+    if row is None:
+        raise IncompleteBuild(f"feature_builds is empty: {REBUILD_HINT}")
+    version = str(row[0])
+    recorded = {model for model, _, _ in records}
+    others = sorted(
+        f"{model} ({found})"
+        for model, layer, found in records
+        if layer in layers and found != version
+    )
+    missing = sorted(set(SUMMARY_TABLES) - recorded) if "marts" in layers else []
+    if others or missing:
+        detail = ", ".join(others + [f"{m} (no record)" for m in missing])
+        raise IncompleteBuild(
+            f"the warehouse holds an incomplete build: feature_builds names {version}, but "
+            f"{detail} come from another build (one was stopped or failed part-way); "
+            f"{REBUILD_HINT}"
+        )
+    return version
+
+
 def dbt_executable() -> str:
     """The `dbt` of this environment (beside the running Python), else the one on PATH."""
     beside = Path(sys.executable).parent / "dbt"
@@ -170,11 +217,14 @@ def build(
     echo: bool = True,
 ) -> str:
     """`dbt build`: every model and test, as of `cutoff_at` (default: the latest event).
-    NoEvents (before dbt starts) when the lake has no raw events yet."""
-    from recsys.ingest import require_events
+    NoEvents (before dbt starts) when the lake has no raw events yet, IncompleteIngest when an
+    ingest stopped half-way."""
+    from recsys.ingest import check_raw, require_events
     from recsys.lake import Lake
 
-    require_events(Lake.from_settings(settings))
+    lake = Lake.from_settings(settings)
+    require_events(lake)
+    check_raw(lake)  # IncompleteIngest: never build on a half-written ingest
     args = ["build"]
     if select:
         args += ["--select", select]
@@ -197,6 +247,7 @@ def summary(settings: Settings) -> str:
     from recsys.lake import connect_duckdb
 
     with connect_duckdb(settings.warehouse_path, read_only=True) as con:
+        check_one_build(con)
         row = con.execute(
             "select feature_version, cutoff_at, invocation_id from feature_builds"
         ).fetchone()

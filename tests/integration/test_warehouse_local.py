@@ -180,3 +180,41 @@ def test_one_parse_serves_every_cutoff_until_the_project_changes(
     os.utime(macro)
     build(settings, cutoff_at=cutoffs[0], select="feature_builds")
     assert next(iter(warehouse._MANIFESTS.values()))[1] is not manifests[0]
+
+
+def test_a_build_stopped_part_way_is_refused_until_rebuilt(
+    tiny_raw: Path, settings: Settings
+) -> None:
+    """Marts from two builds side by side (what a build killed or failed part-way leaves) are
+    recognised: readers refuse them, dbt's test fails, and a whole build makes them one again."""
+    from models_ml.steps import build_info
+    from recsys.warehouse import BuildError, IncompleteBuild, summary
+
+    ingest(tiny_raw, Lake.from_settings(settings))
+    build(settings, cutoff_at="2015-08-15 00:00:00")
+    whole = build_info(settings)["feature_version"]
+    assert sorted(r[0] for r in query(settings, "select model from model_builds")) == sorted(
+        [*MARTS, "feature_builds", "ranking_features", "ranking_labels"]
+    )
+    # two marts rebuilt as of another cutoff, feature_builds not: what a stopped build leaves
+    # (dbt's own test of the one build runs with them and fails)
+    with pytest.raises(BuildError, match="assert_marts_from_one_build"):
+        build(settings, cutoff_at="2015-08-20 00:00:00", select="events sessions")
+    with pytest.raises(IncompleteBuild) as refused:
+        build_info(settings)
+    assert "events (fv1_20150820T000000)" in str(refused.value)
+    assert "sessions (fv1_20150820T000000)" in str(refused.value)
+    assert "recsys build" in str(refused.value)
+    with pytest.raises(IncompleteBuild):
+        summary(settings)
+    with pytest.raises(BuildError, match="assert_marts_from_one_build"):
+        dbt_command(
+            settings,
+            ["test", "--select", "assert_marts_from_one_build"],
+            cutoff_at="2015-08-15 00:00:00",
+            echo=False,
+        )
+    # a whole build (of either cutoff) is one build again
+    build(settings, cutoff_at="2015-08-15 00:00:00")
+    assert build_info(settings)["feature_version"] == whole
+    assert "incomplete" not in summary(settings)

@@ -11,7 +11,15 @@ import duckdb
 import pytest
 
 import recsys.ingest as ingest_module
-from recsys.ingest import CLAIMED_DIR, LANDING_DIR, IngestError, ingest, ingest_landing
+from recsys.ingest import (
+    CLAIMED_DIR,
+    LANDING_DIR,
+    IncompleteIngest,
+    IngestError,
+    check_raw,
+    ingest,
+    ingest_landing,
+)
 from recsys.lake import Lake
 
 HEADER = b"timestamp,visitorid,event,itemid,transactionid\n"
@@ -600,10 +608,27 @@ def test_an_ingest_stopped_before_its_markers_is_repaired_not_trusted(
         ingest(b, lake)
     monkeypatch.setattr(Lake, "write_text", real_write_text)
     assert len(read(lake, "raw/events/events.parquet")) == 1  # B's data under A's marker
+    with pytest.raises(IncompleteIngest, match=r"events .*recsys ingest"):
+        check_raw(lake)  # what `recsys build` does first: it never builds on B's rows
     messages: list[str] = []
     reports = {r.table: r for r in ingest(a, lake, progress=messages.append)}
     assert not reports["events"].unchanged
     assert any("does not hold what its marker describes" in m for m in messages)
     assert len(read(lake, "raw/events/events.parquet")) == len(GOOD)
     # and once repaired, the same input is unchanged again
+    check_raw(lake)
     assert all(r.unchanged for r in ingest(a, lake))
+
+
+def test_the_same_input_gives_the_same_raw_bytes(tmp_path: Path) -> None:
+    """A re-run after a crash must end where an uninterrupted run ends: the raw files (and the
+    ingest id in their footers) depend on the input only, not on the run."""
+    a = write_events(tmp_path / "a", GOOD)
+    images = []
+    for name in ("one", "two"):
+        lake = Lake(str(tmp_path / name))
+        ingest(a, lake)
+        root = Path(lake.root) / "raw"
+        images.append({p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()})
+    assert images[0] == images[1]
+    assert any(str(p).endswith("events.parquet") for p in images[0])
