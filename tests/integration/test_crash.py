@@ -1,0 +1,367 @@
+"""kill -9 at each write point of each writer: the lake and the warehouse hold the old state or
+the new one (or say they hold neither and refuse to be read), and a re-run ends where an
+uninterrupted run ends.
+
+Each writer runs as its own process (`python -m recsys.cli ...`, `recsys serve`) on a private
+copy of the tiny run's data, and is killed the moment a chosen file is created or renamed into
+place (inotify, `tests/fswatch.py`; never a sleep). Kills of one writer follow each other on the
+state the previous kill left, so litter accumulates as on a bad day; then one uninterrupted
+re-run is compared with a reference run that was never interrupted.
+
+After every kill:
+- every Parquet file in the lake that is not a temporary file reads (temporary files are named
+  so that nothing reads them, and `recsys gc` removes them);
+- `raw/` equals its markers, or `check_raw` says it does not (so `recsys build` refuses it)
+  until the next ingest repairs it;
+- the warehouse's marts are exactly the old build's or the new build's, or the warehouse says
+  it is incomplete (readers refuse it);
+- `LATEST` names a snapshot whose manifest and sha256 verify.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import duckdb
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from models_ml.publish import latest_manifest, latest_version, sha256_file, verify_snapshot
+from recsys.gc import EXPORT_TEMP_FILE, TEMP_FILE
+from recsys.generate import generate
+from recsys.ingest import IncompleteIngest, check_raw, ingest, ingest_landing
+from recsys.lake import Lake
+from recsys.warehouse import IncompleteBuild, check_one_build
+from tests.conftest import CLOUD_VARIABLES, TinyRun
+from tests.fswatch import Watch
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+SKIPPED_COLUMNS = {("feature_builds", "built_at"), ("feature_builds", "invocation_id")}
+
+
+# --- running and killing a writer -------------------------------------------------------------
+
+
+class Writer:
+    """`recsys <args>` as a process on one data dir, with its own temporary directory."""
+
+    def __init__(self, data_dir: Path, work: Path) -> None:
+        self.data_dir = data_dir
+        self.tmp = work / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.logs = work / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.n = 0
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in CLOUD_VARIABLES}
+        env.update(RECSYS_DATA_DIR=str(self.data_dir), TMPDIR=str(self.tmp))
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        return env
+
+    def start(self, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+        self.n += 1
+        log = self.logs / f"{self.n:02d}-{args[0]}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "recsys.cli", *args],
+                cwd=REPO,
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return process, log
+
+    def kill_at(self, matches: Callable[[str], bool], *args: str) -> str:
+        """Start `recsys <args>` and SIGKILL it at the first created file `matches` accepts."""
+        with Watch(self.data_dir) as watch:
+            process, log = self.start(*args)
+            path = watch.kill_at(process, matches, log)
+        assert process.returncode == -signal.SIGKILL, f"{args} ended before the kill at {path}"
+        return path
+
+    def run(self, *args: str) -> str:
+        process, log = self.start(*args)
+        code = process.wait(timeout=600)
+        said = log.read_text(errors="replace")
+        assert code == 0, f"recsys {' '.join(args)} failed ({code}):\n{said[-3000:]}"
+        return said
+
+
+def created(prefix: str, suffix: str = "") -> Callable[[str], bool]:
+    return lambda path: path.startswith(prefix) and path.endswith(suffix)
+
+
+def hidden_in(folder: str) -> Callable[[str], bool]:
+    """The temporary file of an atomic write into `folder` (mid-write)."""
+    return lambda path: path.startswith(folder) and Path(path).name.startswith(".")
+
+
+# --- what must hold after a kill --------------------------------------------------------------
+
+
+def is_temporary(path: Path) -> bool:
+    return bool(TEMP_FILE.match(path.name) or EXPORT_TEMP_FILE.match(path.name))
+
+
+def check_parquet_reads(lake_root: Path) -> None:
+    for path in lake_root.rglob("*.parquet"):
+        if not is_temporary(path):
+            pq.read_table(path)  # ArrowInvalid on a truncated or empty file
+
+
+def check_latest(lake: Lake, tmp: Path) -> str:
+    """`LATEST` names a snapshot whose manifest exists and whose file verifies: its version."""
+    version = latest_version(lake)
+    assert version is not None
+    manifest = latest_manifest(lake)
+    assert manifest is not None and manifest["version"] == version
+    copy = tmp / f"latest-{version}.duckdb"
+    lake.get(f"snapshots/{version}/snapshot.duckdb", copy)
+    assert sha256_file(copy) == manifest["sha256"]
+    assert verify_snapshot(copy) == manifest["row_counts"]
+    copy.unlink()
+    return version
+
+
+def table_sums(con: duckdb.DuckDBPyConnection, relation: str, name: str) -> tuple[int, int]:
+    """Rows and an order-independent checksum of a relation (doubles rounded: a sum may add
+    up in another order on a re-run)."""
+    columns = con.execute(f"describe select * from {relation}").fetchall()
+    parts = [
+        f'round("{c}", 6)' if t in ("DOUBLE", "FLOAT") else f'"{c}"'
+        for c, t, *_ in columns
+        if (name, c) not in SKIPPED_COLUMNS
+    ]
+    row = con.execute(
+        f"select count(*), coalesce(sum(hash({', '.join(parts)})::hugeint), 0) from {relation}"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def warehouse_image(data_dir: Path) -> tuple[str, dict[str, tuple[int, int]]]:
+    """The warehouse's build (its feature version, or 'incomplete') and every table's sums."""
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        try:
+            version = check_one_build(con)
+        except IncompleteBuild:
+            version = "incomplete"
+        tables = [
+            r[0]
+            for r in con.execute(
+                "select table_name from duckdb_tables() where schema_name = 'main' "
+                "and table_name <> 'model_builds'"
+            ).fetchall()
+        ]
+        return version, {t: table_sums(con, f'main."{t}"', t) for t in sorted(tables)}
+
+
+def snapshot_image(lake: Lake, tmp: Path) -> dict[str, tuple[int, int]]:
+    version = latest_version(lake)
+    copy = tmp / "image.duckdb"
+    lake.get(f"snapshots/{version}/snapshot.duckdb", copy)
+    with duckdb.connect(str(copy), read_only=True) as con:
+        tables = [r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()]
+        image = {t: table_sums(con, f'"{t}"', t) for t in sorted(tables)}
+    copy.unlink()
+    return image
+
+
+def raw_bytes(lake_root: Path) -> dict[str, bytes]:
+    root = lake_root / "raw"
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not is_temporary(p)
+    }
+
+
+@pytest.fixture()
+def base(tiny_run: TinyRun, tmp_path: Path) -> Iterator[Path]:
+    """A private copy of the tiny run's data dir: ingested, built, trained, published."""
+    assert tiny_run.exit_code == 0, tiny_run.output[-3000:]
+    yield tiny_run.copy(tmp_path / "data")
+
+
+# --- the writers ------------------------------------------------------------------------------
+
+
+def test_ingest_killed_at_each_write(base: Path, tmp_path: Path) -> None:
+    """Ingest another input B over A, killed mid-put of the events file, between a table's
+    files and its marker, and after a marker; each from A's state, each followed by an
+    uninterrupted ingest of B, which must write what an ingest never killed writes."""
+    new_input = tmp_path / "b"
+    generate("tiny", 11, new_input)
+    reference = Lake(str(tmp_path / "reference"))
+    ingest(new_input, reference)
+    points = {
+        "mid-put": hidden_in("lake/raw/events/"),
+        "files, no marker": created("lake/raw/rejected/events.parquet"),
+        "next table's file, no marker": created("lake/raw/item_properties/item_properties"),
+        "a marker": created("lake/raw/_ingest/item_properties.json"),
+    }
+    refused = []
+    for name, point in points.items():
+        data = shutil.copytree(base, tmp_path / name)
+        lake = Lake(str(data / "lake"))
+        writer = Writer(data, tmp_path / f"{name}-work")
+        writer.kill_at(point, "ingest", "--raw-dir", str(new_input))
+        check_parquet_reads(data / "lake")
+        check_latest(lake, tmp_path)
+        try:
+            check_raw(lake)  # raw/ equals its markers ...
+        except IncompleteIngest:
+            refused.append(name)  # ... or says it does not, and `recsys build` refuses it
+        writer.run("ingest", "--raw-dir", str(new_input))
+        check_raw(lake)
+        assert raw_bytes(data / "lake") == raw_bytes(Path(reference.root)), name
+        shutil.rmtree(data)
+    # a kill lands a moment after its file appears, so it may pass one more write; but the
+    # kills between a table's files and its marker must have been seen as such
+    assert refused, "no kill left raw/ and its markers apart"
+
+
+def test_build_killed_at_each_write(base: Path, tmp_path: Path) -> None:
+    """`recsys build` as of an earlier cutoff, killed mid-export of a mart and after a later
+    mart's export; then built uninterrupted. The reference is the same build, never killed."""
+    cutoff = "2015-08-20 00:00:00"
+    old_version, old = warehouse_image(base)
+    assert old_version != "incomplete"
+    reference_dir = shutil.copytree(base, tmp_path / "reference")
+    Writer(reference_dir, tmp_path / "reference-work").run("build", "--cutoff-at", cutoff)
+    new_version, new = warehouse_image(reference_dir)
+    assert new_version not in ("incomplete", old_version)
+    writer = Writer(base, tmp_path / "work")
+    features = f"lake/features/{new_version}/"
+    points = [
+        created(features + "tmp_sessions.parquet"),
+        created(features + "interactions.parquet"),
+    ]
+    states = []
+    for point in points:
+        writer.kill_at(point, "build", "--cutoff-at", cutoff)
+        check_parquet_reads(base / "lake")
+        check_latest(Lake(str(base / "lake")), tmp_path)
+        version, image = warehouse_image(base)
+        # the old build, the new one, or a warehouse that says it is neither
+        assert (version, image) in ((old_version, old), (new_version, new)) or (
+            version == "incomplete"
+        ), version
+        states.append(version)
+    assert "incomplete" in states  # a kill between two marts was recognised as such
+    writer.run("gc", "--grace-seconds", "0")
+    assert not [p for p in (base / "lake").rglob("*") if is_temporary(p)]
+    writer.run("build", "--cutoff-at", cutoff)
+    assert warehouse_image(base) == (new_version, new)
+    exported = base / "lake" / "features" / new_version
+    with duckdb.connect() as con:
+        for path in sorted((reference_dir / "lake" / "features" / new_version).glob("*.parquet")):
+            relation = f"read_parquet('{exported / path.name}')"
+            assert table_sums(con, relation, path.stem) == table_sums(
+                con, f"read_parquet('{path}')", path.stem
+            ), path.name
+
+
+def test_publish_killed_at_each_write(base: Path, tmp_path: Path) -> None:
+    """`recsys publish` killed mid-put of the snapshot file and after its manifest, before
+    `LATEST`; LATEST keeps naming the old snapshot, gc removes the unfinished folders, and a
+    re-run publishes what the uninterrupted run published."""
+    lake = Lake(str(base / "lake"))
+    before = check_latest(lake, tmp_path)
+    published = snapshot_image(lake, tmp_path)
+    writer = Writer(base, tmp_path / "work")
+    points = [hidden_in("lake/snapshots/2"), created("lake/snapshots/2", "/manifest.json")]
+    for point in points:
+        writer.kill_at(point, "publish", "--force")
+        check_parquet_reads(base / "lake")
+        assert check_latest(lake, tmp_path) == before
+    folders = [p for p in (base / "lake" / "snapshots").iterdir() if p.is_dir()]
+    assert any(not (p / "manifest.json").exists() for p in folders)  # what the kills left
+    writer.run("gc", "--grace-seconds", "0")
+    assert not [p for p in (base / "lake").rglob("*") if is_temporary(p)]
+    folders = [p for p in (base / "lake" / "snapshots").iterdir() if p.is_dir()]
+    assert all((p / "manifest.json").exists() for p in folders)
+    writer.run("publish", "--force")
+    assert check_latest(lake, tmp_path) != before
+    assert snapshot_image(lake, tmp_path) == published
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
+    """The service killed while it writes a batch of events: the client has no 202, nothing
+    partial is ingested, and the batch sent again (same Idempotency-Key) to a restarted
+    service lands once."""
+    writer = Writer(base, tmp_path / "work")
+    lake = Lake(str(base / "lake"))
+    events = [
+        {"timestamp": 1442000000000 + i, "visitorid": 9_000_001, "event": "view", "itemid": 1 + i}
+        for i in range(50)
+    ]
+    headers = {"Idempotency-Key": "crash-test-batch-1"}
+
+    def serve() -> tuple[subprocess.Popen[bytes], str, Path]:
+        port = free_port()
+        process, log = writer.start("serve", "--port", str(port))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return process, url, log
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        raise AssertionError("the service did not become ready")
+
+    process, url, log = serve()
+    # the post waits on the service: it is sent from a thread while this one watches
+    with Watch(base) as watch, httpx.Client(timeout=30) as client:
+        request = client.build_request("POST", f"{url}/v1/events", json=events, headers=headers)
+        answer: list[object] = []
+
+        def post() -> None:
+            try:
+                answer.append(client.send(request).status_code)
+            except httpx.TransportError as exc:
+                answer.append(exc)
+
+        sender = threading.Thread(target=post)
+        sender.start()
+        watch.kill_at(process, hidden_in("lake/landing/events/"), log)
+        sender.join(30)
+    assert process.returncode == -signal.SIGKILL
+    assert answer and isinstance(answer[0], httpx.TransportError), answer  # never acknowledged
+    report = ingest_landing(lake, tmp_path / "landing-scratch", lambda _m: None, 2**62)
+    assert report is None or report.raw_rows == 0  # the half-written batch is never read
+    check_parquet_reads(base / "lake")
+    process, url, log = serve()
+    try:
+        for _ in range(2):  # sent again, twice: lands once
+            assert httpx.post(f"{url}/v1/events", json=events, headers=headers).status_code == 202
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    report = ingest_landing(lake, tmp_path / "landing-scratch", lambda _m: None, 2**62)
+    assert report is not None and report.accepted == len(events)
+    check_parquet_reads(base / "lake")
+    writer.run("gc", "--grace-seconds", "0")
+    assert not [p for p in (base / "lake").rglob("*") if is_temporary(p)]
