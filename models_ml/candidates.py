@@ -3,8 +3,9 @@
 Reads only dbt marts. Writes two tables in the warehouse's `ml` schema, which dbt declares as
 sources (`source('ml', ...)`):
 
-- `ml.als_candidates`: top-N items per visitor (visitor_id, item_id, als_score, als_rank,
-  is_seen), seen items kept but flagged so that the ranker can learn from them;
+- `ml.als_candidates`: per visitor, the top-N items ALS finds among those the visitor has not
+  met and up to `n_revisit` met ones, ranked by ALS score together (visitor_id, item_id,
+  als_score, als_rank, is_seen): the ranker learns from `is_seen` whether met items matter;
 - `ml.als_similar_items`: top-M similar items per item (item_id, similar_item_id, similarity,
   similarity_rank).
 
@@ -32,7 +33,14 @@ DEFAULT_ALS_PARAMS: dict[str, Any] = {
     "weighting": "alpha",  # or "bm25"
     "bm25_k1": 100.0,
     "bm25_b": 0.8,
+    # the pool of a visitor: the `n_candidates` best items ALS finds among those the visitor has
+    # not met yet, plus up to `n_revisit` items they have met (their heaviest interactions),
+    # all scored and ranked by ALS together. Where visitors come back to items (RetailRocket),
+    # the met items are often the answer; where they never do, a top 100 that ALS fills with
+    # met items (64% of it on such a shop) leaves the ranker few new items to choose from. With
+    # both in the pool, whatever the shop, the ranker learns from `is_seen` which matter.
     "n_candidates": 100,
+    "n_revisit": 50,
     "n_similar": 50,
     # visitors with fewer distinct items get no published candidates (one click says little;
     # the session method serves them), which also keeps scoring affordable at full scale
@@ -171,7 +179,8 @@ def recommend(
     pool_item_ids: np.ndarray | None = None,
     show_progress: bool = True,
 ) -> pd.DataFrame:
-    """Top-N candidates for the given known visitors (default: those with enough items).
+    """Candidates for the given known visitors (default: those with enough items): the top
+    `n_candidates` unmet items and up to `n_revisit` met ones, ranked by ALS (see `_pool`).
 
     Each visitor's factors are solved from their items against the fitted item factors
     (implicit's `recalculate_user`): the same treatment for visitors left out of the fit and
@@ -185,7 +194,10 @@ def recommend(
         rows = np.flatnonzero(per_row >= p["min_visitor_items"])
     else:
         rows = np.flatnonzero(np.isin(result.visitor_ids, visitor_ids))
-    pool = item_pool(result, pool_item_ids)
+    pool = np.sort(item_pool(result, pool_item_ids))
+    # met items may come back from outside the pool's popularity threshold, not from outside
+    # `pool_item_ids` (published lists: available items only)
+    allowed = None if pool_item_ids is None else np.isin(result.item_ids, pool_item_ids)
     n = min(p["n_candidates"], len(pool))
     if n == 0:
         rows = rows[:0]
@@ -195,33 +207,7 @@ def recommend(
         batches, desc="als candidates", disable=None if show_progress else True, unit="batch"
     ):
         batch = rows[lo : lo + p["batch_size"]]
-        with threadpool_limits(1, "blas"):
-            ids, scores = result.model.recommend(
-                batch,
-                result.user_items[batch],
-                N=n,
-                filter_already_liked_items=False,
-                recalculate_user=True,
-                items=pool,
-            )
-        seen = result.user_items[batch]
-        is_seen = np.asarray(
-            [
-                np.isin(ids[i], seen.indices[seen.indptr[i] : seen.indptr[i + 1]])
-                for i in range(len(batch))
-            ]
-        )
-        frames.append(
-            pd.DataFrame(
-                {
-                    "visitor_id": np.repeat(result.visitor_ids[batch], n),
-                    "item_id": result.item_ids[ids.ravel()],
-                    "als_score": scores.ravel().astype(np.float64),
-                    "als_rank": np.tile(np.arange(1, n + 1, dtype=np.int32), len(batch)),
-                    "is_seen": is_seen.ravel(),
-                }
-            )
-        )
+        frames.append(_pool(result, batch, pool, n, allowed))
     if not frames:
         return pd.DataFrame(
             {
@@ -233,6 +219,62 @@ def recommend(
             }
         )
     return pd.concat(frames, ignore_index=True)
+
+
+def _pool(
+    result: AlsResult,
+    rows: np.ndarray,
+    pool: np.ndarray,
+    n: int,
+    allowed: np.ndarray | None,
+) -> pd.DataFrame:
+    """The candidates of a batch of visitors (matrix rows): the top `n` unmet items of `pool`
+    (sorted column indices) and up to `n_revisit` met items, ranked together by ALS score."""
+    from implicit.cpu.topk import topk
+
+    model = result.model
+    seen = result.user_items[rows]
+    with threadpool_limits(1, "blas"):
+        # each visitor's factors solved from their items against the fitted item factors
+        user = np.asarray(model.recalculate_user(rows, seen), dtype=np.float32)
+        # met items of the pool, as pool positions, are left out of the search
+        in_pool = seen[:, pool].tocsr()
+        in_pool.data[:] = 1
+        ids, scores = topk(
+            model.item_factors[pool], user, n, filter_query_items=in_pool, num_threads=0
+        )
+    found = np.isfinite(scores)  # fewer unmet items than n: the rest is padding
+    unmet_row = np.repeat(np.arange(len(rows)), n)[found.ravel()]
+    unmet_item = pool[ids[found]]
+    unmet_score = scores[found]
+    # met items: each visitor's heaviest `n_revisit` (the weights decay with age), scored alike
+    met_row = np.repeat(np.arange(len(rows)), np.diff(seen.indptr))
+    met_item, met_weight = seen.indices, seen.data
+    keep = np.ones(len(met_item), dtype=bool) if allowed is None else allowed[met_item]
+    met_row, met_item, met_weight = met_row[keep], met_item[keep], met_weight[keep]
+    order = np.lexsort((met_item, -met_weight, met_row))
+    met_row, met_item = met_row[order], met_item[order]
+    starts = np.searchsorted(met_row, np.arange(len(rows)))
+    nth = np.arange(len(met_row)) - starts[met_row]
+    cap = nth < result.params["n_revisit"]
+    met_row, met_item = met_row[cap], met_item[cap]
+    met_score = np.einsum("ij,ij->i", user[met_row], model.item_factors[met_item])
+    row = np.concatenate([unmet_row, met_row])
+    item = np.concatenate([unmet_item, met_item])
+    score = np.concatenate([unmet_score, met_score]).astype(np.float64)
+    is_seen = np.concatenate([np.zeros(len(unmet_row), bool), np.ones(len(met_row), bool)])
+    order = np.lexsort((item, -score, row))
+    row, item, score, is_seen = row[order], item[order], score[order], is_seen[order]
+    rank = np.arange(len(row)) - np.searchsorted(row, np.arange(len(rows)))[row] + 1
+    return pd.DataFrame(
+        {
+            "visitor_id": result.visitor_ids[rows][row],
+            "item_id": result.item_ids[item],
+            "als_score": score,
+            "als_rank": rank.astype(np.int32),
+            "is_seen": is_seen,
+        }
+    )
 
 
 def similar_items(

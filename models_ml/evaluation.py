@@ -1,4 +1,5 @@
-"""Offline evaluation on the test window: popularity, ALS and ALS + CatBoost, side by side.
+"""Offline evaluation on the test window: the plain baselines (popularity, with and without the
+items a visitor already met, and ALS without them), ALS and ALS + CatBoost, side by side.
 
 Relevant items of a visitor are the items they viewed, carted or bought in the test window
 `(t2, end]`, seen before or not. Models are compared on the same visitors: those who have an
@@ -17,23 +18,44 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from models_ml.metrics import evaluate
+from models_ml.metrics import evaluate_per_visitor
 
 KS = (10, 20)
 
 
+# One definition of "popular" for the evaluation's baseline and the snapshot's popular lists
+# (what the API's fallback serves, models_ml/snapshot.py): items with an event that are not
+# known to be unavailable (an item without an availability property counts as available, as
+# it does everywhere the API recommends), by events of the last 7 days, then the decayed
+# popularity score. On a shop without availability properties, "known available only" left
+# this list empty and the popularity baseline at 0.
+POPULAR_WHERE = "coalesce(is_available, true) and n_events_all > 0"
+POPULAR_ORDER = "n_events_7d desc, popularity_score desc, item_id"
+
+
 def popular_items(con: duckdb.DuckDBPyConnection, k: int = 100) -> list[int]:
-    """The most popular available items as of the build's cutoff (last 7 days, then decayed)."""
+    """The `k` most popular items as of the build's cutoff (POPULAR_WHERE, POPULAR_ORDER)."""
     rows = con.execute(
-        """
-        select item_id from item_features
-        where is_available and n_events_all > 0
-        order by n_events_7d desc, popularity_score desc, item_id
-        limit ?
-        """,
+        f"select item_id from item_features where {POPULAR_WHERE} order by {POPULAR_ORDER} limit ?",
         [k],
     ).fetchall()
     return [int(r[0]) for r in rows]
+
+
+def seen_items(con: duckdb.DuckDBPyConnection, visitor_ids: Sequence[int]) -> dict[int, set[int]]:
+    """The items each of these visitors interacted with as of the build's cutoff."""
+    with con.cursor() as cur:  # its own registrations, whatever `con` has open
+        cur.register("wanted_visitors", pd.DataFrame({"visitor_id": list(visitor_ids)}))
+        frame = cur.execute(
+            """
+            select visitor_id, item_id from interactions
+            where visitor_id in (select visitor_id from wanted_visitors)
+            """
+        ).df()
+    seen: dict[int, set[int]] = {}
+    for visitor, item in zip(frame["visitor_id"].tolist(), frame["item_id"].tolist(), strict=True):
+        seen.setdefault(int(visitor), set()).add(int(item))
+    return seen
 
 
 def truth_from_labels(con: duckdb.DuckDBPyConnection) -> dict[int, set[int]]:
@@ -69,20 +91,75 @@ def compare_models(
     popularity: Sequence[int],
     truth: Mapping[int, set[int]],
     catalogue_size: int,
-) -> tuple[dict[str, dict[str, float]], int]:
-    """Metrics of popularity, als and als_catboost on visitors with candidates and truth."""
+    seen: Mapping[int, set[int]] | None = None,
+) -> tuple[dict[str, dict[str, float]], int, dict[str, dict[str, np.ndarray]]]:
+    """Metrics of every model on the visitors with candidates and truth, and each metric per
+    visitor (aligned across models, for paired intervals).
+
+    - `popularity`: the popular list, the same for everyone;
+    - `popularity_unseen`: the popular list without the items the visitor already met (`seen`);
+    - `als_unseen`: ALS's best unmet items (plain ALS that filters what the visitor has);
+    - `als`: ALS's order of the whole candidate pool, met items included;
+    - `als_catboost`: the ranker's order of the pool.
+    """
+    seen = seen or {}
     known = set(map(int, frame["visitor_id"].unique()))
     eval_truth = {v: items for v, items in truth.items() if v in known and items}
     depth = max(KS)
-    als = ranked_lists(frame, -frame["als_rank"].to_numpy(dtype=float), depth)
-    als_catboost = ranked_lists(frame, ranker_scores, depth)
-    pop = {v: list(popularity) for v in eval_truth}
-    models = {
-        "popularity": evaluate(pop, eval_truth, KS, catalogue_size),
-        "als": evaluate(als, eval_truth, KS, catalogue_size),
-        "als_catboost": evaluate(als_catboost, eval_truth, KS, catalogue_size),
+    als_rank = -frame["als_rank"].to_numpy(dtype=float)
+    unmet = ~frame["is_seen"].to_numpy(dtype=bool) if "is_seen" in frame else None
+    lists = {
+        "popularity": {v: list(popularity[:depth]) for v in eval_truth},
+        "popularity_unseen": {
+            v: [i for i in popularity if i not in seen.get(v, ())][:depth] for v in eval_truth
+        },
+        "als_unseen": (
+            ranked_lists(frame[unmet], als_rank[unmet], depth) if unmet is not None else {}
+        ),
+        "als": ranked_lists(frame, als_rank, depth),
+        "als_catboost": ranked_lists(frame, ranker_scores, depth),
     }
-    return models, len(eval_truth)
+    models: dict[str, dict[str, float]] = {}
+    per_visitor: dict[str, dict[str, np.ndarray]] = {}
+    for name, recommended in lists.items():
+        models[name], per_visitor[name] = evaluate_per_visitor(
+            recommended, eval_truth, KS, catalogue_size
+        )
+    return models, len(eval_truth), per_visitor
+
+
+def pool_recall(
+    frame: pd.DataFrame, truth: Mapping[int, set[int]], seen: Mapping[int, set[int]]
+) -> dict[str, Any]:
+    """What the candidate pool can reach on the evaluated visitors (those with candidates and
+    relevant items): the mean share of a visitor's relevant items in the pool, overall and by
+    source (`als`: unmet items ALS found, `revisit`: items the visitor met before), and the
+    shop's re-visit rate (the share of relevant items the visitor had met before the cutoff)."""
+    known = set(map(int, frame["visitor_id"].unique()))
+    pairs = [(v, i) for v, items in truth.items() if v in known for i in items]
+    if not pairs:
+        return {"n_visitors": 0}
+    relevant = pd.DataFrame(pairs, columns=["visitor_id", "item_id"])
+    pool = frame[["visitor_id", "item_id", "is_seen"]].drop_duplicates(["visitor_id", "item_id"])
+    found = relevant.merge(pool, on=["visitor_id", "item_id"], how="left")
+    found["in_pool"] = found["is_seen"].notna()
+    met = found["is_seen"].astype("boolean").fillna(False).astype(bool)
+    found["als"] = found["in_pool"] & ~met
+    found["revisit"] = found["in_pool"] & met
+    found["had_met"] = [i in seen.get(v, ()) for v, i in pairs]
+    per_visitor = found.groupby("visitor_id")[["in_pool", "als", "revisit"]].mean()
+    sizes = frame.groupby("visitor_id").size()
+    return {
+        "n_visitors": len(per_visitor),
+        "mean_pool_size": float(sizes.mean()),
+        "mean_revisit_candidates": float(frame.groupby("visitor_id")["is_seen"].sum().mean()),
+        "recall": float(per_visitor["in_pool"].mean()),
+        "recall_by_source": {
+            "als": float(per_visitor["als"].mean()),
+            "revisit": float(per_visitor["revisit"].mean()),
+        },
+        "revisit_rate": float(found["had_met"].mean()),
+    }
 
 
 def _session_steps(gap_minutes: int) -> str:

@@ -26,6 +26,9 @@ from recsys.lake import TEMP_PREFIX, Lake, connect_duckdb
 
 KEEP = 5
 GATE_METRIC = "ndcg@10"
+# the plain baselines a user would try first (models_ml.evaluation): the ranker must beat the
+# best of them
+GATE_BASELINES = ("popularity", "popularity_unseen", "als_unseen")
 MAX_DROP = 0.05
 SNAPSHOT_TABLES = (
     "metadata",
@@ -127,16 +130,23 @@ def latest_manifest(lake: Lake) -> dict[str, Any] | None:
 
 
 def gate(metrics: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
-    """Reasons to refuse the new snapshot (empty: it may be published)."""
+    """Reasons to refuse the new snapshot (empty: it may be published): als_catboost below the
+    best plain baseline (GATE_BASELINES, those the metrics have), or more than MAX_DROP below
+    the published snapshot."""
     models = metrics.get("models", {})
     new = models.get("als_catboost", {}).get(GATE_METRIC)
-    baseline = models.get("popularity", {}).get(GATE_METRIC)
+    baselines = {
+        name: models[name][GATE_METRIC]
+        for name in GATE_BASELINES
+        if GATE_METRIC in models.get(name, {})
+    }
     reasons = []
-    if new is None or baseline is None:
-        reasons.append(f"metrics lack {GATE_METRIC} for als_catboost or popularity")
+    if new is None or not baselines:
+        reasons.append(f"metrics lack {GATE_METRIC} for als_catboost or the baselines")
         return reasons
+    best, baseline = max(baselines.items(), key=lambda kv: kv[1])
     if new < baseline:
-        reasons.append(f"als_catboost {GATE_METRIC} {new:.4f} is below popularity's {baseline:.4f}")
+        reasons.append(f"als_catboost {GATE_METRIC} {new:.4f} is below {best}'s {baseline:.4f}")
     if previous:
         old = previous.get("metrics", {}).get("models", {}).get("als_catboost", {})
         old_value = old.get(GATE_METRIC)
@@ -146,6 +156,32 @@ def gate(metrics: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
                 f"published snapshot {previous.get('version')}'s {old_value:.4f}"
             )
     return reasons
+
+
+def gate_notes(metrics: dict[str, Any]) -> list[str]:
+    """What the gate's comparison with the best baseline is worth: a note when the paired 95%
+    bootstrap interval of the difference (metrics.json `differences`) holds 0, i.e. the
+    difference is inside the noise of the evaluated visitors."""
+    models = metrics.get("models", {})
+    baselines = [n for n in GATE_BASELINES if GATE_METRIC in models.get(n, {})]
+    if not baselines or GATE_METRIC not in models.get("als_catboost", {}):
+        return []
+    best = max(baselines, key=lambda n: models[n][GATE_METRIC])
+    interval = metrics.get("differences", {}).get(f"als_catboost - {best}", {}).get(GATE_METRIC)
+    if not interval:
+        return []
+    low, high = interval
+    n = metrics.get("protocol", {}).get("n_eval_visitors")
+    if low <= 0 <= high:
+        return [
+            f"als_catboost - {best} {GATE_METRIC} is inside the noise: 95% interval "
+            f"[{low:+.4f}, {high:+.4f}] over {n} visitors holds 0"
+        ]
+    side = "above" if low > 0 else "below"
+    return [
+        f"als_catboost is {side} {best} beyond the noise: {GATE_METRIC} difference 95% "
+        f"interval [{low:+.4f}, {high:+.4f}] over {n} visitors"
+    ]
 
 
 def verify_snapshot(path: Path) -> dict[str, int]:
@@ -208,7 +244,13 @@ def publish(
         "sha256": digest,
         "size_bytes": snapshot_path.stat().st_size,
         "forced": bool(force and reasons),
-        "gate": {"passed": not reasons, "reasons": reasons, "metric": GATE_METRIC},
+        "gate": {
+            "passed": not reasons,
+            "reasons": reasons,
+            "notes": gate_notes(manifest.get("metrics", {})),
+            "metric": GATE_METRIC,
+            "baselines": list(GATE_BASELINES),
+        },
         "previous_version": previous.get("version") if previous else None,
     }
     base = f"snapshots/{version}"

@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-MODELS = ("popularity", "als", "als_catboost")
+MODELS = ("popularity", "popularity_unseen", "als_unseen", "als", "als_catboost")
+WITH_INTERVALS = ("ndcg@10", "recall@20", "hit_rate@10")
 SHOWN = ("precision@10", "recall@10", "ndcg@10", "map@10", "hit_rate@10", "mrr@10", "ndcg@20")
 
 
@@ -21,15 +22,36 @@ def metric_table(metrics: dict[str, Any]) -> str:
     models = metrics["models"]
     names = [m for m in MODELS if m in models]
     columns = [c for c in (*SHOWN, "recall@20", "coverage@10") if c in models[names[0]]]
-    head = f"{'model':<14}" + "".join(f"{c:>13}" for c in columns)
+    head = f"{'model':<18}" + "".join(f"{c:>13}" for c in columns)
     rows = [head, "-" * len(head)]
     for name in names:
-        rows.append(f"{name:<14}" + "".join(f"{models[name][c]:>13.4f}" for c in columns))
+        rows.append(f"{name:<18}" + "".join(f"{models[name][c]:>13.4f}" for c in columns))
     protocol = metrics["protocol"]
     rows.append(
         f"evaluated on {protocol['n_eval_visitors']:,} visitors known at t2 with events in "
         f"(t2, end] ({protocol['n_test_window_visitors']:,} visitors active in that window)"
     )
+    intervals = metrics.get("intervals", {})
+    if intervals:
+        shown = [c for c in WITH_INTERVALS if c in intervals.get(names[0], {})]
+        rows.append("95% bootstrap intervals over those visitors:")
+        for name in names:
+            cells = [
+                f"{c} [{intervals[name][c][0]:.4f}, {intervals[name][c][1]:.4f}]" for c in shown
+            ]
+            rows.append(f"  {name:<18}" + "  ".join(cells))
+        for pair, values in metrics.get("differences", {}).items():
+            if "ndcg@10" in values:
+                low, high = values["ndcg@10"]
+                rows.append(f"  {pair:<34} ndcg@10 difference [{low:+.4f}, {high:+.4f}]")
+    pool = metrics.get("pool", {})
+    if pool.get("n_visitors"):
+        by = pool["recall_by_source"]
+        rows.append(
+            f"candidate pool: recall {pool['recall']:.4f} (als {by['als']:.4f}, revisit "
+            f"{by['revisit']:.4f}), {pool['mean_pool_size']:.1f} items a visitor; re-visit rate "
+            f"of the shop {pool['revisit_rate']:.3f}"
+        )
     session = metrics.get("session", {})
     if session:
         rows.append(

@@ -9,8 +9,9 @@ Tables (the API's contract; `models_ml.publish.SNAPSHOT_TABLES`):
   needs to score candidates at request time (a subset of the marts, as of the cutoff; the API
   computes ranking_features' columns from them as dbt does);
 - `similar_items`: top-M similar items per item (ALS item factors);
-- `popular_items`: available items by recent popularity, overall (category_id null) and per
-  category, top 100 each;
+- `popular_items`: items not known to be unavailable by recent popularity, overall (category_id
+  null) and per category, top 100 each: the evaluation's popularity baseline, one definition
+  (`models_ml.evaluation.POPULAR_WHERE`, `POPULAR_ORDER`);
 - `ranker`: the CatBoost model file and its metadata (features, parameters, versions);
 - `metadata`: key/value pairs (feature version, cutoff, model versions).
 """
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models_ml.evaluation import POPULAR_ORDER, POPULAR_WHERE
 from recsys.lake import connect_duckdb
 
 TOP_K = 50
@@ -114,10 +116,10 @@ def build_snapshot(
                     popularity_score as score,
                     row_number() over (
                         partition by category_id
-                        order by n_events_7d desc, popularity_score desc, item_id
+                        order by {POPULAR_ORDER}
                     ) as rank,
                 from wh.item_features
-                where is_available and n_events_all > 0
+                where {POPULAR_WHERE}
             ),
             overall as (
                 select
@@ -125,10 +127,10 @@ def build_snapshot(
                     item_id,
                     popularity_score as score,
                     row_number() over (
-                        order by n_events_7d desc, popularity_score desc, item_id
+                        order by {POPULAR_ORDER}
                     ) as rank,
                 from wh.item_features
-                where is_available and n_events_all > 0
+                where {POPULAR_WHERE}
             )
             select * from overall where rank <= {POPULAR_PER_SCOPE}
             union all

@@ -259,6 +259,7 @@ SCORED_COLUMNS = (
     "visitor_id",
     "item_id",
     "als_rank",
+    "is_seen",
     "is_available",
     "has_purchased_item",
     "label",

@@ -37,7 +37,9 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     out = Path(args.out)
     counts = _timed(
         "generate",
-        lambda: generate(args.scale, args.seed, out, progress=lambda m: _say(f"  {m}")),
+        lambda: generate(
+            args.scale, args.seed, out, progress=lambda m: _say(f"  {m}"), revisits=args.revisits
+        ),
     )
     _say(f"wrote RetailRocket-layout CSVs to {out}: {json.dumps(counts)}")
     return 0
@@ -135,7 +137,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from recsys.warehouse import build, summary
 
     t0 = time.perf_counter()
-    raw_dir = Path(args.raw_dir) if args.raw_dir else settings.data_dir / "demo" / args.scale
+    demo = args.scale if args.revisits == "retailrocket" else f"{args.scale}-{args.revisits}"
+    raw_dir = Path(args.raw_dir) if args.raw_dir else settings.data_dir / "demo" / demo
     if not args.raw_dir:
         if (raw_dir / "events.csv").exists():
             _say(f"demo data already in {raw_dir} (delete it to generate again)")
@@ -143,7 +146,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             _say(f"no --raw-dir given: generating {args.scale} demo data in {raw_dir}")
             _timed(
                 "generate",
-                lambda: generate(args.scale, args.seed, raw_dir, progress=lambda m: _say(f"  {m}")),
+                lambda: generate(
+                    args.scale,
+                    args.seed,
+                    raw_dir,
+                    progress=lambda m: _say(f"  {m}"),
+                    revisits=args.revisits,
+                ),
             )
     if run_gc(settings, 3600.0):  # the next run cleans up after a killed one
         _say("  (leftovers of stopped runs older than an hour, removed: see `recsys gc`)")
@@ -237,7 +246,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+REVISITS_HELP = (
+    "how visitors come back to items in generated data: as in RetailRocket, or never "
+    "(each visitor meets each item once)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from recsys.generate import REVISITS
+
     parser = argparse.ArgumentParser(
         prog="recsys", description="Warehouse-first recommendations for online shops."
     )
@@ -247,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", required=True, help="folder for the CSVs")
+    p.add_argument("--revisits", choices=REVISITS, default="retailrocket", help=REVISITS_HELP)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("ingest", help="validate CSVs and write typed Parquet to the lake")
@@ -273,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-dir", help="CSV folder (default: generate demo data)")
     p.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--revisits", choices=REVISITS, default="retailrocket", help=REVISITS_HELP)
     p.add_argument("--cutoff-at", help="with --skip-ml: features as of this time")
     p.add_argument("--search-budget", type=float, default=60.0, help="seconds of ranker search")
     p.add_argument("--force", action="store_true", help="publish even if the gate refuses")

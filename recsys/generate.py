@@ -150,15 +150,25 @@ class _Writer:
         self.sink.close()
 
 
+# How visitors come back to items they have met: `retailrocket` as in the real data (repeat
+# views in a session, returning sessions that open on an earlier item), or `never` (each visitor
+# meets each item once, as in a catalogue of one-off goods or a dataset of ratings).
+REVISITS = ("retailrocket", "never")
+
+
 def generate(
     scale_name: str,
     seed: int,
     out_dir: Path,
     progress: Callable[[str], None] | None = None,
+    revisits: str = "retailrocket",
 ) -> dict[str, int | float]:
     """Write the four CSVs for `scale_name` into `out_dir`; return row counts and shape figures."""
     if scale_name not in SCALES:
         raise ValueError(f"unknown scale {scale_name!r}; choose one of {', '.join(SCALES)}")
+    if revisits not in REVISITS:
+        raise ValueError(f"unknown revisits {revisits!r}; choose one of {', '.join(REVISITS)}")
+    never = revisits == "never"
     scale = SCALES[scale_name]
     say = progress or (lambda _msg: None)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,17 +317,25 @@ def generate(
 
     view_item = sample_items(view_cat, period, rng_view.random(n_views))
     # repeat views of the previous item in the session
-    repeat = (rng_view.random(n_views) < REPEAT_VIEW_PROB) & (pos > 0)
+    repeat = (rng_view.random(n_views) < REPEAT_VIEW_PROB) & (pos > 0) & (not never)
     for _ in range(3):  # chains of repeats resolve in a few passes
         view_item[1:][repeat[1:]] = view_item[:-1][repeat[1:]]
     # returning sessions open on the first item of the visitor's previous session
     first_view = np.cumsum(sess_len) - sess_len
-    returning = ~first_of_visitor & (rng_view.random(n_sess) < REVISIT_PROB)
+    returning = ~first_of_visitor & (rng_view.random(n_sess) < REVISIT_PROB) & (not never)
     prev_first_item = np.empty(n_sess, dtype=np.int64)
     prev_first_item[1:] = view_item[first_view[:-1]]
     view_item[first_view[returning]] = prev_first_item[returning]
     is_revisit = np.zeros(n_views, dtype=bool)
     is_revisit[first_view[returning]] = True
+    if never:  # a visitor's later views of an item they already met are not made
+        meeting = sess_vis[view_sess].astype(np.int64) * n_items + view_item
+        by_time = np.argsort(view_t, kind="stable")
+        _, first_meeting = np.unique(meeting[by_time], return_index=True)
+        kept = np.sort(by_time[first_meeting])
+        view_sess, view_t, view_cat = view_sess[kept], view_t[kept], view_cat[kept]
+        view_item, period, is_revisit = view_item[kept], period[kept], is_revisit[kept]
+        n_views = len(kept)
     say(f"{n_views:,} views ({time.perf_counter() - t0:.1f}s)")
 
     # --- funnel -----------------------------------------------------------------------------
@@ -334,6 +352,8 @@ def generate(
     # session's category that went to the cart on the way to checkout
     tx_sessions = np.unique(view_sess[buy_idx])
     n_extra = rng_funnel.geometric(EXTRA_ITEM_P, len(tx_sessions)) - 1
+    if never:  # items added at checkout could be items the visitor met before
+        n_extra[:] = 0
     extra_sess = np.repeat(tx_sessions, n_extra)
     extra_period = np.minimum(sess_start[extra_sess] // WEEK_MS, N_PERIODS - 1)
     extra_item = sample_items(

@@ -34,10 +34,30 @@ def test_run_trains_evaluates_and_publishes(tiny_run: TinyRun) -> None:
 
     settings = Settings(recsys_data_dir=tiny_run.data_dir, recsys_lake_uri=None)
     metrics = json.loads((settings.data_dir / "reports" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"popularity", "als", "als_catboost"}
-    for values in metrics["models"].values():
+    assert set(metrics["models"]) == {
+        "popularity",
+        "popularity_unseen",
+        "als_unseen",
+        "als",
+        "als_catboost",
+    }
+    for name, values in metrics["models"].items():
         assert set(values) >= METRIC_KEYS
         assert all(0.0 <= v <= 1.0 for v in values.values())
+        # an interval beside every mean over visitors (coverage is not one), around it
+        intervals = metrics["intervals"][name]
+        assert set(intervals) == METRIC_KEYS - {"coverage@10", "coverage@20"}
+        low, high = intervals["ndcg@10"]
+        assert low <= values["ndcg@10"] <= high
+    assert set(metrics["differences"]) == {
+        f"als_catboost - {b}" for b in ("popularity", "popularity_unseen", "als_unseen", "als")
+    }
+    pool = metrics["pool"]
+    assert 0 < pool["recall"] <= 1
+    assert pool["recall"] == pytest.approx(sum(pool["recall_by_source"].values()))
+    assert 0 < pool["revisit_rate"] < 1  # generated like RetailRocket: visitors come back
+    ranker = metrics["training"]["ranker"]
+    assert 0 <= ranker["heldout_ndcg@10"] <= 1 and ranker["heldout_visitors"] > 0
     protocol = metrics["protocol"]
     assert protocol["t1"] < protocol["t2"] < protocol["end"]
     assert protocol["n_eval_visitors"] > 0
@@ -92,3 +112,24 @@ def test_gate_refuses_a_worse_ranker_on_real_output_and_latest_stays(
     assert main(["publish"]) == 2
     assert "quality gate refused" in capsys.readouterr().out
     assert latest_version(lake) == version
+
+
+def test_a_shop_where_nobody_comes_back_to_an_item(
+    tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The other regime: each visitor meets each item once. The pipeline runs, the pool's
+    met items reach nothing and the measured re-visit rate says why, and the gate judges the
+    ranker against the plain baselines of such a shop."""
+    from recsys.generate import generate
+
+    raw = tmp_path / "never"
+    generate("tiny", 3, raw, revisits="never")
+    code = main(["run", "--raw-dir", str(raw), "--search-budget", "3", "--force"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    metrics = json.loads((settings.data_dir / "reports" / "metrics.json").read_text())
+    pool = metrics["pool"]
+    assert pool["revisit_rate"] == 0.0
+    assert pool["recall_by_source"]["revisit"] == 0.0
+    assert pool["recall"] == pool["recall_by_source"]["als"] > 0
+    assert "quality gate:" in out  # what the comparison with the best baseline is worth

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import duckdb
 import pytest
 
@@ -41,3 +43,37 @@ def test_real_sample_ingests_and_builds(settings: Settings) -> None:
         ).fetchone()  # type: ignore[misc]
         assert 0 < n_visitors <= n_sessions <= events.accepted
         assert con.execute("select count(*) from visitor_features").fetchone() == (n_visitors,)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_SAMPLE / "events.csv").exists(), reason="shared sample absent")
+def test_without_item_properties_popularity_is_real_served_and_gated(settings: Settings) -> None:
+    """No availability anywhere (the sample has no item properties): the popularity baseline
+    is a list, the same list the API's fallback serves, and the gate compares against it
+    (it once kept only items known to be available: an empty list scoring 0)."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from models_ml import evaluation
+    from models_ml.publish import GATE_BASELINES, latest_manifest
+    from recsys.cli import main
+    from tests.unit.api.conftest import make_settings
+
+    code = main(["run", "--raw-dir", str(SHARED_SAMPLE), "--search-budget", "3", "--force"])
+    assert code == 0
+    metrics = json.loads((settings.data_dir / "reports" / "metrics.json").read_text())
+    assert set(GATE_BASELINES) <= set(metrics["models"])
+    assert metrics["models"]["popularity"]["coverage@10"] > 0  # it recommended something
+    manifest = latest_manifest(Lake.from_settings(settings))
+    assert manifest is not None and manifest["gate"]["baselines"] == list(GATE_BASELINES)
+    # the warehouse ends as of the latest event, as the snapshot was built
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        assert con.execute("select count(*) from item_features where is_available").fetchone() == (
+            0,
+        )
+        popular = evaluation.popular_items(con, 10)
+    assert len(popular) == 10
+    with TestClient(create_app(make_settings(settings.data_dir))) as client:
+        answer = client.get("/v1/recommendations/999999999999?k=10").json()
+    assert answer["strategy"] == "popular"
+    assert [item["item_id"] for item in answer["items"]] == popular

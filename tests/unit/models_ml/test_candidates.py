@@ -36,11 +36,13 @@ def test_one_item_visitors_are_left_out_of_the_fit_but_still_get_candidates(
     assert fitted.info["n_visitors"] == 301
     assert fitted.info["n_fitted_visitors"] == 300
     recs = candidates.recommend(fitted, np.array([9001]), show_progress=False)
-    assert len(recs) == SMALL["n_candidates"]
+    # n_candidates items it has not met, and the one it has
+    assert len(recs) == SMALL["n_candidates"] + 1
     # folded in from its one item: the rest of its list is that item's cluster
     assert recs["item_id"].isin(CLUSTER_A).all()
     assert recs.loc[recs["item_id"] == CLUSTER_A[0], "is_seen"].all()
     assert recs["is_seen"].sum() == 1
+    assert sorted(recs["als_rank"]) == list(range(1, len(recs) + 1))
 
 
 def test_candidates_stay_in_the_visitors_cluster_and_flag_seen_items(
@@ -48,13 +50,15 @@ def test_candidates_stay_in_the_visitors_cluster_and_flag_seen_items(
 ) -> None:
     interactions = make_interactions()
     recs = candidates.recommend(fitted, np.array([0, 1]), show_progress=False)
-    assert list(recs.groupby("visitor_id")["als_rank"].max()) == [8, 8]
     for visitor, cluster in ((0, CLUSTER_A), (1, CLUSTER_B)):
         mine = recs[recs["visitor_id"] == visitor]
-        assert mine["item_id"].isin(cluster).all()
-        assert (np.diff(mine["als_score"].to_numpy()) <= 1e-6).all()  # best first
         seen = set(interactions.loc[interactions["visitor_id"] == visitor, "item_id"])
-        assert set(mine.loc[mine["is_seen"], "item_id"]) == seen & set(mine["item_id"])
+        # every met item and n_candidates unmet ones; the cluster's items first
+        assert set(mine.loc[mine["is_seen"], "item_id"]) == seen
+        assert (~mine["is_seen"]).sum() == SMALL["n_candidates"]
+        assert mine["item_id"].iloc[: len(cluster)].isin(cluster).all()
+        assert list(mine["als_rank"]) == list(range(1, len(mine) + 1))
+        assert (np.diff(mine["als_score"].to_numpy()) <= 1e-6).all()  # best first
 
 
 def test_fit_is_reproducible_with_its_seed_whatever_the_row_order() -> None:
@@ -108,6 +112,22 @@ def test_weighting_is_alpha_or_bm25_and_nothing_else() -> None:
         )
 
 
+def test_met_items_are_capped_at_the_heaviest_and_kept_to_the_allowed_items(
+    fitted: candidates.AlsResult,
+) -> None:
+    interactions = make_interactions()
+    mine = interactions[interactions["visitor_id"] == 0].sort_values("weight", ascending=False)
+    capped = candidates.AlsResult(**{**vars(fitted), "params": {**fitted.params, "n_revisit": 2}})
+    recs = candidates.recommend(capped, np.array([0]), show_progress=False)
+    met = recs.loc[recs["is_seen"], "item_id"]
+    assert len(met) == 2 and set(met) <= set(mine["item_id"])
+    assert mine.set_index("item_id").loc[list(met), "weight"].min() >= mine["weight"].iloc[2]
+    # published lists: met items outside `pool_item_ids` (unavailable) never come back
+    allowed = CLUSTER_A[::2]
+    recs = candidates.recommend(fitted, np.array([0]), allowed, show_progress=False)
+    assert recs["item_id"].isin(allowed).all()
+
+
 def test_pool_threshold_is_as_strict_as_the_data_allows() -> None:
     counts = np.array([0, 1, 2, 5, 7, 9])  # fitted visitors per item
     params = {**candidates.DEFAULT_ALS_PARAMS, "min_item_visitors": 5}
@@ -134,7 +154,9 @@ def test_items_with_few_fitted_visitors_are_left_out_of_the_pool() -> None:
     pool = set(result.item_ids[candidates.item_pool(result)])
     assert pool == set(CLUSTER_A) | set(CLUSTER_B)
     recs = candidates.recommend(result, np.array([9002]), show_progress=False)
-    assert rare not in set(recs["item_id"])
+    # never as a new item; as an item the visitor met, it comes back (a re-visit candidate)
+    assert recs.loc[recs["item_id"] == rare, "is_seen"].tolist() == [True]
+    assert recs.loc[~recs["is_seen"], "item_id"].isin(list(pool)).all()
     # a catalogue too small for the threshold keeps every fitted item
     result.params["min_pool_items"] = 1_000
     assert rare in set(result.item_ids[candidates.item_pool(result)])

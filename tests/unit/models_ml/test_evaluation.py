@@ -27,15 +27,38 @@ def test_ranked_lists_order_by_score_then_als_rank_and_cut_at_depth() -> None:
 
 
 def test_compare_models_scores_every_model_on_the_same_visitors() -> None:
-    f = frame()
+    f = frame().assign(is_seen=[False, True, False, False, False, False])
     truth = {1: {12}, 2: {20}, 3: {99}}  # visitor 3 has no candidates: not evaluated
-    models, n = evaluation.compare_models(
-        f, -f["als_rank"].to_numpy(dtype=float), popularity=[12, 20], truth=truth, catalogue_size=10
+    seen = {1: {10, 12}}
+    models, n, per_visitor = evaluation.compare_models(
+        f,
+        -f["als_rank"].to_numpy(dtype=float),
+        popularity=[12, 20, 30],
+        truth=truth,
+        catalogue_size=10,
+        seen=seen,
     )
     assert n == 2
-    assert set(models) == {"popularity", "als", "als_catboost"}
+    assert set(models) == {"popularity", "popularity_unseen", "als_unseen", "als", "als_catboost"}
+    # per visitor, aligned: visitor 1 then 2
+    assert per_visitor["popularity"]["mrr@10"].tolist() == [1.0, 0.5]
+    # without met items: visitor 1 loses item 12 (met) from popularity's list
+    assert per_visitor["popularity_unseen"]["mrr@10"].tolist() == [0.0, 0.5]
+    # ALS without the met item 10: visitor 1's list is 11, 12, 13
+    assert per_visitor["als_unseen"]["mrr@10"].tolist() == [0.5, 1.0]
     # ALS: visitor 1 finds 12 at rank 3, visitor 2 finds 20 at rank 1
     assert models["als"]["mrr@10"] == pytest.approx((1 / 3 + 1) / 2)
     assert models["als_catboost"] == models["als"]  # same scores, same lists
     assert models["popularity"]["hit_rate@10"] == 1.0
     assert models["popularity"]["mrr@10"] == pytest.approx((1 + 1 / 2) / 2)
+
+
+def test_pool_recall_by_source_and_the_shops_revisit_rate() -> None:
+    f = frame().assign(is_seen=[False, True, False, False, False, False])
+    truth = {1: {10, 11, 99}, 2: {21}}
+    pool = evaluation.pool_recall(f, truth, seen={1: {10, 99}})
+    assert pool["n_visitors"] == 2
+    assert pool["recall"] == pytest.approx((2 / 3 + 1) / 2)
+    assert pool["recall_by_source"]["revisit"] == pytest.approx((1 / 3 + 0) / 2)
+    assert pool["recall_by_source"]["als"] == pytest.approx((1 / 3 + 1) / 2)
+    assert pool["revisit_rate"] == pytest.approx(2 / 4)  # 10 and 99 of 4 relevant items

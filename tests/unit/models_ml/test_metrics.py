@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from models_ml.metrics import (
@@ -75,3 +76,38 @@ def test_evaluate_gives_the_means_of_the_metric_functions() -> None:
         expected = catalogue_coverage((recs.get(v, []) for v in visitors), 80, k)
         assert out[f"coverage@{k}"] == pytest.approx(expected)
     assert evaluate(recs, {1: set()}, ks=(10,)) == {f"{name}@10": 0.0 for name in METRICS}
+
+
+def test_bootstrap_intervals_bracket_the_mean_and_pair_the_models() -> None:
+    from models_ml.metrics import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+    a = rng.random(400)
+    per_visitor = {
+        "a": {"ndcg@10": a},
+        "same": {"ndcg@10": a.copy()},
+        "better": {"ndcg@10": a + 0.01},  # better for every visitor by a hair
+    }
+    pairs = [("better", "a"), ("same", "a")]
+    intervals, differences = bootstrap_intervals(per_visitor, pairs, n_resamples=300, seed=1)
+    low, high = intervals["a"]["ndcg@10"]
+    assert low < a.mean() < high
+    assert 0.02 < high - low < 0.08  # ~ 4 standard errors of 400 uniform values
+    # paired: a constant gain of 0.01 is certain, though the two intervals overlap widely
+    assert differences["better - a"]["ndcg@10"] == pytest.approx([0.01, 0.01])
+    assert intervals["better"]["ndcg@10"][0] < high
+    assert differences["same - a"]["ndcg@10"] == [0.0, 0.0]
+    # the same seed, the same intervals
+    assert bootstrap_intervals(per_visitor, pairs, n_resamples=300, seed=1)[0] == intervals
+
+
+def test_evaluate_per_visitor_agrees_with_the_means() -> None:
+    from models_ml.metrics import evaluate_per_visitor
+
+    recs = {1: [1, 2, 3], 2: [4, 5], 3: []}
+    truth = {1: {2}, 2: {9}, 3: {1}, 4: set()}
+    means, values = evaluate_per_visitor(recs, truth, ks=(10,))
+    assert len(values["ndcg@10"]) == 3  # visitors with relevant items, in truth's order
+    for name, mean in means.items():
+        assert values[name].mean() == pytest.approx(mean)
+    assert values["mrr@10"].tolist() == [0.5, 0.0, 0.0]

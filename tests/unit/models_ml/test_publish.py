@@ -57,7 +57,13 @@ def test_publish_writes_file_manifest_then_latest(lake: Lake, snapshot_file: Pat
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["sha256"] == published.manifest["sha256"]
     assert manifest["row_counts"]["recommendations"] == 2
-    assert manifest["gate"] == {"passed": True, "reasons": [], "metric": "ndcg@10"}
+    assert manifest["gate"] == {
+        "passed": True,
+        "reasons": [],
+        "notes": [],
+        "metric": "ndcg@10",
+        "baselines": ["popularity", "popularity_unseen", "als_unseen"],
+    }
     assert manifest["forced"] is False
     assert published.version.startswith("20260101T000000Z-")
 
@@ -68,6 +74,27 @@ def test_gate_refuses_a_model_worse_than_popularity(lake: Lake, snapshot_file: P
         publish(lake, snapshot_file, {"metrics": metrics(0.05)}, now=T0 + timedelta(hours=1))
     assert latest_version(lake) == first.version
     assert len(list((Path(lake.root) / "snapshots").iterdir())) == 2  # LATEST + first
+
+
+def test_gate_compares_with_the_best_plain_baseline_and_says_when_it_is_noise() -> None:
+    from models_ml.publish import gate, gate_notes
+
+    m = metrics(0.20)
+    m["models"]["popularity_unseen"] = {"ndcg@10": 0.25}
+    m["models"]["als_unseen"] = {"ndcg@10": 0.15}
+    assert gate(m, None) == ["als_catboost ndcg@10 0.2000 is below popularity_unseen's 0.2500"]
+    m["models"]["als_catboost"]["ndcg@10"] = 0.26
+    assert gate(m, None) == []
+    assert gate_notes(m) == []  # no intervals, nothing to say
+    m["protocol"] = {"n_eval_visitors": 71}
+    m["differences"] = {"als_catboost - popularity_unseen": {"ndcg@10": [-0.02, 0.04]}}
+    (note,) = gate_notes(m)
+    assert "inside the noise" in note and "71 visitors" in note
+    m["differences"]["als_catboost - popularity_unseen"]["ndcg@10"] = [0.004, 0.02]
+    (note,) = gate_notes(m)
+    assert "above popularity_unseen beyond the noise" in note
+    # a metrics file from before the unseen baselines: popularity alone is the baseline
+    assert gate(metrics(0.05), None) == ["als_catboost ndcg@10 0.0500 is below popularity's 0.1000"]
 
 
 def test_gate_refuses_a_drop_of_more_than_5_percent(lake: Lake, snapshot_file: Path) -> None:
