@@ -332,6 +332,9 @@ def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
             time.sleep(0.2)
         raise AssertionError("the service did not become ready")
 
+    # the service makes the landing folder on its first write; made here, so that the watch
+    # is on it before the write (a folder made later is watched from when it is seen)
+    (base / "lake" / "landing" / "events").mkdir(parents=True, exist_ok=True)
     process, url, log = serve()
     # the post waits on the service: it is sent from a thread while this one watches
     with Watch(base) as watch, httpx.Client(timeout=30) as client:
