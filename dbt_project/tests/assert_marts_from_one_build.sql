@@ -5,15 +5,7 @@
     build (or has no record at all). See macros/build_records.sql.
 #}
 
-{%- set marts = [
-    ref('events'),
-    ref('sessions'),
-    ref('categories'),
-    ref('item_features'),
-    ref('visitor_features'),
-    ref('visitor_category_affinities'),
-    ref('interactions'),
-] -%}
+{%- set marts = feature_marts() -%}
 
 with
 

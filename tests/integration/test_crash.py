@@ -6,7 +6,8 @@ Each writer runs as its own process (`python -m recsys.cli ...`, `recsys serve`)
 copy of the tiny run's data, and is killed the moment a chosen file is created or renamed into
 place (inotify, `tests/fswatch.py`; never a sleep). Kills of one writer follow each other on the
 state the previous kill left, so litter accumulates as on a bad day; then one uninterrupted
-re-run is compared with a reference run that was never interrupted.
+re-run (in this process: the same functions the command calls, without its start-up) is
+compared with a reference run that was never interrupted.
 
 After every kill:
 - every Parquet file in the lake that is not a temporary file reads (temporary files are named
@@ -36,12 +37,14 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from models_ml.pipeline import publish_snapshot
 from models_ml.publish import latest_manifest, latest_version, sha256_file, verify_snapshot
-from recsys.gc import EXPORT_TEMP_FILE, TEMP_FILE
+from recsys.gc import EXPORT_TEMP_FILE, TEMP_FILE, collect
 from recsys.generate import generate
 from recsys.ingest import IncompleteIngest, check_raw, ingest, ingest_landing
 from recsys.lake import Lake
-from recsys.warehouse import IncompleteBuild, check_one_build
+from recsys.settings import Settings
+from recsys.warehouse import IncompleteBuild, build, check_one_build
 from tests.conftest import CLOUD_VARIABLES, TinyRun
 from tests.fswatch import Watch
 
@@ -92,13 +95,6 @@ class Writer:
         assert process.returncode == -signal.SIGKILL, f"{args} ended before the kill at {path}"
         return path
 
-    def run(self, *args: str) -> str:
-        process, log = self.start(*args)
-        code = process.wait(timeout=600)
-        said = log.read_text(errors="replace")
-        assert code == 0, f"recsys {' '.join(args)} failed ({code}):\n{said[-3000:]}"
-        return said
-
 
 def created(prefix: str, suffix: str = "") -> Callable[[str], bool]:
     return lambda path: path.startswith(prefix) and path.endswith(suffix)
@@ -110,6 +106,11 @@ def hidden_in(folder: str) -> Callable[[str], bool]:
 
 
 # --- what must hold after a kill --------------------------------------------------------------
+
+
+def settings_of(data_dir: Path) -> Settings:
+    """Settings of a data dir with its local lake, whatever the environment says."""
+    return Settings(_env_file=None, recsys_data_dir=data_dir, recsys_lake_uri=None)  # type: ignore[call-arg]
 
 
 def is_temporary(path: Path) -> bool:
@@ -225,7 +226,7 @@ def test_ingest_killed_at_each_write(base: Path, tmp_path: Path) -> None:
             check_raw(lake)  # raw/ equals its markers ...
         except IncompleteIngest:
             refused.append(name)  # ... or says it does not, and `recsys build` refuses it
-        writer.run("ingest", "--raw-dir", str(new_input))
+        ingest(new_input, lake)  # the uninterrupted re-run, in this process (no start-up)
         check_raw(lake)
         assert raw_bytes(data / "lake") == raw_bytes(Path(reference.root)), name
         shutil.rmtree(data)
@@ -241,7 +242,7 @@ def test_build_killed_at_each_write(base: Path, tmp_path: Path) -> None:
     old_version, old = warehouse_image(base)
     assert old_version != "incomplete"
     reference_dir = shutil.copytree(base, tmp_path / "reference")
-    Writer(reference_dir, tmp_path / "reference-work").run("build", "--cutoff-at", cutoff)
+    build(settings_of(reference_dir), cutoff_at=cutoff, echo=False)
     new_version, new = warehouse_image(reference_dir)
     assert new_version not in ("incomplete", old_version)
     writer = Writer(base, tmp_path / "work")
@@ -262,9 +263,9 @@ def test_build_killed_at_each_write(base: Path, tmp_path: Path) -> None:
         ), version
         states.append(version)
     assert "incomplete" in states  # a kill between two marts was recognised as such
-    writer.run("gc", "--grace-seconds", "0")
+    collect(Lake(str(base / "lake")), grace_seconds=0, temp_dir=writer.tmp)  # `recsys gc`
     assert not [p for p in (base / "lake").rglob("*") if is_temporary(p)]
-    writer.run("build", "--cutoff-at", cutoff)
+    build(settings_of(base), cutoff_at=cutoff, echo=False)
     assert warehouse_image(base) == (new_version, new)
     exported = base / "lake" / "features" / new_version
     with duckdb.connect() as con:
@@ -290,11 +291,11 @@ def test_publish_killed_at_each_write(base: Path, tmp_path: Path) -> None:
         assert check_latest(lake, tmp_path) == before
     folders = [p for p in (base / "lake" / "snapshots").iterdir() if p.is_dir()]
     assert any(not (p / "manifest.json").exists() for p in folders)  # what the kills left
-    writer.run("gc", "--grace-seconds", "0")
+    collect(lake, grace_seconds=0, temp_dir=writer.tmp)
     assert not [p for p in (base / "lake").rglob("*") if is_temporary(p)]
     folders = [p for p in (base / "lake" / "snapshots").iterdir() if p.is_dir()]
     assert all((p / "manifest.json").exists() for p in folders)
-    writer.run("publish", "--force")
+    publish_snapshot(settings_of(base), say=lambda _message: None, force=True)
     assert check_latest(lake, tmp_path) != before
     assert snapshot_image(lake, tmp_path) == published
 
@@ -366,5 +367,5 @@ def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
     report = ingest_landing(lake, tmp_path / "landing-scratch", lambda _m: None, 2**62)
     assert report is not None and report.accepted == len(events)
     check_parquet_reads(base / "lake")
-    writer.run("gc", "--grace-seconds", "0")
+    collect(lake, grace_seconds=0, temp_dir=writer.tmp)
     assert not [p for p in (base / "lake").rglob("*") if is_temporary(p)]
