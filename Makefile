@@ -31,7 +31,7 @@ run: install ## demo data -> lake -> warehouse -> ALS + CatBoost -> evaluation -
 	$(UV) run recsys run
 
 test: install tools ## the whole test suite (real dbt / DuckDB / S3 server / Prometheus)
-	$(UV) run pytest
+	$(UV) run pytest -n 2 --dist loadfile
 
 test-unit: install ## unit tests only
 	$(UV) run pytest tests/unit

@@ -17,6 +17,25 @@ from tests.s3server import s3_bucket, seaweed_s3  # noqa: F401  (fixtures)
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+# `make test` runs the suite in two pytest-xdist workers. dbt writes its parse cache, compiled
+# SQL and logs under the project folder; each worker gets folders of its own (dbt reads these
+# variables, and every process a test starts inherits them), so that two dbt runs never write
+# the same file.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    from recsys.settings import DBT_PROJECT_DIR
+
+    os.environ.setdefault("DBT_TARGET_PATH", str(DBT_PROJECT_DIR / "target" / _WORKER))
+    os.environ.setdefault("DBT_LOG_PATH", str(DBT_PROJECT_DIR / "logs" / _WORKER))
+
+
+def dbt_target_dir() -> Path:
+    """Where dbt writes its artifacts in this test process."""
+    from recsys.settings import DBT_PROJECT_DIR
+
+    return Path(os.environ.get("DBT_TARGET_PATH") or DBT_PROJECT_DIR / "target")
+
+
 SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "retailrocket_sample"
 
 

@@ -15,6 +15,7 @@ from recsys.ingest import ingest
 from recsys.lake import Lake
 from recsys.settings import DBT_PROJECT_DIR, Settings
 from recsys.warehouse import build, dbt_command, dbt_executable
+from tests.conftest import dbt_target_dir
 
 pytestmark = pytest.mark.integration
 
@@ -141,10 +142,10 @@ def test_dbt_build_runs_on_its_own_from_the_project_folder(
     assert "ERROR=0" in result.stdout
     # docs generate offline, and the analyses compile
     dbt_command(settings, ["docs", "generate"], echo=False)
-    catalog = json.loads((DBT_PROJECT_DIR / "target" / "catalog.json").read_text())
+    catalog = json.loads((dbt_target_dir() / "catalog.json").read_text())
     assert any(node.endswith(".item_features") for node in catalog["nodes"])
     dbt_command(settings, ["compile", "--select", "analyses"], echo=False)
-    compiled = DBT_PROJECT_DIR / "target" / "compiled" / "recsys" / "analyses"
+    compiled = dbt_target_dir() / "compiled" / "recsys" / "analyses"
     names = sorted(p.name for p in compiled.glob("*.sql"))
     assert names == [
         "funnel_by_category.sql",
