@@ -83,7 +83,9 @@ class Watch:
                 self._add_tree(path, report=True)
             else:
                 created.append(str(path.relative_to(self.root)))
-        return created + self.pending
+        # what was already in folders made meanwhile counts as created now, once
+        found, self.pending = created + self.pending, []
+        return found
 
     def kill_at(
         self,
