@@ -155,7 +155,17 @@ class _Deadlines:
     client: tuple[str, int] | None
     limits: Limits
 
-    def _setup_deadlines(self, limits: Limits) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        """uvicorn's protocol constructor (the next class in the MRO), plus the limits."""
+        super().__init__(config, server_state, app_state, _loop)  # type: ignore[call-arg]
         self.limits = limits
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind = 0
@@ -273,8 +283,7 @@ if HAVE_HTTPTOOLS:
             *,
             limits: Limits = DEFAULT_LIMITS,
         ) -> None:
-            super().__init__(config, server_state, app_state, _loop)
-            self._setup_deadlines(limits)
+            super().__init__(config, server_state, app_state, _loop, limits=limits)
             self._head_open = True  # waiting for, or receiving, a request's head
             self._head_exact = True  # _head_bytes counts the head from its first byte
             self._began = False  # the parser has seen the current request's first byte
@@ -359,18 +368,6 @@ if HAVE_HTTPTOOLS:
 class LimitedH11Protocol(_Deadlines, H11Protocol):
     """uvicorn's h11 protocol with the timeouts of `Limits`; the head's size is h11's own
     `max_incomplete_event_size` (uvicorn answers 400 when it is exceeded)."""
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-        *,
-        limits: Limits = DEFAULT_LIMITS,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._setup_deadlines(limits)
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:

@@ -285,11 +285,10 @@ def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
         ).fetchone()
         session = evaluation.session_next_item(con, win.t2, win.end)
         seen = evaluation.seen_items(con, list(truth))
-    with steps.timed(say, "models compared"):
         # popularity without the met items needs the list to reach past them
         longest = max((len(items) for items in seen.values()), default=0)
-        with steps.connect(settings) as con:
-            popularity = evaluation.popular_items(con, max(evaluation.KS) + longest)
+        popularity = evaluation.popular_items(con, max(evaluation.KS) + longest)
+    with steps.timed(say, "models compared"):
         models, n_eval, per_visitor = evaluation.compare_models(
             frame, scores, popularity, truth, int(catalogue[0]) if catalogue else 0, seen
         )

@@ -13,7 +13,6 @@ not optional).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -24,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from recsys.settings import REPO_ROOT
+from tests.service import free_port
 
 TOOLS_BIN = REPO_ROOT / ".tools" / "prometheus" / "usr" / "bin"
 PROMETHEUS = TOOLS_BIN / "prometheus"
@@ -34,12 +34,6 @@ def require(binary: Path) -> Path:
     if not binary.exists():
         raise RuntimeError(f"{binary} is missing: run `make tools` (make test does it first)")
     return binary
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrometheusServer:

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,9 +23,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from recsys.settings import REPO_ROOT
 from tests.api_snapshots import publish_world
-from tests.integration.test_api_server import Server, free_port, wait_for
+from tests.integration.test_api_server import Server
 from tests.unit.api.conftest import KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,30 +47,17 @@ P99_BOUND = 0.050
 class LimitedServer(Server):
     """test_api_server's server, started with small limits and three keys."""
 
-    def start(self) -> None:
-        port = free_port()
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "AWS_"))},
-            "RECSYS_DATA_DIR": str(self.data_dir),
-            "RECSYS_API_POLL_SECONDS": "1",
-            "RECSYS_API_KEYS": ",".join([GOOD_KEY, BURST_KEY, SLOW_KEY]),
-            "RECSYS_API_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
-            "RECSYS_API_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
-            "RECSYS_API_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
-            "RECSYS_API_RATE_LIMIT": str(RATE),
-            "RECSYS_API_RATE_BURST": str(BURST),
-        }
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "recsys.cli", "serve", "--port", str(port)],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(lambda: self.get("/readyz").status_code == 200, 90, "the server to be ready")
+    def start(self, **settings: str) -> None:
+        super().start(
+            RECSYS_API_POLL_SECONDS="1",
+            RECSYS_API_KEYS=",".join([GOOD_KEY, BURST_KEY, SLOW_KEY]),
+            RECSYS_API_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
+            RECSYS_API_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+            RECSYS_API_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
+            RECSYS_API_RATE_LIMIT=str(RATE),
+            RECSYS_API_RATE_BURST=str(BURST),
+            **settings,
+        )
 
 
 @dataclass

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from models_ml.publish import sha256_file
 from recsys.lake import Lake
 from recsys.settings import REPO_ROOT
+from tests import service
 from tests.api_snapshots import (
     default_world,
     manifest_of,
@@ -31,27 +31,10 @@ from tests.api_snapshots import (
     publish_world,
     write_snapshot,
 )
+from tests.service import clean_env, wait_for
 from tests.unit.api.conftest import KEY, make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 class Server:
@@ -62,24 +45,13 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "serve.log"
 
-    def start(self) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "AWS_"))},
-            "RECSYS_DATA_DIR": str(self.data_dir),
-            "RECSYS_API_POLL_SECONDS": "0.1",
-            "RECSYS_API_KEYS": KEY,
-        }
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "recsys.cli", "serve", "--port", str(port)],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(lambda: self.get("/readyz").status_code == 200, 90, "the server to be ready")
+    def start(self, **settings: str) -> None:
+        """The service on this data dir with one API key; `settings` add or replace RECSYS_
+        variables."""
+        defaults = {"RECSYS_API_POLL_SECONDS": "0.1", "RECSYS_API_KEYS": KEY}
+        env = clean_env(**{**defaults, **settings, "RECSYS_DATA_DIR": str(self.data_dir)})
+        self.process, self.url = service.start(env, self.log)
+        self.port = int(self.url.rsplit(":", 1)[1])
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(self.url + path, timeout=5)
@@ -97,13 +69,8 @@ class Server:
         return 0.0
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # the process this test started, by its id
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            service.stop(self.process)
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -45,6 +43,7 @@ from recsys.ingest import IncompleteIngest, check_raw, ingest, ingest_landing
 from recsys.lake import Lake
 from recsys.settings import Settings
 from recsys.warehouse import IncompleteBuild, build, check_one_build
+from tests import service
 from tests.conftest import CLOUD_VARIABLES, TinyRun
 from tests.fswatch import Watch
 
@@ -300,12 +299,6 @@ def test_publish_killed_at_each_write(base: Path, tmp_path: Path) -> None:
     assert snapshot_image(lake, tmp_path) == published
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
     """The service killed while it writes a batch of events: the client has no 202, nothing
     partial is ingested, and the batch sent again (same Idempotency-Key) to a restarted
@@ -318,25 +311,15 @@ def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
     ]
     headers = {"Idempotency-Key": "crash-test-batch-1"}
 
-    def serve() -> tuple[subprocess.Popen[bytes], str, Path]:
-        port = free_port()
-        process, log = writer.start("serve", "--port", str(port))
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    return process, url, log
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.2)
-        raise AssertionError("the service did not become ready")
+    def serve(name: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+        log = writer.logs / f"{name}.log"
+        process, url = service.start(writer.env(), log)
+        return process, url, log
 
     # the service makes the landing folder on its first write; made here, so that the watch
     # is on it before the write (a folder made later is watched from when it is seen)
     (base / "lake" / "landing" / "events").mkdir(parents=True, exist_ok=True)
-    process, url, log = serve()
+    process, url, log = serve("serve-killed")
     # the post waits on the service: it is sent from a thread while this one watches
     with Watch(base) as watch, httpx.Client(timeout=30) as client:
         request = client.build_request("POST", f"{url}/v1/events", json=events, headers=headers)
@@ -357,13 +340,12 @@ def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
     report = ingest_landing(lake, tmp_path / "landing-scratch", lambda _m: None, 2**62)
     assert report is None or report.raw_rows == 0  # the half-written batch is never read
     check_parquet_reads(base / "lake")
-    process, url, log = serve()
+    process, url, _ = serve("serve-again")
     try:
         for _ in range(2):  # sent again, twice: lands once
             assert httpx.post(f"{url}/v1/events", json=events, headers=headers).status_code == 202
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        service.stop(process)
     report = ingest_landing(lake, tmp_path / "landing-scratch", lambda _m: None, 2**62)
     assert report is not None and report.accepted == len(events)
     check_parquet_reads(base / "lake")

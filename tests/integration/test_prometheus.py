@@ -9,10 +9,7 @@ units as suffixes, `_total` counters, help strings).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +17,9 @@ import httpx
 import pytest
 
 from recsys.lake import Lake
-from recsys.settings import REPO_ROOT
 from tests.api_snapshots import publish_world
-from tests.prometheus import PROMTOOL, PrometheusServer, free_port, require
+from tests.prometheus import PROMTOOL, PrometheusServer, require
+from tests.service import clean_env, serving
 from tests.unit.api.conftest import make_settings
 
 pytestmark = pytest.mark.integration
@@ -34,40 +31,8 @@ ROUTE = "/v1/recommendations/{visitor_id}"
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("prom-served")
     publish_world(Lake.from_settings(make_settings(data_dir)))
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "AWS_"))},
-        "RECSYS_DATA_DIR": str(data_dir),
-    }
-    log = data_dir / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "recsys.cli", "serve", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "service not ready: " + log.read_text()[-3000:]
-            time.sleep(0.1)
+    with serving(clean_env(RECSYS_DATA_DIR=str(data_dir)), data_dir / "serve.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_prometheus_scrapes_the_request_histogram_by_route(service: str, tmp_path: Path) -> None:

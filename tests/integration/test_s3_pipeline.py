@@ -12,11 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -26,10 +22,9 @@ import s3fs
 
 from models_ml.publish import SNAPSHOT_TABLES
 from recsys.cli import main
-from recsys.settings import REPO_ROOT
 from tests.integration.test_airflow_training import airflow
-from tests.integration.test_api_server import free_port, wait_for
 from tests.s3server import SeaweedS3
+from tests.service import clean_env, serving
 from tests.unit.test_dags import airflow_env, write_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,32 +40,6 @@ def s3_env(seaweed_s3: SeaweedS3, bucket: str, data_dir: Path) -> dict[str, str]
 
 def lake_fs(seaweed_s3: SeaweedS3) -> s3fs.S3FileSystem:
     return s3fs.S3FileSystem(**seaweed_s3.s3fs_options(), use_listings_cache=False)
-
-
-@contextlib.contextmanager
-def serving(env: dict[str, str], log: Path) -> Iterator[str]:
-    """`recsys serve` on 127.0.0.1 with `env`; its URL once ready."""
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "AWS_"))}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "recsys.cli", "serve", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env={**base, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 90, "ready")
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_recsys_run_then_serve_on_s3(
@@ -95,7 +64,7 @@ def test_recsys_run_then_serve_on_s3(
     assert not (tmp_path / "data" / "lake").exists()  # the lake is on S3 only
 
     visitor = output.getvalue().split("/v1/recommendations/")[1].split("?")[0]
-    with serving(env, tmp_path / "serve.log") as url:
+    with serving(clean_env(**env), tmp_path / "serve.log") as url:
         response = httpx.get(f"{url}/v1/recommendations/{visitor}?k=5", timeout=10)
     assert response.status_code == 200, response.text
     body = response.json()

@@ -9,7 +9,7 @@ import pickle
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,22 @@ def status_of(data: bytes) -> int:
     return int(data.split(b" ")[1])
 
 
+def drip(sock: socket.socket, pieces: Iterable[bytes]) -> bytes:
+    """Send `pieces` one every 0.1 s until the server answers or closes: what it sent first
+    (b"" when it closed, or when every piece went out unanswered)."""
+    for piece in pieces:
+        try:
+            sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        sock.settimeout(0.1)
+        try:
+            return sock.recv(65536)
+        except TimeoutError:
+            continue
+    return b""
+
+
 def get(path: str = "/", extra: bytes = b"") -> bytes:
     return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\n" + extra + b"\r\n"
 
@@ -267,18 +283,7 @@ def test_headers_sent_slowly_get_408_after_the_header_timeout(
     running = serve(protocol)
     with running.connect() as sock:
         started = time.monotonic()
-        data = b""
-        for byte in get():  # a byte every 0.1 s: 26 bytes would take 2.6 s
-            try:
-                sock.sendall(bytes([byte]))
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sock.settimeout(0.1)
-            try:
-                data = sock.recv(65536)
-                break
-            except TimeoutError:
-                continue
+        data = drip(sock, (bytes([byte]) for byte in get()))  # 26 bytes would take 2.6 s
         rest, closed = read_until_closed(sock)
     assert status_of(data + rest) == 408
     assert b"not complete within 0.5 s" in data + rest
@@ -305,18 +310,7 @@ def test_a_body_sent_slowly_gets_408_after_the_body_timeout(
     with running.connect() as sock:
         sock.sendall(post_head(100))
         started = time.monotonic()
-        data = b""
-        for _ in range(30):  # a byte every 0.1 s
-            try:
-                sock.sendall(b"x")
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sock.settimeout(0.1)
-            try:
-                data = sock.recv(65536)
-                break
-            except TimeoutError:
-                continue
+        data = drip(sock, [b"x"] * 30)
         rest, closed = read_until_closed(sock)
     assert status_of(data + rest) == 408
     assert b"body was not complete within 0.5 s" in data + rest
