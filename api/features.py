@@ -23,6 +23,10 @@ candidate, or any item of a visitor without candidates) are not in the snapshot.
   true, where NaN would read as *better* than rank 1 under "Min".
 - `is_seen` = whether the visitor interacted with the item before the cutoff, ALS's own
   definition (an item in the visitor's row of the interaction matrix).
+
+`candidate_source` is what the caller says offered the item (`recsys.candidate_sources`);
+an item among the visitor's published ALS candidates is `revisit` when met and `als` otherwise,
+whatever the caller says, as in the mart (the first source that offers an item tags it).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ FEATURE_COLUMNS = (
     "als_score",
     "als_rank",
     "is_seen",
+    "candidate_source",
     "category_id",
     "root_category_id",
     "is_available",
@@ -108,16 +113,26 @@ def _pick(
     return np.where(found, values[pos], default).astype(dtype)  # type: ignore[call-overload]
 
 
-def feature_rows(snapshot: Snapshot, visitor_id: int | None, item_ids: np.ndarray) -> pd.DataFrame:
+def feature_rows(
+    snapshot: Snapshot,
+    visitor_id: int | None,
+    item_ids: np.ndarray,
+    sources: np.ndarray | None = None,
+) -> pd.DataFrame:
     """`ranking_features` rows for (visitor, item) pairs as a DataFrame: keys, then
     FEATURE_COLUMNS (for tests and inspection; scoring uses `feature_columns`)."""
-    return pd.DataFrame(feature_columns(snapshot, visitor_id, item_ids))
+    return pd.DataFrame(feature_columns(snapshot, visitor_id, item_ids, sources))
 
 
 def feature_columns(
-    snapshot: Snapshot, visitor_id: int | None, item_ids: np.ndarray
+    snapshot: Snapshot,
+    visitor_id: int | None,
+    item_ids: np.ndarray,
+    sources: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """`ranking_features` columns for (visitor, item) pairs: keys, then FEATURE_COLUMNS."""
+    """`ranking_features` columns for (visitor, item) pairs: keys, then FEATURE_COLUMNS.
+
+    `sources`: the source that offered each item (default `similar`); see the module doc."""
     items = np.asarray(item_ids, dtype=np.int64)
     n = len(items)
     f32 = np.float32
@@ -144,6 +159,10 @@ def feature_columns(
     out["als_rank"] = _pick(ranks, cpos, cfound, snapshot.max_als_rank + 1, f32)
     seen = _pick(ccols["is_seen"][c_start:c_end], cpos, cfound, False, bool)
     out["is_seen"] = np.where(cfound, seen, ifound)
+    given = np.full(n, "similar", dtype=object) if sources is None else np.asarray(sources, object)
+    out["candidate_source"] = np.where(
+        cfound, np.where(seen, "revisit", "als").astype(object), given
+    )
 
     # the item
     cat = snapshot.items

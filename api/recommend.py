@@ -10,9 +10,10 @@ catalogue by popularity, so `k` items come back whenever the catalogue has them.
   not run the ranker, to stay in the microseconds); anyone else popular items (`popular`).
   The published list is refilled from the visitor's ALS candidates, then from popular items.
 - `for_session` (POST): candidates = the visitor's ALS candidates + the similar items of the
-  session's latest items (or of the visitor's latest items when there is no session and no
-  candidates), ranked by the snapshot's CatBoost ranker on request-time features
-  (`api.features`). `personalized` when the visitor has ALS candidates, `session` otherwise.
+  session's latest items (or of the visitor's latest items when there is no session) + popular
+  items (`candidate_pool`, the pool the published lists were ranked from), ranked by the
+  snapshot's CatBoost ranker on request-time features (`api.features`). `personalized` when
+  the visitor has ALS candidates, `session` otherwise.
 - `similar_to` (similar items): the item's similar items, then popular items of its category.
 """
 
@@ -26,9 +27,10 @@ import numpy as np
 
 from api import features
 from api.snapshot import Snapshot
+from recsys.candidate_sources import POPULAR_CANDIDATES, SIMILAR_CANDIDATES, SIMILAR_SEEDS
 
 SEED_ITEMS = 10  # the latest items of a session (or history) whose similar items are candidates
-SESSION_CANDIDATES = 100  # similar items ranked per request, beside the visitor's ALS candidates
+SESSION_CANDIDATES = 100  # similar items of a session ranked per request
 
 
 @dataclass
@@ -330,23 +332,16 @@ def for_session(
 ) -> Answer:
     """POST /v1/recommendations: ranks at request time; see the module doc."""
     picker = _Picker(snapshot, k, category_id, exclude, visitor_id)
-    als_items = np.zeros(0, dtype=np.int64)
-    if visitor_id is not None:
-        start, end = snapshot.candidates.span(visitor_id)
-        als_items = snapshot.candidate_cols["item_id"][start:end].astype(np.int64)
-    seeds = session_seeds(session_item_ids)
-    if len(seeds) == 0 and len(als_items) == 0 and visitor_id is not None:
-        seeds = latest_items(snapshot, visitor_id)
-    session_items, _ = similar_of(snapshot, seeds)
-    session_items = session_items[~np.isin(session_items, als_items)][:SESSION_CANDIDATES]
-    pool = np.concatenate([als_items, session_items])
+    pool, sources = candidate_pool(snapshot, visitor_id, session_item_ids)
+    als_items = pool[(sources == "als") | (sources == "revisit")]
     # filter before scoring: the ranker only sees what could be recommended
     ok = ~_member(pool, picker.blocked) & snapshot.items.available_of(pool)
     if category_id is not None:
         ok &= snapshot.items.category_of(pool) == category_id
-    pool = pool[ok]
+    pool, sources = pool[ok], sources[ok]
     if len(pool):
-        scores = features.score(snapshot, features.feature_columns(snapshot, visitor_id, pool))
+        columns = features.feature_columns(snapshot, visitor_id, pool, sources)
+        scores = features.score(snapshot, columns)
         order = np.lexsort((pool, -scores))
         picker.offer(pool[order], scores[order], "ranker")
     if len(als_items):
@@ -356,6 +351,44 @@ def for_session(
     if picker.missing > 0:
         picker.fill_with_popular()
     return picker.answer
+
+
+def candidate_pool(
+    snapshot: Snapshot, visitor_id: int | None, session_item_ids: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(items, sources) the ranker scores for a POST: the pool of `recsys.candidate_sources`.
+
+    The visitor's published ALS candidates (`als`, `revisit`); the similar items of the
+    session's latest items (up to SESSION_CANDIDATES), or without a session of the visitor's
+    SIMILAR_SEEDS latest items (up to SIMILAR_CANDIDATES: the published list's own pool);
+    then POPULAR_CANDIDATES popular items, when there is anything to rank them with.
+    """
+    als_items = np.zeros(0, dtype=np.int64)
+    als_sources = np.zeros(0, dtype=object)
+    if visitor_id is not None:
+        start, end = snapshot.candidates.span(visitor_id)
+        als_items = snapshot.candidate_cols["item_id"][start:end].astype(np.int64)
+        seen = snapshot.candidate_cols["is_seen"][start:end]
+        als_sources = np.where(seen, "revisit", "als").astype(object)
+    seeds, n_similar = session_seeds(session_item_ids), SESSION_CANDIDATES
+    if len(seeds) == 0 and visitor_id is not None:
+        seeds, n_similar = latest_items(snapshot, visitor_id, SIMILAR_SEEDS), SIMILAR_CANDIDATES
+    similar, _ = similar_of(snapshot, seeds)
+    similar = similar[~np.isin(similar, als_items)][:n_similar]
+    offered = np.concatenate([als_items, similar])
+    popular = np.zeros(0, dtype=np.int64)
+    if len(offered):
+        head = snapshot.popular_for(None)[0][0]
+        popular = head[~np.isin(head, offered)][:POPULAR_CANDIDATES]
+    items = np.concatenate([offered, popular])
+    sources = np.concatenate(
+        [
+            als_sources,
+            np.full(len(similar), "similar", dtype=object),
+            np.full(len(popular), "popular", dtype=object),
+        ]
+    )
+    return items, sources
 
 
 def similar_to(snapshot: Snapshot, item_id: int, k: int) -> Answer:

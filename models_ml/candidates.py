@@ -3,9 +3,13 @@
 Reads only dbt marts. Writes two tables in the warehouse's `ml` schema, which dbt declares as
 sources (`source('ml', ...)`):
 
-- `ml.als_candidates`: per visitor, the top-N items ALS finds among those the visitor has not
-  met and up to `n_revisit` met ones, ranked by ALS score together (visitor_id, item_id,
-  als_score, als_rank, is_seen): the ranker learns from `is_seen` whether met items matter;
+- `ml.als_candidates`: per visitor, the candidate pool (visitor_id, item_id, als_score,
+  als_rank, is_seen, source): the top-N items ALS finds among those the visitor has not met
+  (`als`) and up to `n_revisit` met ones (`revisit`), ranked by ALS score together, then the
+  similar items of the visitor's latest items (`similar`) and popular items (`popular`), which
+  have no ALS score, rank or `is_seen` here (`add_sources`; the rules in
+  `recsys.candidate_sources`, which the API follows at request time). The ranker learns from
+  the source and `is_seen` which matter on the shop;
 - `ml.als_similar_items`: top-M similar items per item (item_id, similar_item_id, similarity,
   similarity_rank).
 
@@ -216,6 +220,7 @@ def recommend(
                 "als_score": pd.Series([], dtype="float64"),
                 "als_rank": pd.Series([], dtype="int32"),
                 "is_seen": pd.Series([], dtype="bool"),
+                "source": pd.Series([], dtype="object"),
             }
         )
     return pd.concat(frames, ignore_index=True)
@@ -273,6 +278,133 @@ def _pool(
             "als_score": score,
             "als_rank": rank.astype(np.int32),
             "is_seen": is_seen,
+            "source": np.where(is_seen, "revisit", "als").astype(object),
+        }
+    )
+
+
+def add_sources(
+    recs: pd.DataFrame,
+    seeds: pd.DataFrame,
+    similar: pd.DataFrame,
+    popular: np.ndarray,
+    batch_visitors: int = 20_000,
+) -> pd.DataFrame:
+    """`recs` (ALS's pool, from `recommend`) with each visitor's `similar` and `popular`
+    candidates added, as `recsys.candidate_sources` defines them and the API computes them.
+
+    `seeds`: (visitor_id, item_id) of each visitor's latest items, most recent first (at least
+    the first SIMILAR_SEEDS of each); `similar`: `similar_items` rows of those items; `popular`:
+    the popular list, best first. The added rows have no ALS score, rank or `is_seen` (the
+    warehouse fills in `is_seen` from the interactions). Summed similarities are added up in the
+    API's order and precision (float32 values, float64 sums, seed after seed), so that both
+    sides cut the list at the same item.
+    """
+    from recsys.candidate_sources import POPULAR_CANDIDATES, SIMILAR_CANDIDATES, SIMILAR_SEEDS
+
+    sim = similar.sort_values(["item_id", "similarity_rank"], kind="stable")
+    sim_keys = sim["item_id"].to_numpy(np.int64)
+    sim_items = sim["similar_item_id"].to_numpy(np.int64)
+    sim_values = sim["similarity"].to_numpy(np.float32).astype(np.float64)
+    seed_visitors = seeds["visitor_id"].to_numpy(np.int64)
+    seed_items = seeds["item_id"].to_numpy(np.int64)
+    # each visitor's first SIMILAR_SEEDS seeds, in the given order
+    order = np.argsort(seed_visitors, kind="stable")
+    seed_visitors, seed_items = seed_visitors[order], seed_items[order]
+    nth = np.arange(len(seed_visitors)) - np.searchsorted(seed_visitors, seed_visitors)
+    seed_visitors, seed_items = seed_visitors[nth < SIMILAR_SEEDS], seed_items[nth < SIMILAR_SEEDS]
+    popular = np.asarray(popular, dtype=np.int64)
+    rec_visitors = recs["visitor_id"].to_numpy(np.int64)
+    rec_items = recs["item_id"].to_numpy(np.int64)
+    rec_order = np.argsort(rec_visitors, kind="stable")
+    rec_visitors, rec_items = rec_visitors[rec_order], rec_items[rec_order]
+    visitors = np.unique(rec_visitors)
+    added = []
+    for lo in range(0, len(visitors), batch_visitors):
+        batch = visitors[lo : lo + batch_visitors]
+        r0 = np.searchsorted(rec_visitors, batch[0])
+        r1 = np.searchsorted(rec_visitors, batch[-1], side="right")
+        s0 = np.searchsorted(seed_visitors, batch[0])
+        s1 = np.searchsorted(seed_visitors, batch[-1], side="right")
+        added.append(
+            _similar_and_popular(
+                batch,
+                rec_visitors[r0:r1],
+                rec_items[r0:r1],
+                seed_visitors[s0:s1],
+                seed_items[s0:s1],
+                (sim_keys, sim_items, sim_values),
+                popular,
+                SIMILAR_CANDIDATES,
+                POPULAR_CANDIDATES,
+            )
+        )
+    if not added:
+        return recs
+    extra = pd.concat(added, ignore_index=True)
+    extra["als_score"] = np.nan
+    out = pd.concat([recs.astype({"als_rank": "Int32", "is_seen": "boolean"}), extra])
+    return out.astype({"als_rank": "Int32", "is_seen": "boolean"}).reset_index(drop=True)
+
+
+def _similar_and_popular(
+    visitors: np.ndarray,
+    rec_visitors: np.ndarray,
+    rec_items: np.ndarray,
+    seed_visitors: np.ndarray,
+    seed_items: np.ndarray,
+    sim: tuple[np.ndarray, np.ndarray, np.ndarray],
+    popular: np.ndarray,
+    n_similar: int,
+    n_popular: int,
+) -> pd.DataFrame:
+    """The `similar` and `popular` rows of a batch of visitors (sorted ids)."""
+    sim_keys, sim_items, sim_values = sim
+    # every seed's similar items, seed after seed, each in similarity order
+    lo = np.searchsorted(sim_keys, seed_items, side="left")
+    hi = np.searchsorted(sim_keys, seed_items, side="right")
+    counts = hi - lo
+    offsets = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    idx = np.arange(int(counts.sum())) + offsets
+    row_visitor = np.searchsorted(visitors, np.repeat(seed_visitors, counts))
+    items = sim_items[idx]
+    codes, item_code = np.unique(items, return_inverse=True)
+    n_codes = max(len(codes), 1)
+    pair, inverse = np.unique(row_visitor * n_codes + item_code, return_inverse=True)
+    total = np.bincount(inverse, weights=sim_values[idx], minlength=len(pair))
+    pair_visitor = pair // n_codes
+    pair_item = codes[pair % n_codes] if len(codes) else pair
+    # not the items ALS offered the visitor
+    rec_row = np.searchsorted(visitors, rec_visitors)
+    pos = np.minimum(np.searchsorted(codes, rec_items), max(len(codes) - 1, 0))
+    known = (codes[pos] == rec_items) if len(codes) else np.zeros(len(rec_items), dtype=bool)
+    offered = np.sort(rec_row[known] * n_codes + pos[known])
+    keep = ~np.isin(pair, offered)
+    pair_visitor, pair_item, total = pair_visitor[keep], pair_item[keep], total[keep]
+    order = np.lexsort((pair_item, -total, pair_visitor))
+    pair_visitor, pair_item = pair_visitor[order], pair_item[order]
+    nth = np.arange(len(pair_visitor)) - np.searchsorted(pair_visitor, pair_visitor)
+    sim_visitor, sim_item = pair_visitor[nth < n_similar], pair_item[nth < n_similar]
+    # the popular list, without what the visitor was offered already
+    taken = np.zeros((len(visitors), len(popular)), dtype=bool)
+    if len(popular):
+        by_id = np.argsort(popular, kind="stable")
+        for row, item in ((rec_row, rec_items), (sim_visitor, sim_item)):
+            at = np.minimum(np.searchsorted(popular[by_id], item), len(popular) - 1)
+            hit = popular[by_id][at] == item
+            taken[row[hit], by_id[at[hit]]] = True
+    free = ~taken
+    chosen = free & (np.cumsum(free, axis=1) <= n_popular)
+    pop_visitor, pop_pos = np.nonzero(chosen)
+    return pd.DataFrame(
+        {
+            "visitor_id": visitors[np.concatenate([sim_visitor, pop_visitor])],
+            "item_id": np.concatenate([sim_item, popular[pop_pos]]),
+            "als_rank": pd.array([None] * (len(sim_visitor) + len(pop_visitor)), dtype="Int32"),
+            "is_seen": pd.array([None] * (len(sim_visitor) + len(pop_visitor)), dtype="boolean"),
+            "source": np.array(
+                ["similar"] * len(sim_visitor) + ["popular"] * len(pop_visitor), dtype=object
+            ),
         }
     )
 
@@ -368,6 +500,7 @@ def write_tables(
                 cast(als_score as double) as als_score,
                 cast(als_rank as integer) as als_rank,
                 cast(is_seen as boolean) as is_seen,
+                cast(source as varchar) as source,
                 cast(? as varchar) as feature_version,
             from candidates_df
             """,

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from models_ml.metrics import evaluate_per_visitor
+from recsys.candidate_sources import SOURCES
 
 KS = (10, 20)
 
@@ -99,7 +100,7 @@ def compare_models(
     - `popularity`: the popular list, the same for everyone;
     - `popularity_unseen`: the popular list without the items the visitor already met (`seen`);
     - `als_unseen`: ALS's best unmet items (plain ALS that filters what the visitor has);
-    - `als`: ALS's order of the whole candidate pool, met items included;
+    - `als`: ALS's order of its own candidates, met items included;
     - `als_catboost`: the ranker's order of the pool.
     """
     seen = seen or {}
@@ -107,16 +108,16 @@ def compare_models(
     eval_truth = {v: items for v, items in truth.items() if v in known and items}
     depth = max(KS)
     als_rank = -frame["als_rank"].to_numpy(dtype=float)
-    unmet = ~frame["is_seen"].to_numpy(dtype=bool) if "is_seen" in frame else None
+    source = frame["candidate_source"].to_numpy(dtype=object)
+    unmet = source == "als"
+    from_als = unmet | (source == "revisit")
     lists = {
         "popularity": {v: list(popularity[:depth]) for v in eval_truth},
         "popularity_unseen": {
             v: [i for i in popularity if i not in seen.get(v, ())][:depth] for v in eval_truth
         },
-        "als_unseen": (
-            ranked_lists(frame[unmet], als_rank[unmet], depth) if unmet is not None else {}
-        ),
-        "als": ranked_lists(frame, als_rank, depth),
+        "als_unseen": ranked_lists(frame[unmet], als_rank[unmet], depth),
+        "als": ranked_lists(frame[from_als], als_rank[from_als], depth),
         "als_catboost": ranked_lists(frame, ranker_scores, depth),
     }
     models: dict[str, dict[str, float]] = {}
@@ -132,32 +133,34 @@ def pool_recall(
     frame: pd.DataFrame, truth: Mapping[int, set[int]], seen: Mapping[int, set[int]]
 ) -> dict[str, Any]:
     """What the candidate pool can reach on the evaluated visitors (those with candidates and
-    relevant items): the mean share of a visitor's relevant items in the pool, overall and by
-    source (`als`: unmet items ALS found, `revisit`: items the visitor met before), and the
-    shop's re-visit rate (the share of relevant items the visitor had met before the cutoff)."""
+    relevant items): the mean share of a visitor's relevant items in the pool (recall), overall
+    and by the source that offered the item (`candidate_source`), the pool's mean size overall
+    and by source, and the shop's re-visit rate (the share of relevant items the visitor had
+    met before the cutoff)."""
     known = set(map(int, frame["visitor_id"].unique()))
     pairs = [(v, i) for v, items in truth.items() if v in known for i in items]
     if not pairs:
         return {"n_visitors": 0}
     relevant = pd.DataFrame(pairs, columns=["visitor_id", "item_id"])
-    pool = frame[["visitor_id", "item_id", "is_seen"]].drop_duplicates(["visitor_id", "item_id"])
+    pool = frame[["visitor_id", "item_id", "candidate_source"]].drop_duplicates(
+        ["visitor_id", "item_id"]
+    )
     found = relevant.merge(pool, on=["visitor_id", "item_id"], how="left")
-    found["in_pool"] = found["is_seen"].notna()
-    met = found["is_seen"].astype("boolean").fillna(False).astype(bool)
-    found["als"] = found["in_pool"] & ~met
-    found["revisit"] = found["in_pool"] & met
+    found["in_pool"] = found["candidate_source"].notna()
+    for name in SOURCES:
+        found[name] = found["candidate_source"] == name
     found["had_met"] = [i in seen.get(v, ()) for v, i in pairs]
-    per_visitor = found.groupby("visitor_id")[["in_pool", "als", "revisit"]].mean()
-    sizes = frame.groupby("visitor_id").size()
+    per_visitor = found.groupby("visitor_id")[["in_pool", *SOURCES]].mean()
+    n_visitors = frame["visitor_id"].nunique()
+    by_source = frame["candidate_source"].value_counts().reindex(SOURCES, fill_value=0)
     return {
         "n_visitors": len(per_visitor),
-        "mean_pool_size": float(sizes.mean()),
-        "mean_revisit_candidates": float(frame.groupby("visitor_id")["is_seen"].sum().mean()),
-        "recall": float(per_visitor["in_pool"].mean()),
-        "recall_by_source": {
-            "als": float(per_visitor["als"].mean()),
-            "revisit": float(per_visitor["revisit"].mean()),
+        "mean_pool_size": float(len(frame) / n_visitors),
+        "mean_pool_size_by_source": {
+            name: float(count / n_visitors) for name, count in by_source.items()
         },
+        "recall": float(per_visitor["in_pool"].mean()),
+        "recall_by_source": {name: float(per_visitor[name].mean()) for name in SOURCES},
         "revisit_rate": float(found["had_met"].mean()),
     }
 

@@ -47,10 +47,13 @@ def metric_table(metrics: dict[str, Any]) -> str:
     pool = metrics.get("pool", {})
     if pool.get("n_visitors"):
         by = pool["recall_by_source"]
+        sizes = pool.get("mean_pool_size_by_source", {})
         rows.append(
-            f"candidate pool: recall {pool['recall']:.4f} (als {by['als']:.4f}, revisit "
-            f"{by['revisit']:.4f}), {pool['mean_pool_size']:.1f} items a visitor; re-visit rate "
-            f"of the shop {pool['revisit_rate']:.3f}"
+            f"candidate pool: recall {pool['recall']:.4f} ("
+            + ", ".join(f"{name} {value:.4f}" for name, value in by.items())
+            + f"), {pool['mean_pool_size']:.1f} items a visitor ("
+            + ", ".join(f"{name} {value:.1f}" for name, value in sizes.items())
+            + f"); re-visit rate of the shop {pool['revisit_rate']:.3f}"
         )
     session = metrics.get("session", {})
     if session:

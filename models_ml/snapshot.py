@@ -4,7 +4,8 @@ Tables (the API's contract; `models_ml.publish.SNAPSHOT_TABLES`):
 - `recommendations`: top-K per known visitor (visitor_id, item_id, rank, score, confidence),
   never an item the visitor bought or an unavailable one;
 - `candidates`: the ALS candidates of those visitors (visitor_id, item_id, als_score, als_rank,
-  is_seen), to rank again at request time with a session's items;
+  is_seen), to rank again at request time with the similar and popular candidates the API adds
+  (`recsys.candidate_sources`) and a session's items;
 - `items`, `visitors`, `interactions`, `visitor_category_affinities`: the features the ranker
   needs to score candidates at request time (a subset of the marts, as of the cutoff; the API
   computes ranking_features' columns from them as dbt does);
@@ -95,6 +96,9 @@ def build_snapshot(
             create table candidates as
             select visitor_id, item_id, als_score, als_rank, is_seen,
             from wh.ml.als_candidates
+            -- ALS's own list: the API adds the similar and popular candidates at request time
+            -- (recsys.candidate_sources), from the similar and popular lists published here
+            where source in ('als', 'revisit')
             order by visitor_id, als_rank
             """
         )

@@ -21,7 +21,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from models_ml import candidates
+from models_ml import candidates, evaluation
+from models_ml.snapshot import POPULAR_PER_SCOPE
+from recsys.candidate_sources import SIMILAR_SEEDS, SOURCES
 from recsys.ingest import NO_EVENTS_HINT, RAW_EVENTS, NoEvents, require_events
 from recsys.lake import Lake
 from recsys.settings import Settings
@@ -31,7 +33,7 @@ Say = Callable[[str], None]
 
 # what the ranker learns from: every ranking_features column but the keys
 ID_COLUMNS = ("visitor_id", "item_id")
-CATEGORICAL_FEATURES = ("category_id", "root_category_id")
+CATEGORICAL_FEATURES = ("category_id", "root_category_id", "candidate_source")
 
 
 class NotEnoughData(RuntimeError):
@@ -177,8 +179,9 @@ def fit_candidates(
     """ALS on the interactions mart; writes ml.als_candidates and ml.als_similar_items.
 
     Candidates go to `candidate_visitors` that ALS knows, at most `max_visitors` of them drawn
-    at random (seeded) when given. Similar items are searched for `similar_queries` only (none
-    when None: ranker training does not use them). Both come from `pool_item_ids` when given
+    at random (seeded) when given. Similar items are searched for `similar_queries` and the
+    visitors' latest items, whose similar items join the pool with popular ones
+    (`candidates.add_sources`). All come from `pool_item_ids` when given
     (published lists: available items only).
     """
     with connect(settings) as con:
@@ -199,24 +202,64 @@ def fit_candidates(
         visitors = np.sort(rng.choice(visitors, max_visitors, replace=False))
     with timed(say, f"ALS candidates for {len(visitors):,} visitors"):
         recs = candidates.recommend(result, visitors, pool_item_ids, show_progress=show_progress)
-    if similar_queries is None:
-        similar = candidates.similar_items(result, np.zeros(0, dtype=np.int64))
-    else:
-        with timed(say, f"similar items of {len(similar_queries):,} items"):
-            similar = candidates.similar_items(
-                result, similar_queries, pool_item_ids, show_progress=show_progress
-            )
-    feature_version = build_info(settings)["feature_version"]
+    info = build_info(settings)
+    with connect(settings) as con:
+        seeds = latest_items(con, recs["visitor_id"].unique(), info["cutoff_at"])
+        popular = evaluation.popular_items(con, POPULAR_PER_SCOPE)
+    # similar items are searched for the asked items and the visitors' latest ones (the
+    # `similar` candidates), and published for both: the API adds the same candidates
+    queries = np.union1d(
+        np.zeros(0, dtype=np.int64) if similar_queries is None else similar_queries,
+        seeds["item_id"].to_numpy(np.int64),
+    )
+    with timed(say, f"similar items of {len(queries):,} items"):
+        similar = candidates.similar_items(
+            result, queries, pool_item_ids, show_progress=show_progress
+        )
+    with timed(say, "similar and popular candidates added"):
+        pool = candidates.add_sources(recs, seeds, similar, np.asarray(popular, dtype=np.int64))
+    by_source = pool["source"].value_counts().reindex(SOURCES, fill_value=0)
     with (
         connect(settings, read_only=False) as con,
         timed(
             say,
-            f"wrote {len(recs):,} candidates for {recs['visitor_id'].nunique():,} visitors and "
-            f"{len(similar):,} similar-item pairs",
+            f"wrote {len(pool):,} candidates for {recs['visitor_id'].nunique():,} visitors ("
+            + ", ".join(f"{name} {count:,}" for name, count in by_source.items())
+            + f") and {len(similar):,} similar-item pairs",
         ),
     ):
-        candidates.write_tables(con, recs, similar, feature_version)
+        candidates.write_tables(con, pool, similar, info["feature_version"])
     return result
+
+
+def latest_items(
+    con: duckdb.DuckDBPyConnection, visitor_ids: np.ndarray, cutoff: datetime
+) -> pd.DataFrame:
+    """(visitor_id, item_id) of each visitor's SIMILAR_SEEDS latest items, most recent first,
+    ties by item id: the API's order (`api.recommend.latest_items`), in its precision (days
+    before the cutoff as float32, the snapshot loader's expression)."""
+    with con.cursor() as cur:
+        cur.register("wanted_visitors", pd.DataFrame({"visitor_id": visitor_ids}))
+        rows = cur.execute(
+            """
+            select
+                visitor_id,
+                item_id,
+                cast((epoch(cast(? as timestamp)) - epoch(last_interaction_at)) / 86400.0
+                    as double) as days,
+            from interactions
+            where visitor_id in (select visitor_id from wanted_visitors)
+            """,
+            [cutoff],
+        ).fetchnumpy()
+    visitors = np.asarray(rows["visitor_id"], dtype=np.int64)
+    items = np.asarray(rows["item_id"], dtype=np.int64)
+    days = np.nan_to_num(np.asarray(rows["days"], dtype=np.float64).astype(np.float32), nan=np.inf)
+    order = np.lexsort((items, days, visitors))
+    visitors, items = visitors[order], items[order]
+    nth = np.arange(len(visitors)) - np.searchsorted(visitors, visitors)
+    keep = nth < SIMILAR_SEEDS
+    return pd.DataFrame({"visitor_id": visitors[keep], "item_id": items[keep]})
 
 
 def build_ranking(
@@ -250,7 +293,9 @@ def ranking_frame(settings: Settings) -> pd.DataFrame:
     with connect(settings) as con:
         check_one_build(con, layers=("marts", "ranking"))
         return con.execute(
-            _RANKING_SQL + "order by ranking_features.visitor_id, ranking_features.als_rank"
+            _RANKING_SQL
+            + "order by ranking_features.visitor_id, ranking_features.als_rank, "
+            + "ranking_features.item_id"
         ).df()
 
 
@@ -260,6 +305,7 @@ SCORED_COLUMNS = (
     "item_id",
     "als_rank",
     "is_seen",
+    "candidate_source",
     "is_available",
     "has_purchased_item",
     "label",
@@ -286,7 +332,7 @@ def scored_candidates(
         empty = ranking_frame(settings)[list(SCORED_COLUMNS)]
         return empty.assign(score=np.zeros(0, dtype=np.float64))
     scored = pd.concat(parts, ignore_index=True)
-    return scored.sort_values(["visitor_id", "als_rank"], kind="stable", ignore_index=True)
+    return scored.sort_values(["visitor_id", "als_rank", "item_id"], ignore_index=True)
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:

@@ -38,7 +38,7 @@ from models_ml.publish import Published, publish, sha256_file
 from recsys.lake import Lake
 
 CUTOFF = datetime(2015, 9, 18, 2, 59, 47)
-CATEGORICAL = ["category_id", "root_category_id"]
+CATEGORICAL = ["category_id", "root_category_id", "candidate_source"]
 TYPES: dict[str, dict[str, str]] = {
     "items": {
         "item_id": "bigint",
@@ -261,7 +261,9 @@ def ranker_bytes(seed: int = 7) -> bytes:
     n = n_groups * per_group
     data: dict[str, Any] = {}
     for name in FEATURE_COLUMNS:
-        if name in CATEGORICAL:
+        if name == "candidate_source":
+            data[name] = rng.choice(["als", "revisit", "similar", "popular"], size=n)
+        elif name in CATEGORICAL:
             data[name] = rng.integers(-1, 13, size=n)
         elif name.startswith(("is_", "has_")):
             data[name] = rng.random(n) < 0.5

@@ -1,6 +1,7 @@
 """The API over a snapshot the real pipeline published (tiny data, `recsys run` once a session):
 
-- request-time features equal the rows dbt computed in `ranking_features` (feature parity);
+- request-time features equal the rows dbt computed in `ranking_features` (feature parity),
+  and the API builds the candidate pool the published lists were ranked from;
 - POST for a published visitor scores the candidates as the published list scored them;
 - GET answers from the real snapshot; events posted to the API reach `raw/` at the next ingest.
 """
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from api import features
+from api import features, recommend
 from api.main import create_app
 from api.snapshot import Snapshot
 from models_ml.ranker import feature_frame
@@ -74,7 +75,12 @@ def test_request_time_features_equal_the_dbt_rows(published: Settings, snapshot:
     assert dbt["is_top_category"].any()
     ours = pd.concat(
         [
-            features.feature_rows(snapshot, int(visitor), group["item_id"].to_numpy())
+            features.feature_rows(
+                snapshot,
+                int(visitor),
+                group["item_id"].to_numpy(),
+                group["candidate_source"].to_numpy(dtype=object),
+            )
             for visitor, group in dbt.groupby("visitor_id", sort=True)
         ],
         ignore_index=True,
@@ -88,10 +94,35 @@ def test_request_time_features_equal_the_dbt_rows(published: Settings, snapshot:
         feature_frame(ours, columns, cats), feature_frame(dbt, columns, cats)
     )
     # and the values themselves, to float precision, missing where dbt's are missing
+    assert ours["candidate_source"].tolist() == dbt["candidate_source"].tolist()
     for name in features.FEATURE_COLUMNS:
+        if name == "candidate_source":
+            continue
         mine = ours[name].to_numpy(dtype=np.float64, na_value=np.nan)
         theirs = dbt[name].to_numpy(dtype=np.float64, na_value=np.nan)
         np.testing.assert_allclose(mine, theirs, rtol=1e-6, equal_nan=True, err_msg=name)
+
+
+def test_the_api_builds_the_pool_the_published_lists_were_ranked_from(
+    published: Settings, snapshot: Snapshot
+) -> None:
+    dbt = warehouse(
+        published,
+        "select visitor_id, item_id, candidate_source from ranking_features order by all",
+    )
+    assert set(dbt["candidate_source"]) == {"als", "revisit", "similar", "popular"}
+    visitors = dbt["visitor_id"].unique()
+    checked = 0
+    for visitor in visitors[:: max(1, len(visitors) // 60)].tolist():
+        pool, sources = recommend.candidate_pool(snapshot, int(visitor), [])
+        mine = sorted(zip(pool.tolist(), sources.tolist(), strict=True))
+        rows = dbt[dbt["visitor_id"] == visitor]
+        theirs = sorted(
+            zip(rows["item_id"].tolist(), rows["candidate_source"].tolist(), strict=True)
+        )
+        assert mine == theirs, visitor
+        checked += 1
+    assert checked >= 20
 
 
 def test_post_scores_the_candidates_as_the_published_list_did(

@@ -77,6 +77,7 @@ def test_an_event_after_the_cutoff_changes_no_feature(
                 cast(row_number() over (partition by visitor_id order by weight desc, item_id)
                     as integer) as als_rank,
                 true as is_seen,
+                'revisit' as source,
                 (select feature_version from feature_builds) as feature_version,
             from interactions
             """

@@ -1,7 +1,12 @@
 {#
-    Ranking features: one row per visitor x ALS candidate, everything as of the cutoff (the
+    Ranking features: one row per visitor x candidate, everything as of the cutoff (the
     candidates were fitted on interactions as of the same cutoff). Labels live apart, in
     ranking_labels, so that nothing here can see past the cutoff.
+
+    Candidates come from four sources (recsys/candidate_sources.py, `candidate_source`): ALS's
+    unmet items and the visitor's met ones carry ALS's score and rank; the similar and popular
+    ones have no ALS score and rank just after the longest ALS list, as the API ranks an item
+    that ALS did not offer.
 #}
 
 with
@@ -14,7 +19,8 @@ candidates as (
         item_id,
         als_score,
         als_rank,
-        is_seen
+        is_seen,
+        source as candidate_source
     from {{ source('ml', 'als_candidates') }}
     -- only candidates fitted as of this build's cutoff: never stale ones from another run
     where feature_version = '{{ feature_version() }}'
@@ -24,9 +30,17 @@ candidates as (
         cast(null as bigint) as item_id,
         cast(null as double) as als_score,
         cast(null as integer) as als_rank,
-        cast(null as boolean) as is_seen
+        cast(null as boolean) as is_seen,
+        cast(null as varchar) as candidate_source
     where false
     {% endif %}
+
+),
+
+beyond_als as (
+
+    -- the rank of an item ALS did not offer: after the longest list (100 when there is none)
+    select coalesce(max(als_rank), 100) + 1 as als_rank from candidates
 
 ),
 
@@ -60,8 +74,9 @@ candidates_joined_to_items as (
         candidates.visitor_id,
         candidates.item_id,
         candidates.als_score,
-        candidates.als_rank,
+        coalesce(candidates.als_rank, beyond_als.als_rank) as als_rank,
         candidates.is_seen,
+        candidates.candidate_source,
         coalesce(item_features.category_id, -1) as category_id,
         coalesce(item_features.root_category_id, -1) as root_category_id,
         coalesce(item_features.is_available, true) as is_available,
@@ -78,6 +93,7 @@ candidates_joined_to_items as (
         item_features.days_since_last_event as item_days_since_last_event
 
     from candidates
+    cross join beyond_als
     left join item_features
         on candidates.item_id = item_features.item_id
 
@@ -87,6 +103,9 @@ candidates_with_pairs as (
 
     select
         candidates_joined_to_items.*,
+        -- an item ALS did not offer is "seen" when the visitor met it, as ALS defines it
+        coalesce(candidates_joined_to_items.is_seen, interactions.visitor_id is not null)
+            as is_seen_or_met,
         coalesce(visitor_features.n_events, 0) as visitor_events,
         coalesce(visitor_features.n_sessions, 0) as visitor_sessions,
         coalesce(visitor_features.n_distinct_items, 0) as visitor_distinct_items,
@@ -130,7 +149,8 @@ final as (
         cast(item_id as bigint) as item_id,
         cast(als_score as double) as als_score,
         cast(als_rank as integer) as als_rank,
-        cast(is_seen as boolean) as is_seen,
+        cast(is_seen_or_met as boolean) as is_seen,
+        cast(candidate_source as varchar) as candidate_source,
         cast(category_id as bigint) as category_id,
         cast(root_category_id as bigint) as root_category_id,
         cast(is_available as boolean) as is_available,

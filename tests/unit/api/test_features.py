@@ -63,6 +63,20 @@ def test_an_item_that_is_not_a_candidate(snapshot: Snapshot) -> None:
     assert math.isnan(seen["als_score"]) and seen["als_rank"] == 41 and seen["is_seen"]
 
 
+def test_the_candidate_source_of_als_candidates_is_theirs_and_else_the_callers(
+    snapshot: Snapshot,
+) -> None:
+    items = np.array([1, 20, 45, 50])
+    given = np.array(["popular", "similar", "popular", "similar"], dtype=object)
+    frame = features.feature_rows(snapshot, 1001, items, given)
+    # 1 and 20 are ALS candidates of 1001 (20 met): the mart's tags, whatever the caller says
+    assert frame["candidate_source"].tolist() == ["als", "revisit", "popular", "similar"]
+    assert features.feature_rows(snapshot, 1001, items[2:])["candidate_source"].tolist() == [
+        "similar",
+        "similar",
+    ]  # the default: a session's similar items
+
+
 def test_unknown_items_and_visitors_take_the_marts_defaults(snapshot: Snapshot) -> None:
     found = rows(snapshot, None, [60, 999])
     unknown = found[999]

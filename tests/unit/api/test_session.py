@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from api import features
+from api import features, recommend
 from api.snapshot import Snapshot
 from models_ml import ranker
+from recsys.candidate_sources import POPULAR_CANDIDATES
 from tests.api_snapshots import category_of
 from tests.unit.api.conftest import items
 
@@ -31,15 +32,28 @@ def test_a_known_visitor_without_a_session_gets_the_candidates_ranked(
     assert body["snapshot_version"] == response.headers["x-snapshot-version"]
     got = [row["item_id"] for row in body["items"]]
     ranked = [row for row in body["items"] if row["source"] == "ranker"]
-    # every ALS candidate but the bought and unavailable ones, best score first
-    assert sorted(row["item_id"] for row in ranked) == sorted(set(range(1, 41)) - {7, 8, 20})
+    # the pool of recsys.candidate_sources: the ALS candidates, the similar items of the
+    # visitor's latest items, popular items
+    snapshot = snapshot_of(client)
+    pool, sources = recommend.candidate_pool(snapshot, 1001, [])
+    source_of = dict(zip(pool.tolist(), sources.tolist(), strict=True))
+    assert {i for i, s in source_of.items() if s in ("als", "revisit")} == set(range(1, 41))
+    assert {source_of[i] for i in (20, 21)} == {"revisit"}  # met by the visitor
+    assert sum(s == "popular" for s in sources) == POPULAR_CANDIDATES
+    # every candidate but the bought and unavailable ones, best score first
+    unavailable = {i for i in source_of if not snapshot.items.available_of(np.array([i]))[0]}
+    assert {row["item_id"] for row in ranked} == set(source_of) - {20} - unavailable
+    assert {7, 8} <= unavailable
     scores = [row["score"] for row in ranked]
     assert scores == sorted(scores, reverse=True)
     assert not {7, 8, 20} & set(got)
     # the scores are the ranker's, fed as models_ml.ranker.score feeds it
-    snapshot = snapshot_of(client)
-    pool = np.array([row["item_id"] for row in ranked])
-    expected = ranker.score(snapshot.ranker.model, features.feature_rows(snapshot, 1001, pool))
+    items_ = np.array([row["item_id"] for row in ranked])
+    rows = features.feature_rows(
+        snapshot, 1001, items_, np.array([source_of[i] for i in items_.tolist()], dtype=object)
+    )
+    assert set(rows["candidate_source"]) == {"als", "revisit", "popular"}
+    expected = ranker.score(snapshot.ranker.model, rows)
     assert scores == pytest.approx(np.round(expected, 6).tolist(), abs=1e-6)
 
 
@@ -47,10 +61,13 @@ def test_an_unknown_visitor_with_a_session_gets_similar_items_ranked(client: Tes
     body = client.post(URL, json={"session_item_ids": [5, 6], "k": 6}).json()
     assert body["strategy"] == "session"
     assert body["visitor_id"] is None
-    sources = [row["source"] for row in body["items"]]
-    assert sources == ["ranker"] * 4 + ["popular"] * 2
-    # similar to 6 and 5: 7..11 and 6, less the unavailable 7 and 8
-    assert {row["item_id"] for row in body["items"][:4]} == {6, 9, 10, 11}
+    # similar to 6 and 5: 7..11 and 6, less the unavailable 7 and 8, and popular items, ranked
+    snapshot = snapshot_of(client)
+    pool, sources = recommend.candidate_pool(snapshot, None, [5, 6])
+    assert set(pool[sources == "similar"].tolist()) >= {6, 9, 10, 11}
+    assert set(pool[sources == "popular"].tolist()) == set(range(59, 49, -1))
+    assert [row["source"] for row in body["items"]] == ["ranker"] * 6
+    assert {row["item_id"] for row in body["items"]} <= set(pool.tolist())
 
 
 def test_the_session_adds_candidates_to_a_known_visitor(client: TestClient) -> None:

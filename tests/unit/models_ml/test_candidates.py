@@ -160,3 +160,67 @@ def test_items_with_few_fitted_visitors_are_left_out_of_the_pool() -> None:
     # a catalogue too small for the threshold keeps every fitted item
     result.params["min_pool_items"] = 1_000
     assert rare in set(result.item_ids[candidates.item_pool(result)])
+
+
+def test_similar_and_popular_candidates_follow_the_apis_rules() -> None:
+    recs = pd.DataFrame(
+        {
+            "visitor_id": [1, 1, 1, 2],
+            "item_id": [1, 2, 3, 5],
+            "als_score": [0.9, 0.8, 0.7, 0.5],
+            "als_rank": np.array([1, 2, 3, 1], dtype=np.int32),
+            "is_seen": [False, False, True, False],
+            "source": ["als", "als", "revisit", "als"],
+        }
+    )
+    # visitor 1's latest items are 10, then 11; visitor 2 has none with similar items
+    seeds = pd.DataFrame({"visitor_id": [1, 1, 2], "item_id": [10, 11, 99]})
+    similar = pd.DataFrame(
+        {
+            "item_id": [10, 10, 10, 11, 11],
+            "similar_item_id": [2, 12, 13, 14, 12],
+            "similarity": [0.9, 0.5, 0.4, 0.8, 0.3],
+            "similarity_rank": np.array([1, 2, 3, 1, 2], dtype=np.int32),
+        }
+    )
+    pool = candidates.add_sources(recs, seeds, similar, np.array([1, 12, 15, 16]))
+    mine = pool[pool["visitor_id"] == 1]
+    # similar: summed over the seeds, best first (12 and 14 tie at 0.8 in float32: smaller id
+    # first), never an item ALS offered (2); popular: the list less what was offered (1, 12)
+    assert mine["item_id"].tolist() == [1, 2, 3, 12, 14, 13, 15, 16]
+    assert mine["source"].tolist() == ["als"] * 2 + ["revisit"] + ["similar"] * 3 + ["popular"] * 2
+    extra = mine[mine["source"].isin(["similar", "popular"])]
+    assert extra["als_score"].isna().all() and extra["als_rank"].isna().all()
+    assert extra["is_seen"].isna().all()  # the warehouse looks it up
+    assert pool.loc[pool["visitor_id"] == 2, "item_id"].tolist() == [5, 1, 12, 15, 16]
+
+
+def test_similar_candidates_are_capped_per_visitor() -> None:
+    from recsys.candidate_sources import SIMILAR_CANDIDATES, SIMILAR_SEEDS
+
+    recs = pd.DataFrame(
+        {
+            "visitor_id": [1],
+            "item_id": [1],
+            "als_score": [0.9],
+            "als_rank": np.array([1], dtype=np.int32),
+            "is_seen": [False],
+            "source": ["als"],
+        }
+    )
+    n_seeds = SIMILAR_SEEDS + 2  # the seeds beyond SIMILAR_SEEDS are not used
+    seeds = pd.DataFrame({"visitor_id": [1] * n_seeds, "item_id": 1000 + np.arange(n_seeds)})
+    per_seed = SIMILAR_CANDIDATES
+    similar = pd.DataFrame(
+        {
+            "item_id": np.repeat(seeds["item_id"].to_numpy(), per_seed),
+            "similar_item_id": 10_000 * (1 + np.repeat(np.arange(n_seeds), per_seed))
+            + np.tile(np.arange(per_seed), n_seeds),
+            "similarity": np.tile(np.linspace(0.9, 0.1, per_seed), n_seeds),
+            "similarity_rank": np.tile(np.arange(1, per_seed + 1), n_seeds),
+        }
+    )
+    pool = candidates.add_sources(recs, seeds, similar, np.zeros(0, dtype=np.int64))
+    found = pool.loc[pool["source"] == "similar", "item_id"].to_numpy()
+    assert len(found) == SIMILAR_CANDIDATES
+    assert (found // 10_000 <= SIMILAR_SEEDS).all()  # from the first SIMILAR_SEEDS seeds only

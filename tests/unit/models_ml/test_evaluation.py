@@ -27,7 +27,26 @@ def test_ranked_lists_order_by_score_then_als_rank_and_cut_at_depth() -> None:
 
 
 def test_compare_models_scores_every_model_on_the_same_visitors() -> None:
-    f = frame().assign(is_seen=[False, True, False, False, False, False])
+    f = frame().assign(
+        is_seen=[False, True, False, False, False, False],
+        candidate_source=["als", "revisit", "als", "als", "als", "als"],
+    )
+    # a popular candidate of visitor 2 after ALS's list: in the ranker's pool, not in ALS's
+    f = pd.concat(
+        [
+            f,
+            pd.DataFrame(
+                {
+                    "visitor_id": [2],
+                    "item_id": [22],
+                    "als_rank": [5],
+                    "is_seen": [False],
+                    "candidate_source": ["popular"],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
     truth = {1: {12}, 2: {20}, 3: {99}}  # visitor 3 has no candidates: not evaluated
     seen = {1: {10, 12}}
     models, n, per_visitor = evaluation.compare_models(
@@ -48,17 +67,30 @@ def test_compare_models_scores_every_model_on_the_same_visitors() -> None:
     assert per_visitor["als_unseen"]["mrr@10"].tolist() == [0.5, 1.0]
     # ALS: visitor 1 finds 12 at rank 3, visitor 2 finds 20 at rank 1
     assert models["als"]["mrr@10"] == pytest.approx((1 / 3 + 1) / 2)
-    assert models["als_catboost"] == models["als"]  # same scores, same lists
+    # the popular item comes last: the same hits, one more item covered
+    for name, value in models["als"].items():
+        if not name.startswith("coverage"):
+            assert models["als_catboost"][name] == value, name
+    assert models["als"]["coverage@10"] == pytest.approx(6 / 10)  # never item 22
+    assert models["als_catboost"]["coverage@10"] == pytest.approx(7 / 10)
     assert models["popularity"]["hit_rate@10"] == 1.0
     assert models["popularity"]["mrr@10"] == pytest.approx((1 + 1 / 2) / 2)
 
 
 def test_pool_recall_by_source_and_the_shops_revisit_rate() -> None:
-    f = frame().assign(is_seen=[False, True, False, False, False, False])
-    truth = {1: {10, 11, 99}, 2: {21}}
+    f = frame().assign(candidate_source=["als", "revisit", "als", "similar", "als", "popular"])
+    truth = {1: {10, 11, 12, 99}, 2: {21, 30}}
     pool = evaluation.pool_recall(f, truth, seen={1: {10, 99}})
     assert pool["n_visitors"] == 2
-    assert pool["recall"] == pytest.approx((2 / 3 + 1) / 2)
-    assert pool["recall_by_source"]["revisit"] == pytest.approx((1 / 3 + 0) / 2)
-    assert pool["recall_by_source"]["als"] == pytest.approx((1 / 3 + 1) / 2)
-    assert pool["revisit_rate"] == pytest.approx(2 / 4)  # 10 and 99 of 4 relevant items
+    assert pool["recall"] == pytest.approx((3 / 4 + 1 / 2) / 2)
+    assert pool["recall_by_source"] == pytest.approx(
+        {"als": (1 / 4 + 1 / 2) / 2, "revisit": (1 / 4) / 2, "similar": (1 / 4) / 2, "popular": 0}
+    )
+    assert pool["mean_pool_size"] == 3.0
+    assert pool["mean_pool_size_by_source"] == {
+        "als": 1.5,
+        "revisit": 0.5,
+        "similar": 0.5,
+        "popular": 0.5,
+    }
+    assert pool["revisit_rate"] == pytest.approx(2 / 6)  # 10 and 99 of 6 relevant items
