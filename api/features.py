@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from api.snapshot import NO_CATEGORY, Snapshot
+from recsys.candidate_sources import CODED_FEATURES
 
 # ranking_features' columns after the keys, in the mart's order
 FEATURE_COLUMNS = (
@@ -225,7 +226,8 @@ def score(snapshot: Snapshot, columns: dict[str, np.ndarray]) -> np.ndarray:
     numeric_names = ranker.numeric_features
     numeric = np.empty((n, len(numeric_names)), dtype=np.float32)
     for j, name in enumerate(numeric_names):
-        numeric[:, j] = columns[name]
+        coded = CODED_FEATURES.get(name)
+        numeric[:, j] = columns[name] if coded is None else coded(columns[name])
     categorical = None
     if ranker.cat_features:
         categorical = np.empty((n, len(ranker.cat_features)), dtype=object)

@@ -27,7 +27,12 @@ import numpy as np
 
 from api import features
 from api.snapshot import Snapshot
-from recsys.candidate_sources import POPULAR_CANDIDATES, SIMILAR_CANDIDATES, SIMILAR_SEEDS
+from recsys.candidate_sources import (
+    POPULAR_CANDIDATES,
+    SIMILAR_CANDIDATES,
+    SIMILAR_PER_SEED,
+    SIMILAR_SEEDS,
+)
 
 SEED_ITEMS = 10  # the latest items of a session (or history) whose similar items are candidates
 SESSION_CANDIDATES = 100  # similar items of a session ranked per request
@@ -221,11 +226,13 @@ class _Picker:
 
 
 def similar_of(snapshot: Snapshot, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Items similar to any of `seeds`, by summed similarity (ties: smaller id first)."""
+    """Items similar to any of `seeds` (the first SIMILAR_PER_SEED of each), by summed
+    similarity, added up seed after seed (ties: smaller id first)."""
     cols = snapshot.similar_cols
     parts_items, parts_scores = [], []
     for seed in seeds:
         start, end = snapshot.similar.span(int(seed))
+        end = min(end, start + SIMILAR_PER_SEED)
         if end > start:
             parts_items.append(cols["similar_item_id"][start:end])
             parts_scores.append(cols["similarity"][start:end])

@@ -29,6 +29,10 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from recsys.candidate_sources import SOURCES
+
+SOURCE_DTYPE = pd.CategoricalDtype(list(SOURCES))
+
 DEFAULT_ALS_PARAMS: dict[str, Any] = {
     "factors": 64,
     "regularization": 0.05,
@@ -220,7 +224,7 @@ def recommend(
                 "als_score": pd.Series([], dtype="float64"),
                 "als_rank": pd.Series([], dtype="int32"),
                 "is_seen": pd.Series([], dtype="bool"),
-                "source": pd.Series([], dtype="object"),
+                "source": pd.Categorical([], categories=SOURCES),
             }
         )
     return pd.concat(frames, ignore_index=True)
@@ -278,7 +282,7 @@ def _pool(
             "als_score": score,
             "als_rank": rank.astype(np.int32),
             "is_seen": is_seen,
-            "source": np.where(is_seen, "revisit", "als").astype(object),
+            "source": pd.Categorical.from_codes(is_seen.astype(np.int8), dtype=SOURCE_DTYPE),
         }
     )
 
@@ -288,7 +292,7 @@ def add_sources(
     seeds: pd.DataFrame,
     similar: pd.DataFrame,
     popular: np.ndarray,
-    batch_visitors: int = 20_000,
+    batch_visitors: int = 50_000,
 ) -> pd.DataFrame:
     """`recs` (ALS's pool, from `recommend`) with each visitor's `similar` and `popular`
     candidates added, as `recsys.candidate_sources` defines them and the API computes them.
@@ -298,115 +302,150 @@ def add_sources(
     the popular list, best first. The added rows have no ALS score, rank or `is_seen` (the
     warehouse fills in `is_seen` from the interactions). Summed similarities are added up in the
     API's order and precision (float32 values, float64 sums, seed after seed), so that both
-    sides cut the list at the same item.
+    sides cut the list at the same item. `source` is categorical (SOURCES).
     """
-    from recsys.candidate_sources import POPULAR_CANDIDATES, SIMILAR_CANDIDATES, SIMILAR_SEEDS
+    from recsys.candidate_sources import (
+        POPULAR_CANDIDATES,
+        SIMILAR_CANDIDATES,
+        SIMILAR_PER_SEED,
+        SIMILAR_SEEDS,
+    )
 
-    sim = similar.sort_values(["item_id", "similarity_rank"], kind="stable")
+    # each item's first SIMILAR_PER_SEED similar items, in similarity order, as item codes
+    sim = similar[similar["similarity_rank"] <= SIMILAR_PER_SEED]
+    sim = sim.sort_values(["item_id", "similarity_rank"], kind="stable")
     sim_keys = sim["item_id"].to_numpy(np.int64)
-    sim_items = sim["similar_item_id"].to_numpy(np.int64)
+    codes, sim_codes = np.unique(sim["similar_item_id"].to_numpy(np.int64), return_inverse=True)
     sim_values = sim["similarity"].to_numpy(np.float32).astype(np.float64)
+    # each visitor's first SIMILAR_SEEDS seeds, in the given order
     seed_visitors = seeds["visitor_id"].to_numpy(np.int64)
     seed_items = seeds["item_id"].to_numpy(np.int64)
-    # each visitor's first SIMILAR_SEEDS seeds, in the given order
-    order = np.argsort(seed_visitors, kind="stable")
-    seed_visitors, seed_items = seed_visitors[order], seed_items[order]
-    nth = np.arange(len(seed_visitors)) - np.searchsorted(seed_visitors, seed_visitors)
-    seed_visitors, seed_items = seed_visitors[nth < SIMILAR_SEEDS], seed_items[nth < SIMILAR_SEEDS]
-    popular = np.asarray(popular, dtype=np.int64)
+    if np.any(np.diff(seed_visitors) < 0):
+        order = np.argsort(seed_visitors, kind="stable")
+        seed_visitors, seed_items = seed_visitors[order], seed_items[order]
+    first = np.arange(len(seed_visitors)) - np.searchsorted(seed_visitors, seed_visitors)
+    seed_visitors, seed_items = (
+        seed_visitors[first < SIMILAR_SEEDS],
+        seed_items[first < SIMILAR_SEEDS],
+    )
     rec_visitors = recs["visitor_id"].to_numpy(np.int64)
     rec_items = recs["item_id"].to_numpy(np.int64)
-    rec_order = np.argsort(rec_visitors, kind="stable")
-    rec_visitors, rec_items = rec_visitors[rec_order], rec_items[rec_order]
+    if np.any(np.diff(rec_visitors) < 0):  # `recommend` gives them in visitor order
+        order = np.argsort(rec_visitors, kind="stable")
+        rec_visitors, rec_items = rec_visitors[order], rec_items[order]
     visitors = np.unique(rec_visitors)
-    added = []
+    popular = np.asarray(popular, dtype=np.int64)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for lo in range(0, len(visitors), batch_visitors):
         batch = visitors[lo : lo + batch_visitors]
-        r0 = np.searchsorted(rec_visitors, batch[0])
-        r1 = np.searchsorted(rec_visitors, batch[-1], side="right")
-        s0 = np.searchsorted(seed_visitors, batch[0])
-        s1 = np.searchsorted(seed_visitors, batch[-1], side="right")
-        added.append(
+        r0, r1 = np.searchsorted(rec_visitors, [batch[0], batch[-1] + 1])
+        s0, s1 = np.searchsorted(seed_visitors, [batch[0], batch[-1] + 1])
+        parts.append(
             _similar_and_popular(
                 batch,
-                rec_visitors[r0:r1],
-                rec_items[r0:r1],
-                seed_visitors[s0:s1],
-                seed_items[s0:s1],
-                (sim_keys, sim_items, sim_values),
+                (rec_visitors[r0:r1], rec_items[r0:r1]),
+                (seed_visitors[s0:s1], seed_items[s0:s1]),
+                (sim_keys, codes, sim_codes, sim_values),
                 popular,
                 SIMILAR_CANDIDATES,
                 POPULAR_CANDIDATES,
             )
         )
-    if not added:
-        return recs
-    extra = pd.concat(added, ignore_index=True)
-    extra["als_score"] = np.nan
-    out = pd.concat([recs.astype({"als_rank": "Int32", "is_seen": "boolean"}), extra])
-    return out.astype({"als_rank": "Int32", "is_seen": "boolean"}).reset_index(drop=True)
+    n_recs = len(recs)
+    added_visitors = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    added_items = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    added_codes = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int8)
+    n_added = len(added_items)
+    missing = np.concatenate([np.zeros(n_recs, dtype=bool), np.ones(n_added, dtype=bool)])
+    rec_codes = np.asarray(pd.Categorical(recs["source"], categories=SOURCES).codes, np.int8)
+    return pd.DataFrame(
+        {
+            "visitor_id": np.concatenate([recs["visitor_id"].to_numpy(np.int64), added_visitors]),
+            "item_id": np.concatenate([recs["item_id"].to_numpy(np.int64), added_items]),
+            "als_score": np.concatenate(
+                [recs["als_score"].to_numpy(np.float64), np.full(n_added, np.nan)]
+            ),
+            "als_rank": pd.arrays.IntegerArray(
+                np.concatenate(
+                    [recs["als_rank"].to_numpy(np.int32), np.zeros(n_added, dtype=np.int32)]
+                ),
+                missing,
+            ),
+            "is_seen": pd.arrays.BooleanArray(
+                np.concatenate([recs["is_seen"].to_numpy(bool), np.zeros(n_added, dtype=bool)]),
+                missing,
+            ),
+            "source": pd.Categorical.from_codes(
+                np.concatenate([rec_codes, added_codes]), dtype=SOURCE_DTYPE
+            ),
+        }
+    )
 
 
 def _similar_and_popular(
     visitors: np.ndarray,
-    rec_visitors: np.ndarray,
-    rec_items: np.ndarray,
-    seed_visitors: np.ndarray,
-    seed_items: np.ndarray,
-    sim: tuple[np.ndarray, np.ndarray, np.ndarray],
+    recs: tuple[np.ndarray, np.ndarray],
+    seeds: tuple[np.ndarray, np.ndarray],
+    sim: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     popular: np.ndarray,
     n_similar: int,
     n_popular: int,
-) -> pd.DataFrame:
-    """The `similar` and `popular` rows of a batch of visitors (sorted ids)."""
-    sim_keys, sim_items, sim_values = sim
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(visitor ids, item ids, source codes) of the `similar` and `popular` candidates of a
+    batch of visitors (sorted ids); `recs` and `seeds` are theirs, sorted by visitor."""
+    rec_visitors, rec_items = recs
+    seed_visitors, seed_items = seeds
+    sim_keys, codes, sim_codes, sim_values = sim
+    n_codes = max(len(codes), 1)
     # every seed's similar items, seed after seed, each in similarity order
     lo = np.searchsorted(sim_keys, seed_items, side="left")
-    hi = np.searchsorted(sim_keys, seed_items, side="right")
-    counts = hi - lo
-    offsets = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-    idx = np.arange(int(counts.sum())) + offsets
-    row_visitor = np.searchsorted(visitors, np.repeat(seed_visitors, counts))
-    items = sim_items[idx]
-    codes, item_code = np.unique(items, return_inverse=True)
-    n_codes = max(len(codes), 1)
-    pair, inverse = np.unique(row_visitor * n_codes + item_code, return_inverse=True)
+    counts = np.searchsorted(sim_keys, seed_items, side="right") - lo
+    idx = np.arange(int(counts.sum())) + np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    row = np.repeat(_rows_of(visitors, seed_visitors), counts)
+    # summed per (visitor, item) in that order (np.bincount adds up in input order)
+    pair, inverse = np.unique(row * n_codes + sim_codes[idx], return_inverse=True)
     total = np.bincount(inverse, weights=sim_values[idx], minlength=len(pair))
-    pair_visitor = pair // n_codes
+    # not the items ALS offered the visitor (hash lookups: sorted searches of millions of
+    # random keys cost seconds in cache misses)
+    rec_row = _rows_of(visitors, rec_visitors)
+    at = pd.Index(codes).get_indexer(rec_items)
+    offered = rec_row[at >= 0] * n_codes + at[at >= 0]
+    keep = pd.Index(pair).get_indexer(offered)
+    mask = np.ones(len(pair), dtype=bool)
+    mask[keep[keep >= 0]] = False
+    pair, total = pair[mask], total[mask]
+    pair_row = pair // n_codes
     pair_item = codes[pair % n_codes] if len(codes) else pair
-    # not the items ALS offered the visitor
-    rec_row = np.searchsorted(visitors, rec_visitors)
-    pos = np.minimum(np.searchsorted(codes, rec_items), max(len(codes) - 1, 0))
-    known = (codes[pos] == rec_items) if len(codes) else np.zeros(len(rec_items), dtype=bool)
-    offered = np.sort(rec_row[known] * n_codes + pos[known])
-    keep = ~np.isin(pair, offered)
-    pair_visitor, pair_item, total = pair_visitor[keep], pair_item[keep], total[keep]
-    order = np.lexsort((pair_item, -total, pair_visitor))
-    pair_visitor, pair_item = pair_visitor[order], pair_item[order]
-    nth = np.arange(len(pair_visitor)) - np.searchsorted(pair_visitor, pair_visitor)
-    sim_visitor, sim_item = pair_visitor[nth < n_similar], pair_item[nth < n_similar]
+    # best total first within a visitor, ties by item: `pair` is in (visitor, item) order, so
+    # two stable sorts (total, then visitor) do it, in a fraction of a three-key lexsort
+    order = np.argsort(-total, kind="stable")
+    order = order[np.argsort(pair_row[order], kind="stable")]
+    pair_row, pair_item = pair_row[order], pair_item[order]
+    nth = np.arange(len(pair_row)) - np.searchsorted(pair_row, pair_row)
+    sim_row, sim_item = pair_row[nth < n_similar], pair_item[nth < n_similar]
     # the popular list, without what the visitor was offered already
     taken = np.zeros((len(visitors), len(popular)), dtype=bool)
     if len(popular):
-        by_id = np.argsort(popular, kind="stable")
-        for row, item in ((rec_row, rec_items), (sim_visitor, sim_item)):
-            at = np.minimum(np.searchsorted(popular[by_id], item), len(popular) - 1)
-            hit = popular[by_id][at] == item
-            taken[row[hit], by_id[at[hit]]] = True
+        position = pd.Index(popular)
+        for rows, items in ((rec_row, rec_items), (sim_row, sim_item)):
+            at = position.get_indexer(items)
+            taken[rows[at >= 0], at[at >= 0]] = True
     free = ~taken
-    chosen = free & (np.cumsum(free, axis=1) <= n_popular)
-    pop_visitor, pop_pos = np.nonzero(chosen)
-    return pd.DataFrame(
-        {
-            "visitor_id": visitors[np.concatenate([sim_visitor, pop_visitor])],
-            "item_id": np.concatenate([sim_item, popular[pop_pos]]),
-            "als_rank": pd.array([None] * (len(sim_visitor) + len(pop_visitor)), dtype="Int32"),
-            "is_seen": pd.array([None] * (len(sim_visitor) + len(pop_visitor)), dtype="boolean"),
-            "source": np.array(
-                ["similar"] * len(sim_visitor) + ["popular"] * len(pop_visitor), dtype=object
-            ),
-        }
+    pop_row, pop_pos = np.nonzero(free & (np.cumsum(free, axis=1) <= n_popular))
+    return (
+        visitors[np.concatenate([sim_row, pop_row])],
+        np.concatenate([sim_item, popular[pop_pos]]),
+        np.concatenate(
+            [np.full(len(sim_row), 2, dtype=np.int8), np.full(len(pop_row), 3, dtype=np.int8)]
+        ),
     )
+
+
+def _rows_of(visitors: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """The position in `visitors` (sorted, unique) of each of `sorted_ids` (sorted, each one of
+    `visitors`), from run lengths rather than one search per id."""
+    bounds = np.searchsorted(sorted_ids, visitors, side="right")
+    return np.repeat(np.arange(len(visitors)), np.diff(bounds, prepend=0))
 
 
 def similar_items(

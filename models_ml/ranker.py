@@ -15,7 +15,8 @@ reads files or the warehouse, except `load`, which reads what `save` wrote.
 
 Column handling is the same at training and scoring time: numeric and boolean features become
 float32 (NaN is fine, CatBoost treats it as missing); categorical features become int64 when
-numeric (NaN -> -1, the marts' own "unknown") and strings otherwise. CatBoost hashes an integer
+numeric (NaN -> -1, the marts' own "unknown") and strings otherwise; the tags of
+`recsys.candidate_sources.CODED_FEATURES` become their numbers. CatBoost hashes an integer
 category by its decimal text, so 5 and "5" are the same category.
 """
 
@@ -31,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from recsys.candidate_sources import CODED_FEATURES
 
 SEED = 42
 EVAL_METRIC = "NDCG:top=10"
@@ -99,6 +102,9 @@ def feature_frame(
     data: dict[str, np.ndarray] = {}
     for name in columns:
         col = df[name]
+        if name in CODED_FEATURES:
+            data[name] = CODED_FEATURES[name](col.to_numpy(dtype=object))
+            continue
         if name in cats:
             data[name] = _categorical(col)
             continue

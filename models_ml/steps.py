@@ -33,7 +33,7 @@ Say = Callable[[str], None]
 
 # what the ranker learns from: every ranking_features column but the keys
 ID_COLUMNS = ("visitor_id", "item_id")
-CATEGORICAL_FEATURES = ("category_id", "root_category_id", "candidate_source")
+CATEGORICAL_FEATURES = ("category_id", "root_category_id")
 
 
 class NotEnoughData(RuntimeError):

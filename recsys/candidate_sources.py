@@ -2,26 +2,44 @@
 
 The ranker is trained and its lists published on a pool built offline
 (`models_ml.candidates.add_sources`), and the API builds the same pool at request time
-(`api.recommend.for_session`). Both must follow the same rules, or the ranker meets rows at
+(`api.recommend.candidate_pool`). Both must follow the same rules, or the ranker meets rows at
 serving time that it never saw in training, and a POST answer differs from the published list.
 
-A visitor's pool, each item tagged with the first source that offers it (the tag is the ranker
-feature `candidate_source`):
+A visitor's pool, each item tagged with the first source that offers it (the tag is the
+`candidate_source` column of `ranking_features`, and a ranker feature):
 
 - `als`: the best items ALS finds among those the visitor has not met;
 - `revisit`: items the visitor has met (their heaviest interactions), scored by ALS alike;
 - `similar`: items similar to the visitor's `SIMILAR_SEEDS` latest items (most recent first,
-  ties by item id), by similarity summed over those items, ties by item id; the first
-  `SIMILAR_CANDIDATES` that ALS did not offer;
+  ties by item id), by similarity summed over the first `SIMILAR_PER_SEED` similar items of
+  each, ties by item id; the first `SIMILAR_CANDIDATES` that ALS did not offer;
 - `popular`: the popular list (overall, the API's fallback), the first `POPULAR_CANDIDATES`
   items that no other source offered.
 
 Items from `similar` and `popular` have no ALS score (missing) and rank after ALS's list.
+The ranker sees the tag as a number, its position in SOURCES (`source_codes`): four values that
+a tree splits as well as a category, without CatBoost hashing a string per row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
 SOURCES = ("als", "revisit", "similar", "popular")
-SIMILAR_SEEDS = 5
+SIMILAR_SEEDS = 3
+SIMILAR_PER_SEED = 20
 SIMILAR_CANDIDATES = 30
 POPULAR_CANDIDATES = 10
+
+
+def source_codes(values: object) -> np.ndarray:
+    """Each tag's position in SOURCES as float32 (NaN for a missing or unknown tag)."""
+    codes = pd.Categorical(np.asarray(values, dtype=object), categories=SOURCES).codes
+    return np.where(codes < 0, np.nan, codes).astype(np.float32)
+
+
+# features the ranker takes as numbers made from their values (training and serving alike)
+CODED_FEATURES: dict[str, Callable[[object], np.ndarray]] = {"candidate_source": source_codes}

@@ -38,7 +38,7 @@ from models_ml.publish import Published, publish, sha256_file
 from recsys.lake import Lake
 
 CUTOFF = datetime(2015, 9, 18, 2, 59, 47)
-CATEGORICAL = ["category_id", "root_category_id", "candidate_source"]
+CATEGORICAL = ["category_id", "root_category_id"]
 TYPES: dict[str, dict[str, str]] = {
     "items": {
         "item_id": "bigint",
