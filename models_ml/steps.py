@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from models_ml import candidates, evaluation
+from models_ml.candidates import SOURCE_DTYPE
 from models_ml.snapshot import POPULAR_PER_SCOPE
 from recsys.candidate_sources import SIMILAR_SEEDS, SOURCES
 from recsys.ingest import NO_EVENTS_HINT, RAW_EVENTS, NoEvents, require_events
@@ -327,7 +328,12 @@ def scored_candidates(
     with connect(settings) as con, timed(say, "candidates scored"):
         for batch in con.sql(_RANKING_SQL).to_arrow_reader(batch_rows):
             frame = batch.to_pandas()
-            parts.append(frame[list(SCORED_COLUMNS)].assign(score=ranker.score(model, frame)))
+            kept = frame[list(SCORED_COLUMNS)].assign(score=ranker.score(model, frame))
+            # a real copy: a column selection shares the batch's blocks (pandas' copy on
+            # write), which kept every batch's 40 columns alive (full scale: 6 GB)
+            kept["candidate_source"] = kept["candidate_source"].astype(SOURCE_DTYPE)
+            parts.append(kept.copy(deep=True))
+            del frame, kept
     if not parts:
         empty = ranking_frame(settings)[list(SCORED_COLUMNS)]
         return empty.assign(score=np.zeros(0, dtype=np.float64))
