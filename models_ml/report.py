@@ -63,10 +63,23 @@ def metric_table(metrics: dict[str, Any]) -> str:
         )
     conformal = metrics.get("conformal", {})
     if conformal:
+
+        def share(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.3f}"
+
+        before = conformal.get("training_window", {})
         rows.append(
             f"conformal: nominal coverage {conformal['nominal']:.3f}, empirical "
-            f"{conformal['empirical_coverage']:.3f} on {conformal['n_groups']:,} test visitors "
-            f"(prediction set: top {conformal['prediction_set_size']})"
+            f"{share(conformal['empirical_coverage'])} on {conformal['n_groups']:,} test "
+            f"visitors (prediction set: top {conformal['prediction_set_size']}, calibrated on "
+            f"{conformal.get('n_calibration', 0):,} others of the test window)"
+            + (
+                f"; calibrated on the training window instead: "
+                f"{share(before.get('empirical_coverage'))} (top "
+                f"{before.get('prediction_set_size')})"
+                if before
+                else ""
+            )
         )
     return "\n".join(rows)
 

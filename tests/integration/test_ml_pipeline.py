@@ -64,6 +64,10 @@ def test_run_trains_evaluates_and_publishes(tiny_run: TinyRun) -> None:
     assert {"hit_rate@20", "mrr@20", "n_steps"} <= set(metrics["session"])
     assert 0 < metrics["conformal"]["nominal"] < 1
     assert 0 <= metrics["conformal"]["empirical_coverage"] <= 1
+    # recalibrated on half of the test window, beside what the training window's sets give
+    assert 0 <= metrics["conformal"]["training_window"]["empirical_coverage"] <= 1
+    assert metrics["conformal"]["n_calibration"] > 0
+    assert (settings.data_dir / "models" / "conformal_recent.json").exists()
     reports = settings.data_dir / "reports"
     for name in ("report.md", "metrics.png", "feature_importance.png", "feature_importance.csv"):
         assert (reports / name).exists(), name

@@ -142,3 +142,34 @@ def test_bad_input_is_refused() -> None:
         calibrate(scores, groups, labels, alpha=1.0)
     with pytest.raises(ValueError, match="length"):
         calibrate(scores[:-1], groups, labels)
+
+
+def test_recalibrating_on_the_test_window_corrects_a_shift() -> None:
+    from models_ml.pipeline import recalibrate, recent_visitors
+
+    # the training window's visitors put their relevant items higher than the test window's
+    # (a sharper score-relevance link): sets calibrated there are too small afterwards
+    rng = np.random.default_rng(5)
+
+    def window(n_groups: int, sharpness: float, first: int) -> pd.DataFrame:
+        scores = rng.normal(size=(n_groups, 60))
+        p = 1.0 / (1.0 + np.exp(-(sharpness * scores - 3.5)))
+        return pd.DataFrame(
+            {
+                "visitor_id": np.repeat(np.arange(first, first + n_groups), 60),
+                "score": scores.ravel(),
+                "label": (rng.random(scores.shape) < p).astype(int).ravel(),
+            }
+        )
+
+    train = window(3000, 2.0, 0)
+    test = window(8000, 0.6, 100_000)
+    trained = calibrate(train["score"], train["visitor_id"], train["label"], alpha=0.1)
+    recent, cover, shifted = recalibrate(trained, test, test["score"].to_numpy())
+    assert shifted["empirical_coverage"] < 0.85  # the shift, measured on the same visitors
+    assert abs(cover["empirical_coverage"] - 0.9) <= 0.02, cover
+    assert recent.prediction_set_size > trained.prediction_set_size
+    # calibrated on one half of the test window's visitors, measured on the other
+    half = recent_visitors(test)
+    assert cover["n_groups"] + recent.n_calibration <= test["visitor_id"].nunique()
+    assert 0.45 < len(half) / test["visitor_id"].nunique() < 0.55
