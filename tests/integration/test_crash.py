@@ -35,6 +35,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from api.schemas import MAX_EVENTS
 from models_ml.pipeline import publish_snapshot
 from models_ml.publish import latest_manifest, latest_version, sha256_file, verify_snapshot
 from recsys.gc import EXPORT_TEMP_FILE, TEMP_FILE, collect
@@ -300,14 +301,18 @@ def test_publish_killed_at_each_write(base: Path, tmp_path: Path) -> None:
 
 
 def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
-    """The service killed while it writes a batch of events: the client has no 202, nothing
-    partial is ingested, and the batch sent again (same Idempotency-Key) to a restarted
-    service lands once."""
+    """The service killed while it writes a batch of events: nothing partial is ingested, a 202
+    is only ever given for a batch that landed whole, and the batch sent again (same
+    Idempotency-Key) to a restarted service lands once.
+
+    The kill is sent when the write's temporary file appears; a writer can still finish the
+    rename and answer before the signal lands (seen once in many runs). The batch is the
+    largest a request may carry, so that is rare, and both outcomes are checked."""
     writer = Writer(base, tmp_path / "work")
     lake = Lake(str(base / "lake"))
     events = [
         {"timestamp": 1442000000000 + i, "visitorid": 9_000_001, "event": "view", "itemid": 1 + i}
-        for i in range(50)
+        for i in range(MAX_EVENTS)
     ]
     headers = {"Idempotency-Key": "crash-test-batch-1"}
 
@@ -336,9 +341,13 @@ def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
         watch.kill_at(process, hidden_in("lake/landing/events/"), log)
         sender.join(30)
     assert process.returncode == -signal.SIGKILL
-    assert answer and isinstance(answer[0], httpx.TransportError), answer  # never acknowledged
+    assert answer, "the post neither answered nor failed"
+    acknowledged = answer[0] == 202
+    assert acknowledged or isinstance(answer[0], httpx.TransportError), answer
     report = ingest_landing(lake, tmp_path / "landing-scratch", lambda _m: None, 2**62)
-    assert report is None or report.raw_rows == 0  # the half-written batch is never read
+    # the half-written batch is never read; an acknowledged one is read whole
+    landed = 0 if report is None else report.raw_rows
+    assert landed == (len(events) if acknowledged else 0), (answer, landed)
     check_parquet_reads(base / "lake")
     process, url, _ = serve("serve-again")
     try:
@@ -347,7 +356,8 @@ def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
     finally:
         service.stop(process)
     report = ingest_landing(lake, tmp_path / "landing-scratch", lambda _m: None, 2**62)
-    assert report is not None and report.accepted == len(events)
+    # once in all: nothing new when the killed post had landed it already
+    assert (report.accepted if report else 0) == (0 if acknowledged else len(events)), report
     check_parquet_reads(base / "lake")
     collect(lake, grace_seconds=0, temp_dir=writer.tmp)
     assert not [p for p in (base / "lake").rglob("*") if is_temporary(p)]
