@@ -19,7 +19,7 @@ candidate, or any item of a visitor without candidates) are not in the snapshot.
 
 - `als_score` = NaN, i.e. missing. CatBoost's default `nan_mode` ("Min") treats it as below
   every score it saw, which is true: ALS ranked the item below the candidates it kept.
-- `als_rank` = the longest candidate list + 1 (101 for ALS's top 100): "beyond the list", also
+- `als_rank` = the longest candidate list + 1 (51 for ALS's top 50): "beyond the list", also
   true, where NaN would read as *better* than rank 1 under "Min".
 - `is_seen` = whether the visitor interacted with the item before the cutoff, ALS's own
   definition (an item in the visitor's row of the interaction matrix).
