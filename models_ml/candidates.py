@@ -486,6 +486,16 @@ def similar_items(
     m = min(result.params["n_similar"], len(pool) - 1)
     if m <= 0 or not len(queries):
         return empty
+    from implicit.cpu.topk import topk
+
+    # cosine as the dot product of unit vectors, normalised once: implicit's similar_items
+    # divides every batch's query x pool scores by the pool's norms, a pass over all of them
+    # (full scale, publish: 27.5 -> 17.3 s; the same neighbours but for float rounding ties)
+    factors = np.asarray(result.model.item_factors, dtype=np.float32)
+    norms = np.linalg.norm(factors, axis=1)
+    norms[norms == 0] = 1.0  # a zero vector stays zero: similarity 0 to everything
+    unit = factors / norms[:, None]
+    pool_unit = np.ascontiguousarray(unit[pool])
     frames = []
     size = result.params["batch_size"]
     for lo in tqdm(
@@ -496,7 +506,8 @@ def similar_items(
     ):
         batch = queries[lo : lo + size]
         with threadpool_limits(1, "blas"):
-            ids, scores = result.model.similar_items(batch, N=m + 1, items=pool)
+            ids, scores = topk(pool_unit, unit[batch], m + 1, num_threads=0)
+        ids = pool[ids]
         keep = ids != batch[:, None]
         # each row keeps m items: drop itself, or the last one when itself is absent
         keep[keep.sum(axis=1) > m, -1] = False

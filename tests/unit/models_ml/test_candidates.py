@@ -96,6 +96,28 @@ def test_similar_items_exclude_the_item_itself_and_respect_queries_and_pool(
     assert none.empty and list(none.columns) == list(everything.columns)
 
 
+def test_similarity_is_the_cosine_of_the_item_factors_best_first(
+    fitted: candidates.AlsResult,
+) -> None:
+    pairs = candidates.similar_items(fitted, show_progress=False)
+    factors = np.asarray(fitted.model.item_factors, dtype=np.float64)
+    column = {item: i for i, item in enumerate(fitted.item_ids)}
+    a = factors[[column[i] for i in pairs["item_id"]]]
+    b = factors[[column[i] for i in pairs["similar_item_id"]]]
+    cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    np.testing.assert_allclose(pairs["similarity"], cosine, atol=1e-5)
+    for _, group in pairs.groupby("item_id"):
+        assert (np.diff(group["similarity"].to_numpy()) <= 1e-6).all()
+        # nothing outside the list is more similar than its last item
+        mine = column[group["item_id"].iloc[0]]
+        others = np.delete(
+            np.arange(len(factors)), [mine, *[column[i] for i in group["similar_item_id"]]]
+        )
+        rest = factors[others] @ factors[mine]
+        rest /= np.linalg.norm(factors[others], axis=1) * np.linalg.norm(factors[mine])
+        assert rest.max() <= group["similarity"].min() + 1e-5
+
+
 def test_weighting_is_alpha_or_bm25_and_nothing_else() -> None:
     interactions = make_interactions()
     alpha, _, _ = candidates.confidence_matrix(
