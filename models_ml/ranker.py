@@ -43,11 +43,14 @@ METADATA_FILE = "ranker.json"
 DEFAULT_PARAMS: dict[str, Any] = {
     "loss_function": "YetiRank",
     "eval_metric": EVAL_METRIC,
-    "iterations": 300,  # an upper bound: early stopping on the validation groups picks the count
+    # an upper bound: early stopping on the validation groups picks the count. The validation
+    # curve is flat after ~100 trees: full scale, 120k rows, 0.08 x 300 trees reached NDCG@10
+    # 0.8233 (best at 275) in 67 s, 0.15 x 150 trees 0.8234 (best at 116) in 26 s
+    "iterations": 150,
     "od_type": "Iter",
     "od_wait": 50,
     "depth": 6,
-    "learning_rate": 0.08,
+    "learning_rate": 0.15,
     "l2_leaf_reg": 3.0,
     "random_seed": SEED,
     "thread_count": 2,
