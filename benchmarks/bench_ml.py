@@ -29,7 +29,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="full", choices=["tiny", "small", "full"])
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--search-budget", type=float, default=60.0)
+    parser.add_argument(
+        "--search-budget", type=float, help="seconds of ranker search (default: recsys run's)"
+    )
     parser.add_argument("--work-dir", help="where to put the data (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -64,10 +66,10 @@ def main() -> int:
         "run",
         "--raw-dir",
         str(raw),
-        "--search-budget",
-        str(args.search_budget),
         "--force",
     ]
+    if args.search_budget is not None:
+        cmd += ["--search-budget", str(args.search_budget)]
     print("running", " ".join(cmd[2:]))
     total, peak_gb, code = run_measured(cmd, env, work / "run.log")
     output = (work / "run.log").read_text()

@@ -30,6 +30,8 @@ from recsys_airflow import common, gate
 from recsys_airflow.common import METRICS, RANKER, SETTINGS, SNAPSHOT, say
 from recsys_airflow.dbt_graph import RANKING_MODELS, dbt_group, mart_names
 
+from recsys.settings import DEFAULT_SEARCH_BUDGET_S
+
 # models_ml (numpy, CatBoost, ...) is imported inside the tasks: parsing the DAG stays light.
 
 WINDOW_VARS = "{{{{ ti.xcom_pull(task_ids='training_windows')['dbt_vars']['{name}'] }}}}"
@@ -46,7 +48,9 @@ with DAG(
     default_args=common.DEFAULT_ARGS,
     params={
         "raw_dir": common.raw_dir_param(),
-        "search_budget_s": Param(60.0, type="number", minimum=0, description="ranker search"),
+        "search_budget_s": Param(
+            DEFAULT_SEARCH_BUDGET_S, type="number", minimum=0, description="ranker search"
+        ),
         "test_days": Param(14.0, type="number", exclusiveMinimum=0),
         "label_days": Param(14.0, type="number", exclusiveMinimum=0),
         "force": Param(False, type="boolean", description="publish even if the gate refuses"),

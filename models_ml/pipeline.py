@@ -41,7 +41,7 @@ from models_ml.publish import (
 from models_ml.snapshot import build_snapshot
 from recsys.ingest import require_events
 from recsys.lake import Lake
-from recsys.settings import Settings
+from recsys.settings import DEFAULT_SEARCH_BUDGET_S, Settings
 
 SEED = 42
 ALPHA = 0.1  # conformal: prediction sets at level 1 - alpha
@@ -147,7 +147,7 @@ def train_ranker(
     win: steps.Windows,
     als: dict[str, Any],
     say: steps.Say = print,
-    search_budget_s: float = 60.0,
+    search_budget_s: float = DEFAULT_SEARCH_BUDGET_S,
 ) -> dict[str, Any]:
     """The CatBoost ranker on the ranking features just built, its conformal calibration, and
     models/training.json (`als`: what `fit_training_candidates` returned)."""
@@ -252,7 +252,7 @@ def evaluation_of(frame: pd.DataFrame, scores: np.ndarray) -> dict[str, Any]:
 def train(
     settings: Settings,
     say: steps.Say = print,
-    search_budget_s: float = 60.0,
+    search_budget_s: float = DEFAULT_SEARCH_BUDGET_S,
     test_days: float = 14,
     label_days: float = 14,
 ) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.candidate_sources import CODED_FEATURES
+from recsys.settings import DEFAULT_SEARCH_BUDGET_S
 
 SEED = 42
 EVAL_METRIC = "NDCG:top=10"
@@ -190,7 +191,7 @@ def train(
     label_col: str = "label",
     group_col: str = "visitor_id",
     params: dict[str, Any] | None = None,
-    search_budget_s: float = 60.0,
+    search_budget_s: float = DEFAULT_SEARCH_BUDGET_S,
     n_trials: int = 8,
     seed: int = SEED,
     progress: Callable[[str], None] = print,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recsys.settings import Settings, get_settings
+from recsys.settings import DEFAULT_SEARCH_BUDGET_S, Settings, get_settings
 
 if TYPE_CHECKING:
     from recsys.ingest import TableReport
@@ -277,7 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("train", help="ALS candidates, ranking features, CatBoost ranker")
-    p.add_argument("--search-budget", type=float, default=60.0, help="seconds of ranker search")
+    p.add_argument(
+        "--search-budget",
+        type=float,
+        default=DEFAULT_SEARCH_BUDGET_S,
+        help=f"seconds of ranker search (default {DEFAULT_SEARCH_BUDGET_S:g})",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="reports/metrics.json and a report with plots")
@@ -293,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--revisits", choices=REVISITS, default="retailrocket", help=REVISITS_HELP)
     p.add_argument("--cutoff-at", help="with --skip-ml: features as of this time")
-    p.add_argument("--search-budget", type=float, default=60.0, help="seconds of ranker search")
+    p.add_argument(
+        "--search-budget",
+        type=float,
+        default=DEFAULT_SEARCH_BUDGET_S,
+        help=f"seconds of ranker search (default {DEFAULT_SEARCH_BUDGET_S:g})",
+    )
     p.add_argument("--force", action="store_true", help="publish even if the gate refuses")
     p.add_argument("--skip-ml", action="store_true", help="stop after the warehouse build")
     p.set_defaults(func=cmd_run)

@@ -21,6 +21,10 @@ from pydantic_settings import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 MIN_API_KEY_LENGTH = 16  # a short key can be guessed; it would be no key at all
+# seconds of ranker search by default (`recsys train/run --search-budget`, the training DAG's
+# `search_budget_s`). At full scale one trial takes ~28 s, so one trial runs: a second one
+# (random draw) scored below the first there; on small data the budget holds several trials
+DEFAULT_SEARCH_BUDGET_S = 30.0
 
 
 class Settings(BaseSettings):
