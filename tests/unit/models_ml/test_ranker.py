@@ -199,6 +199,26 @@ def test_score_handles_types_order_and_empty(
         ranker.score(trained, test.drop(columns=["f1"]))
 
 
+def test_large_frames_score_as_small_ones(
+    data: dict[str, pd.DataFrame], trained: ranker.RankerResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Categories go to CatBoost as pandas categoricals from CATEGORICAL_DTYPE_FROM rows on,
+    as plain arrays below: the same predictions either way, numbers or strings."""
+    test = data["test"]
+    as_text = test.assign(category_id=test["category_id"].astype(str))
+    monkeypatch.setattr(ranker, "CATEGORICAL_DTYPE_FROM", 10**9)
+    plain = ranker.feature_frame(test, FEATURES, CATS)
+    assert plain["category_id"].dtype == np.int64
+    expected, expected_text = ranker.score(trained, test), ranker.score(trained, as_text)
+    monkeypatch.setattr(ranker, "CATEGORICAL_DTYPE_FROM", 1)
+    assert isinstance(
+        ranker.feature_frame(test, FEATURES, CATS)["category_id"].dtype, pd.CategoricalDtype
+    )
+    np.testing.assert_array_equal(ranker.score(trained, test), expected)
+    np.testing.assert_array_equal(ranker.score(trained, as_text), expected_text)
+    np.testing.assert_array_equal(expected_text, expected)
+
+
 def test_feature_importance_and_plot(tmp_path: Path, trained: ranker.RankerResult) -> None:
     importance = ranker.feature_importance(trained)
     assert list(importance.columns) == ["feature", "importance"]
