@@ -247,7 +247,6 @@ def _pool(
 ) -> pd.DataFrame:
     """The candidates of a batch of visitors (matrix rows): the top `n` unmet items of `pool`
     (sorted column indices) and up to `n_revisit` met items, ranked together by ALS score."""
-    from implicit.cpu.topk import topk
 
     model = result.model
     seen = result.user_items[rows]
@@ -257,13 +256,10 @@ def _pool(
         # met items of the pool, as pool positions, are left out of the search
         in_pool = seen[:, pool].tocsr()
         in_pool.data[:] = 1
-        ids, scores = topk(
-            model.item_factors[pool], user, n, filter_query_items=in_pool, num_threads=0
+        unmet_row, unmet_pos, unmet_score = _top_unmet(
+            np.ascontiguousarray(model.item_factors[pool]), user, n, in_pool
         )
-    found = np.isfinite(scores)  # fewer unmet items than n: the rest is padding
-    unmet_row = np.repeat(np.arange(len(rows)), n)[found.ravel()]
-    unmet_item = pool[ids[found]]
-    unmet_score = scores[found]
+    unmet_item = pool[unmet_pos]
     # met items: each visitor's heaviest `n_revisit` (the weights decay with age), scored alike
     met_row = np.repeat(np.arange(len(rows)), np.diff(seen.indptr))
     met_item, met_weight = seen.indices, seen.data
@@ -292,6 +288,54 @@ def _pool(
             "is_seen": is_seen,
             "source": pd.Categorical.from_codes(is_seen.astype(np.int8), dtype=SOURCE_DTYPE),
         }
+    )
+
+
+# visitors with at most this many met items in the pool are searched without a filter
+UNFILTERED_MET_ITEMS = 32
+
+
+def _top_unmet(
+    items: np.ndarray, user: np.ndarray, n: int, met: sp.csr_matrix
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, item position, score) of each query's best `n` items that are not in its row of
+    `met` (queries x items, nonzero = met), best first within a row (fewer when too few).
+
+    implicit's topk takes such a filter, but slices it in Python per 100 queries: most visitors
+    (99% at full scale) have at most UNFILTERED_MET_ITEMS met items in the pool, so they get
+    their best n + UNFILTERED_MET_ITEMS items unfiltered and lose their met ones here (the
+    search 2.97 -> 1.93 s per 20,000 visitors); the others keep the filtered search.
+    """
+    from implicit.cpu.topk import topk
+
+    n_met = np.diff(met.indptr)
+    light = np.flatnonzero(n_met <= UNFILTERED_MET_ITEMS)
+    heavy = np.flatnonzero(n_met > UNFILTERED_MET_ITEMS)
+    parts = []
+    if len(light):
+        k = min(n + UNFILTERED_MET_ITEMS, items.shape[0])
+        ids, scores = topk(items, user[light], k, num_threads=0)
+        sub = met[light]
+        width = np.int64(items.shape[0])
+        met_keys = np.repeat(np.arange(len(light), dtype=np.int64), np.diff(sub.indptr))
+        met_keys = met_keys * width + sub.indices
+        keys = np.arange(len(light), dtype=np.int64)[:, None] * width + ids
+        unmet = ~np.isin(keys, met_keys) & np.isfinite(scores)
+        keep = unmet & (np.cumsum(unmet, axis=1) <= n)
+        at, _ = np.nonzero(keep)
+        parts.append((light[at], ids[keep], scores[keep]))
+    if len(heavy):
+        ids, scores = topk(items, user[heavy], n, filter_query_items=met[heavy], num_threads=0)
+        # fewer unmet items than n: implicit pads with -FLT_MAX (finite) and met items
+        found = np.isfinite(scores) & (scores > -np.finfo(scores.dtype).max)
+        at, _ = np.nonzero(found)
+        parts.append((heavy[at], ids[found], scores[found]))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return (
+        np.concatenate([p[0] for p in parts]).astype(np.int64),
+        np.concatenate([p[1] for p in parts]).astype(np.int64),
+        np.concatenate([p[2] for p in parts]),
     )
 
 

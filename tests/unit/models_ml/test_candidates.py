@@ -118,6 +118,32 @@ def test_similarity_is_the_cosine_of_the_item_factors_best_first(
         assert rest.max() <= group["similarity"].min() + 1e-5
 
 
+def test_unfiltered_search_finds_what_the_filtered_one_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Visitors with few met items are searched unfiltered and lose their met items after;
+    the others are filtered in the search: either way each gets its best n unmet items."""
+    import scipy.sparse as sp
+    from implicit.cpu.topk import topk
+
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(300, 8)).astype(np.float32)
+    user = rng.normal(size=(250, 8)).astype(np.float32)
+    n_met = rng.choice([0, 1, 5, 40, 120, 295], size=250)  # light, heavy, nearly everything
+    rows = np.repeat(np.arange(250), n_met)
+    cols = np.concatenate([rng.choice(300, size=k, replace=False) for k in n_met])
+    met = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(250, 300))
+    monkeypatch.setattr(candidates, "UNFILTERED_MET_ITEMS", 32)
+    row, pos, score = candidates._top_unmet(items, user, 10, met)
+    ids, scores = topk(items, user, 10, filter_query_items=met)
+    found = scores > -np.finfo(np.float32).max  # implicit's padding
+    expected = set(zip(np.nonzero(found)[0].tolist(), ids[found].tolist(), strict=True))
+    assert set(zip(row.tolist(), pos.tolist(), strict=True)) == expected
+    assert not met[row, pos].any()  # never a met item
+    assert np.bincount(row, minlength=250)[n_met == 295].tolist() == [5] * (n_met == 295).sum()
+    np.testing.assert_allclose(score, np.einsum("ij,ij->i", user[row], items[pos]), rtol=1e-5)
+
+
 def test_weighting_is_alpha_or_bm25_and_nothing_else() -> None:
     interactions = make_interactions()
     alpha, _, _ = candidates.confidence_matrix(
