@@ -36,48 +36,9 @@ import pandas as pd
 
 from api.snapshot import NO_CATEGORY, Snapshot
 from recsys.candidate_sources import CODED_FEATURES
+from recsys.ranking_features import FEATURE_COLUMNS
 
 # ranking_features' columns after the keys, in the mart's order
-FEATURE_COLUMNS = (
-    "als_score",
-    "als_rank",
-    "is_seen",
-    "candidate_source",
-    "category_id",
-    "root_category_id",
-    "is_available",
-    "price",
-    "item_views_7d",
-    "item_views_30d",
-    "item_views_all",
-    "item_carts_all",
-    "item_purchases_all",
-    "item_cart_rate",
-    "item_purchase_rate",
-    "item_trend_7d",
-    "item_popularity_score",
-    "item_days_since_last_event",
-    "visitor_events",
-    "visitor_sessions",
-    "visitor_distinct_items",
-    "visitor_carts",
-    "visitor_purchases",
-    "visitor_recency_days",
-    "visitor_tenure_days",
-    "visitor_top_category_share",
-    "has_viewed_item",
-    "has_carted_item",
-    "has_purchased_item",
-    "pair_events",
-    "pair_weight",
-    "days_since_item_interaction",
-    "category_events",
-    "category_affinity_share",
-    "category_affinity_score",
-    "has_carted_in_category",
-    "is_top_category",
-    "days_since_category_event",
-)
 # item features the mart coalesces to 0 when the item is unknown; the others stay missing
 _ITEM_ZERO = {
     "item_views_7d",

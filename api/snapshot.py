@@ -41,7 +41,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from models_ml.publish import SNAPSHOT_TABLES, open_snapshot, shown, verify_snapshot
+from recsys.ranking_features import FEATURE_COLUMNS
+from recsys.snapshots import SNAPSHOT_TABLES, open_snapshot, shown, verify_snapshot
 
 # the columns the service reads from each table (models_ml/snapshot.py writes them)
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -580,8 +581,6 @@ def _parse_cutoff(value: Any) -> datetime:
 
 def _load_ranker(con: duckdb.DuckDBPyConnection) -> Ranker:
     from catboost import CatBoostRanker
-
-    from api.features import FEATURE_COLUMNS
 
     rows = con.execute(
         "select name, model, metadata from ranker order by name = 'catboost' desc, name"

@@ -43,8 +43,8 @@ from api import recommend
 from api.memory import release_memory
 from api.metrics import Metrics
 from api.snapshot import Snapshot, SnapshotInvalid, load
-from models_ml.publish import InvalidVersion, check_version, latest_version, sha256_file, shown
 from recsys.lake import Lake, LakeError
+from recsys.snapshots import InvalidVersion, check_version, latest_version, sha256_file, shown
 
 log = logging.getLogger("api.snapshots")
 KEEP_CACHED = 2  # local copies kept: the served one and the one before (a quick roll-back)

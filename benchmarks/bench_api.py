@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from models_ml.publish import sha256_file
 from recsys.lake import connect_duckdb
+from recsys.snapshots import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"ratio": 0.70, "get_p99_ms": 10.0, "post_p99_ms": 20.0, "rss_gb": 1.5}

@@ -29,19 +29,12 @@ import pandas as pd
 from models_ml import conformal, evaluation, ranker, report, steps
 from models_ml.metrics import bootstrap_intervals
 from models_ml.metrics import evaluate as mean_metrics
-from models_ml.publish import (
-    GATE_BASELINES,
-    GateRefused,
-    Published,
-    gate,
-    gate_notes,
-    latest_manifest,
-    publish,
-)
+from models_ml.publish import GATE_BASELINES, GateRefused, Published, gate, gate_notes, publish
 from models_ml.snapshot import build_snapshot
 from recsys.ingest import require_events
 from recsys.lake import Lake
 from recsys.settings import DEFAULT_SEARCH_BUDGET_S, Settings
+from recsys.snapshots import latest_manifest
 
 SEED = 42
 ALPHA = 0.1  # conformal: prediction sets at level 1 - alpha

@@ -1,6 +1,6 @@
 """Build the snapshot file the API serves: everything it needs, in one DuckDB database.
 
-Tables (the API's contract; `models_ml.publish.SNAPSHOT_TABLES`):
+Tables (the API's contract; `recsys.snapshots.SNAPSHOT_TABLES`):
 - `recommendations`: top-K per known visitor (visitor_id, item_id, rank, score, confidence),
   never an item the visitor bought or an unavailable one;
 - `candidates`: the ALS candidates of those visitors (visitor_id, item_id, als_score, als_rank,

@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 
 from api.features import FEATURE_COLUMNS
-from models_ml.publish import Published, publish, sha256_file
+from models_ml.publish import Published, publish
 from recsys.lake import Lake
+from recsys.snapshots import sha256_file
 
 CUTOFF = datetime(2015, 9, 18, 2, 59, 47)
 CATEGORICAL = ["category_id", "root_category_id"]

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from models_ml.publish import sha256_file
 from recsys.lake import Lake
 from recsys.settings import REPO_ROOT
+from recsys.snapshots import sha256_file
 from tests import service
 from tests.api_snapshots import (
     default_world,

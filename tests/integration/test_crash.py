@@ -37,12 +37,12 @@ import pytest
 
 from api.schemas import MAX_EVENTS
 from models_ml.pipeline import publish_snapshot
-from models_ml.publish import latest_manifest, latest_version, sha256_file, verify_snapshot
 from recsys.gc import EXPORT_TEMP_FILE, TEMP_FILE, collect
 from recsys.generate import generate
 from recsys.ingest import IncompleteIngest, check_raw, ingest, ingest_landing
 from recsys.lake import Lake
 from recsys.settings import Settings
+from recsys.snapshots import latest_manifest, latest_version, sha256_file, verify_snapshot
 from recsys.warehouse import IncompleteBuild, build, check_one_build
 from tests import service
 from tests.conftest import CLOUD_VARIABLES, TinyRun

@@ -8,10 +8,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from models_ml.publish import SNAPSHOT_TABLES, latest_version
 from recsys.cli import main
 from recsys.lake import Lake
 from recsys.settings import Settings
+from recsys.snapshots import SNAPSHOT_TABLES, latest_version
 from tests.conftest import TinyRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -55,8 +55,9 @@ def test_without_item_properties_popularity_is_real_served_and_gated(settings: S
 
     from api.main import create_app
     from models_ml import evaluation
-    from models_ml.publish import GATE_BASELINES, latest_manifest
+    from models_ml.publish import GATE_BASELINES
     from recsys.cli import main
+    from recsys.snapshots import latest_manifest
     from tests.unit.api.conftest import make_settings
 
     code = main(["run", "--raw-dir", str(SHARED_SAMPLE), "--search-budget", "3", "--force"])

@@ -78,7 +78,8 @@ def test_a_wrong_secret_is_a_clear_error(
 def test_publish_a_snapshot_to_s3(
     s3_settings: Settings, seaweed_s3: SeaweedS3, tmp_path: Path
 ) -> None:
-    from models_ml.publish import SNAPSHOT_TABLES, latest_manifest, latest_version, publish
+    from models_ml.publish import publish
+    from recsys.snapshots import SNAPSHOT_TABLES, latest_manifest, latest_version
 
     snapshot = tmp_path / "snapshot.duckdb"
     with duckdb.connect(str(snapshot)) as con:

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import s3fs
 
-from models_ml.publish import SNAPSHOT_TABLES
 from recsys.cli import main
+from recsys.snapshots import SNAPSHOT_TABLES
 from tests.integration.test_airflow_training import airflow
 from tests.s3server import SeaweedS3
 from tests.service import clean_env, serving

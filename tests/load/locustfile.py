@@ -33,9 +33,9 @@ def _snapshot_file() -> Path:
     given = os.environ.get("RECSYS_LOAD_SNAPSHOT")
     if given:
         return Path(given)
-    from models_ml.publish import latest_version
     from recsys.lake import Lake
     from recsys.settings import get_settings
+    from recsys.snapshots import latest_version
 
     lake = Lake.from_settings(get_settings())
     version = latest_version(lake)

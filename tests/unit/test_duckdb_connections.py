@@ -15,9 +15,9 @@ import duckdb
 import pytest
 import yaml
 
-from models_ml.publish import open_snapshot
 from recsys.lake import NO_EXTENSION_DOWNLOADS, Lake, connect_duckdb
 from recsys.settings import DBT_PROJECT_DIR, REPO_ROOT
+from recsys.snapshots import open_snapshot
 
 PACKAGES = ("recsys", "models_ml", "api", "dags", "benchmarks")
 

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from api import recommend
 from api.store import SnapshotStore
-from models_ml.publish import latest_version
 from recsys.lake import Lake
+from recsys.snapshots import latest_version
 from tests.api_snapshots import (
     World,
     default_world,

@@ -16,8 +16,9 @@ import duckdb
 import pytest
 from fastapi.testclient import TestClient
 
-from models_ml.publish import InvalidVersion, check_version, open_snapshot, prune
+from models_ml.publish import prune
 from recsys.lake import Lake
+from recsys.snapshots import InvalidVersion, check_version, open_snapshot
 from tests.api_snapshots import (
     default_world,
     manifest_of,

@@ -9,15 +9,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from models_ml.publish import (
-    KEEP,
-    SNAPSHOT_TABLES,
-    GateRefused,
-    latest_manifest,
-    latest_version,
-    publish,
-)
+from models_ml.publish import KEEP, GateRefused, publish
 from recsys.lake import Lake
+from recsys.snapshots import SNAPSHOT_TABLES, latest_manifest, latest_version
 
 
 def metrics(catboost: float, popularity: float = 0.1) -> dict:
