@@ -1,9 +1,9 @@
 """Weekly retraining: ingest, features, ALS, ranking features, ranker, evaluate, gate, publish.
 
 The scheduled, observable `recsys run`: every task calls the function the command calls
-(`models_ml.pipeline`, `recsys.cli.run_ingest`), so there is one code path. The two dbt builds of
-training are Cosmos task groups (one task per model, then one for the group's tests), rendered
-from the dbt manifest:
+(`models_ml.pipeline`, `recsys.ingest.ingest_folder`), so there is one code path. The two dbt
+builds of training are Cosmos task groups (one task per model, then one for the group's tests),
+rendered from the dbt manifest:
 
 - `features`: the feature graph (every model but `tag:ranking`) as of t1, labels to t2;
 - `ranking`: the ranking models over the candidates `als_candidates` just wrote.

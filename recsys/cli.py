@@ -45,33 +45,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_ingest(reports: Sequence[TableReport]) -> None:
-    for r in reports:
-        state = " (unchanged)" if r.unchanged else ""
-        _say(
-            f"  {r.table:<16} {r.raw_rows:>12,} raw = {r.accepted:>12,} accepted "
-            f"+ {r.rejected:>8,} rejected{state}"
-        )
-        for reason, count in r.reasons.items():
-            _say(f"      {count:>10,}  {reason}")
-
-
 def run_ingest(raw_dir: Path, settings: Settings) -> list[TableReport]:
-    from recsys.ingest import ingest
-    from recsys.lake import Lake
+    from recsys.ingest import ingest_folder
 
-    lake = Lake.from_settings(settings)
-    _say(f"ingesting {raw_dir} into {lake.uri}/raw/")
-    t0 = time.perf_counter()
-    reports = ingest(
-        raw_dir,
-        lake,
-        progress=lambda m: _say(f"  {m}"),
-        max_timestamp_ms=settings.max_event_timestamp_ms(),
-    )
-    _say(f"[ingest] done in {time.perf_counter() - t0:.1f}s")
-    _print_ingest(reports)
-    return reports
+    return ingest_folder(raw_dir, settings, say=_say)
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:

@@ -951,3 +951,36 @@ def ingest_landing(
         f"({time.perf_counter() - t0:.1f}s)"
     )
     return report
+
+
+def report_lines(reports: list[TableReport]) -> list[str]:
+    """What an ingest did, a line per table (raw = accepted + rejected) and per reason."""
+    lines = []
+    for r in reports:
+        state = " (unchanged)" if r.unchanged else ""
+        lines.append(
+            f"  {r.table:<16} {r.raw_rows:>12,} raw = {r.accepted:>12,} accepted "
+            f"+ {r.rejected:>8,} rejected{state}"
+        )
+        lines += [f"      {count:>10,}  {reason}" for reason, count in r.reasons.items()]
+    return lines
+
+
+def ingest_folder(
+    raw_dir: Path, settings: Settings, say: Callable[[str], None] = print
+) -> list[TableReport]:
+    """`recsys ingest --raw-dir raw_dir` (the command line and the DAGs): the CSVs into the
+    settings' lake, with progress and the accounting of each table said as it goes."""
+    lake = Lake.from_settings(settings)
+    say(f"ingesting {raw_dir} into {lake.uri}/raw/")
+    t0 = time.perf_counter()
+    reports = ingest(
+        raw_dir,
+        lake,
+        progress=lambda m: say(f"  {m}"),
+        max_timestamp_ms=settings.max_event_timestamp_ms(),
+    )
+    say(f"[ingest] done in {time.perf_counter() - t0:.1f}s")
+    for line in report_lines(reports):
+        say(line)
+    return reports

@@ -63,12 +63,11 @@ def say(message: str) -> None:
 def ingest_lake(raw_dir: str | None, settings: Settings = SETTINGS) -> dict[str, Any]:
     """`recsys ingest --raw-dir raw_dir` when a folder is given (the API's landed events are
     ingested with it); without one, the landed events alone. Rows per table, for the XCom."""
-    from recsys.cli import run_ingest
-    from recsys.ingest import ingest_landing
+    from recsys.ingest import ingest_folder, ingest_landing
     from recsys.lake import TEMP_PREFIX, Lake
 
     if raw_dir:
-        reports = run_ingest(Path(raw_dir), settings)
+        reports = ingest_folder(Path(raw_dir), settings, say=say)
     else:
         say("no raw_dir: ingesting the events the API landed, if any")
         with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
