@@ -36,10 +36,11 @@ test: install tools ## the whole test suite (real dbt / DuckDB / S3 server / Pro
 test-unit: install ## unit tests only
 	$(UV) run pytest tests/unit
 
-lint: install ## ruff, formatting and mypy
+lint: install ## ruff, formatting, mypy and the import layers (pyproject's importlinter)
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy
+	PYTHONPATH=dags $(UV) run lint-imports
 
 format: install ## apply ruff's formatting and fixes
 	$(UV) run ruff format .
