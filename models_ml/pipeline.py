@@ -31,6 +31,7 @@ from models_ml.metrics import bootstrap_intervals
 from models_ml.metrics import evaluate as mean_metrics
 from models_ml.publish import GATE_BASELINES, GateRefused, Published, gate, gate_notes, publish
 from models_ml.snapshot import build_snapshot
+from recsys.errors import NotEnoughData, NotReady
 from recsys.ingest import require_events
 from recsys.lake import Lake
 from recsys.settings import DEFAULT_SEARCH_BUDGET_S, Settings
@@ -63,10 +64,6 @@ def sample_negatives(
     keep = (order["label"] > 0) | (order.groupby("visitor_id").cumcount() < per_visitor)
     kept = order[keep].drop(columns="_draw")
     return kept.sort_values(["visitor_id", "als_rank"], kind="stable")
-
-
-class NotReady(RuntimeError):
-    """A step needs what an earlier step writes (a trained model, metrics), and it is missing."""
 
 
 def _paths(settings: Settings) -> dict[str, Path]:
@@ -151,7 +148,7 @@ def train_ranker(
     features = steps.feature_columns(frame)
     labelled = frame.loc[frame["label"] > 0, "visitor_id"].unique()
     if len(labelled) < 3:
-        raise steps.NotEnoughData(
+        raise NotEnoughData(
             f"only {len(labelled)} visitors have a positive among their candidates in the "
             "label window: at least 3 are needed to train, validate and calibrate the ranker "
             "(more events, or a longer label window)"

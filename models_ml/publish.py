@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recsys.errors import GateRefused
 from recsys.lake import TEMP_PREFIX, Lake
 from recsys.snapshots import (
     VERSION_PATTERN,
@@ -34,10 +35,6 @@ GATE_METRIC = "ndcg@10"
 # best of them
 GATE_BASELINES = ("popularity", "popularity_unseen", "als_unseen")
 MAX_DROP = 0.05
-
-
-class GateRefused(RuntimeError):
-    """The new model is worse than the baseline or than the published one."""
 
 
 @dataclass(frozen=True)

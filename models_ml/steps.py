@@ -37,10 +37,6 @@ ID_COLUMNS = ("visitor_id", "item_id")
 CATEGORICAL_FEATURES = ("category_id", "root_category_id")
 
 
-class NotEnoughData(RuntimeError):
-    """The data cannot support a step (e.g. too few labelled visitors to train the ranker)."""
-
-
 @contextmanager
 def timed(say: Say, what: str) -> Iterator[None]:
     """Say how long the block took: every slow step of a run shows its time."""

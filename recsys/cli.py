@@ -322,9 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
-    from models_ml.pipeline import NotReady
-    from models_ml.publish import GateRefused
-    from models_ml.steps import NotEnoughData
+    from recsys.errors import GateRefused, NotEnoughData, NotReady
     from recsys.ingest import IncompleteIngest, IngestError, NoEvents
     from recsys.lake import LakeError
     from recsys.warehouse import BuildError, IncompleteBuild
