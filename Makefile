@@ -10,9 +10,9 @@ export OPENBLAS_NUM_THREADS := 1
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
-install: ## install uv if missing and sync the locked environment (.venv)
+install: ## install uv if missing and sync the locked environment (.venv), every extra
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --all-extras --quiet
 
 # Prometheus and promtool 2.42 from Debian's package, unpacked into .tools/ (no system install,
 # none of the package's dependencies): the monitoring tests start the real server.

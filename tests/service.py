@@ -42,15 +42,19 @@ def clean_env(**values: str) -> dict[str, str]:
 
 
 def start(
-    env: dict[str, str], log: Path, port: int | None = None, ready_within: float = 90.0
+    env: dict[str, str],
+    log: Path,
+    port: int | None = None,
+    ready_within: float = 90.0,
+    python: str = sys.executable,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`recsys serve --port PORT` with `env`, its output in `log`; (process, URL) once
-    `/readyz` answers 200. AssertionError, with the end of the log, when it stops or is not
-    ready in time (it is killed then)."""
+    """`recsys serve --port PORT` with `env` (and the interpreter `python`), its output in
+    `log`; (process, URL) once `/readyz` answers 200. AssertionError, with the end of the log,
+    when it stops or is not ready in time (it is killed then)."""
     port = port or free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "recsys.cli", "serve", "--port", str(port)],
+            [python, "-m", "recsys.cli", "serve", "--port", str(port)],
             cwd=REPO_ROOT,
             env=env,
             stdout=out,

@@ -3,11 +3,17 @@
 - request-time features equal the rows dbt computed in `ranking_features` (feature parity),
   and the API builds the candidate pool the published lists were ranked from;
 - POST for a published visitor scores the candidates as the published list scored them;
-- GET answers from the real snapshot; events posted to the API reach `raw/` at the next ingest.
+- GET answers from the real snapshot; events posted to the API reach `raw/` at the next ingest;
+- `recsys serve` runs from an environment with the core and the `serve` extra only (no Airflow,
+  dbt, implicit or matplotlib), built by uv from the lock and its cache.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +28,8 @@ from api.main import create_app
 from api.snapshot import Snapshot
 from models_ml.ranker import feature_frame
 from recsys.cli import run_ingest
-from recsys.settings import Settings
+from recsys.settings import REPO_ROOT, Settings
+from tests import service
 from tests.conftest import TinyRun
 from tests.unit.api.conftest import make_settings
 
@@ -178,3 +185,53 @@ def test_posted_events_reach_raw_at_the_next_ingest(
     assert duckdb.sql(count).fetchall()[0][0] == before + 3
     run_ingest(tiny_raw, published)  # again: nothing more
     assert duckdb.sql(count).fetchall()[0][0] == before + 3
+
+
+def uv_command() -> list[str]:
+    """uv as `make install` finds it: on PATH, else the module of the Python that installed it."""
+    if found := shutil.which("uv"):
+        return [found]
+    for python in ("python3", sys.executable):
+        path = shutil.which(python) or python
+        if subprocess.run([path, "-m", "uv", "--version"], capture_output=True).returncode == 0:
+            return [path, "-m", "uv"]
+    raise AssertionError("uv is needed to build the serve-only environment (make install)")
+
+
+def test_serve_runs_from_an_environment_without_the_training_stack(
+    published: Settings, tmp_path: Path
+) -> None:
+    env_dir = tmp_path / "serve-env"
+    build = subprocess.run(
+        [*uv_command(), "sync", "--frozen", "--offline", "--no-dev", "--extra", "serve", "--quiet"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(env_dir), "UV_PYTHON_DOWNLOADS": "never"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    python = str(env_dir / "bin" / "python")
+    for absent in ("airflow", "dbt", "implicit", "matplotlib", "cosmos"):
+        probe = subprocess.run([python, "-c", f"import {absent}"], capture_output=True, text=True)
+        assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr, absent
+    assert subprocess.run([python, "-c", "import api.main, catboost"]).returncode == 0
+    env = service.clean_env(RECSYS_DATA_DIR=str(published.data_dir))
+    process, url = service.start(env, tmp_path / "serve.log", python=python)
+    try:
+        import httpx
+
+        visitor = int(
+            duckdb.connect(str(published.warehouse_path), read_only=True)
+            .execute("select visitor_id from visitor_features order by n_events desc limit 1")
+            .fetchone()[0]
+        )
+        answer = httpx.get(f"{url}/v1/recommendations/{visitor}?k=5", timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["items"]) == 5
+        ranked = httpx.post(
+            f"{url}/v1/recommendations", json={"visitor_id": visitor, "k": 5}, timeout=10
+        )
+        assert ranked.status_code == 200, ranked.text
+    finally:
+        service.stop(process)
