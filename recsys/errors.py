@@ -1,6 +1,6 @@
 """Errors that a user can act on, raised by training and publishing and reported by the command
 line as one message (exit 1) instead of a traceback. They live in the core so that the command
-line knows them without importing the training stack (a serve-only install has none of it).
+line knows them without importing the training stack (a serve-only environment has none of it).
 """
 
 from __future__ import annotations
