@@ -19,7 +19,7 @@ from pydantic_settings import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"  # the default of RECSYS_DBT_PROJECT_DIR
 MIN_API_KEY_LENGTH = 16  # a short key can be guessed; it would be no key at all
 # seconds of ranker search by default (`recsys train/run --search-budget`, the training DAG's
 # `search_budget_s`). At full scale one trial takes ~28 s, so one trial runs: a second one
@@ -37,6 +37,8 @@ class Settings(BaseSettings):
 
     recsys_data_dir: Path = Path("./data")
     recsys_lake_uri: str | None = None
+    # the dbt project (an installed package or an image points at its copy); read when dbt runs
+    recsys_dbt_project_dir: Path = DBT_PROJECT_DIR
     aws_endpoint_url: str | None = None
     aws_access_key_id: str | None = None
     aws_secret_access_key: SecretStr | None = None  # never in a repr, a log or a dump
@@ -106,6 +108,10 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.recsys_data_dir.expanduser().resolve()
+
+    @property
+    def dbt_project_dir(self) -> Path:
+        return self.recsys_dbt_project_dir.expanduser().resolve()
 
     @property
     def lake_uri(self) -> str:

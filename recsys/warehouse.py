@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.lake import CREDENTIALS_HINT, is_credentials_error
-from recsys.settings import DBT_PROJECT_DIR, Settings
+from recsys.settings import Settings
 
 
 class BuildError(RuntimeError):
@@ -88,11 +88,11 @@ _MANIFESTS: dict[tuple[str, ...], tuple[float, Any]] = {}
 _PROJECT_INPUTS = ("dbt_project.yml", "profiles.yml", "models", "macros", "tests", "analyses")
 
 
-def _project_mtime() -> float:
+def _project_mtime(project_dir: Path) -> float:
     """The newest modification time of the project's inputs: a change means a new parse."""
     newest = 0.0
     for name in _PROJECT_INPUTS:
-        path = DBT_PROJECT_DIR / name
+        path = project_dir / name
         paths = [path] if path.is_file() else path.rglob("*") if path.is_dir() else []
         for file in paths:
             newest = max(newest, file.stat().st_mtime)
@@ -146,9 +146,11 @@ def _invoke(args: list[str], manifest: Any, on_line: Callable[[str], None]) -> A
         release_duckdb()
 
 
-def _manifest(base_args: list[str], dbt_vars: list[str], key: tuple[str, ...]) -> Any:
+def _manifest(
+    base_args: list[str], dbt_vars: list[str], key: tuple[str, ...], project_dir: Path
+) -> Any:
     """The parsed manifest for this environment, parsed now if the project changed."""
-    mtime = _project_mtime()
+    mtime = _project_mtime(project_dir)
     cached = _MANIFESTS.get(key)
     if cached is not None and cached[0] >= mtime:
         return cached[1]
@@ -187,7 +189,13 @@ def dbt_command(
     dbt_vars: dict[str, object] = dict(extra_vars or {})
     if cutoff_at:
         dbt_vars["cutoff_at"] = cutoff_at
-    base_args = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+    project_dir = settings.dbt_project_dir
+    if not (project_dir / "dbt_project.yml").is_file():
+        raise BuildError(
+            f"no dbt project in {project_dir} (no dbt_project.yml): set RECSYS_DBT_PROJECT_DIR "
+            "to the folder holding the project's dbt_project.yml and profiles.yml"
+        )
+    base_args = ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir)]
     var_args = ["--vars", json.dumps(dbt_vars)] if dbt_vars else []
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = settings.dbt_env()
@@ -201,8 +209,8 @@ def dbt_command(
     with _LOCK, _environment(env):
         manifest = None
         if args[0] in _REUSES_MANIFEST:
-            key = (str(DBT_PROJECT_DIR), json.dumps(env, sort_keys=True))
-            manifest = _manifest(base_args, var_args, key)
+            key = (str(project_dir), json.dumps(env, sort_keys=True))
+            manifest = _manifest(base_args, var_args, key, project_dir)
         result = _invoke([*args, *base_args, *var_args], manifest, on_line)
     if not result.success:
         _raise(args[0], 2 if result.exception else 1, lines, result.exception)

@@ -40,11 +40,13 @@ from cosmos import (
 )
 from cosmos.constants import InvocationMode, TestBehavior
 
-from recsys.settings import DBT_PROJECT_DIR, Settings
+from recsys.settings import Settings
 from recsys.warehouse import dbt_command, dbt_executable, release_duckdb
 from recsys_airflow.common import RAW_ASSETS, SETTINGS, feature_asset
 
 log = logging.getLogger(__name__)
+
+DBT_PROJECT_DIR = SETTINGS.dbt_project_dir  # RECSYS_DBT_PROJECT_DIR, or the repository's
 
 MANIFEST_PATH = Path(
     os.environ.get("RECSYS_DBT_MANIFEST") or SETTINGS.data_dir / "airflow" / "dbt" / "manifest.json"

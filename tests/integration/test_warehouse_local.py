@@ -223,3 +223,29 @@ def test_a_build_stopped_part_way_is_refused_until_rebuilt(
     build(settings, cutoff_at="2015-08-15 00:00:00")
     assert build_info(settings)["feature_version"] == whole
     assert "incomplete" not in summary(settings)
+
+
+def test_the_dbt_project_is_found_where_the_setting_says(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RECSYS_DBT_PROJECT_DIR: an installed package or an image points at its copy of the
+    project; a folder without one is a clear error before dbt starts."""
+    from recsys.warehouse import BuildError
+
+    copy = tmp_path / "project"
+    shutil.copytree(
+        DBT_PROJECT_DIR, copy, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages")
+    )
+    # a model only the copy has: listing it proves dbt read the copy
+    (copy / "models" / "staging" / "zz_only_in_the_copy.sql").write_text("select 1 as probe\n")
+    monkeypatch.setenv("RECSYS_DBT_PROJECT_DIR", str(copy))
+    moved = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert moved.dbt_project_dir == copy.resolve()
+    target = ["--target-path", str(tmp_path / "target")]
+    listed = dbt_command(
+        moved, ["ls", "--select", "zz_only_in_the_copy", "--output", "name", *target], echo=False
+    )
+    assert "zz_only_in_the_copy" in listed
+    monkeypatch.setenv("RECSYS_DBT_PROJECT_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(BuildError, match="RECSYS_DBT_PROJECT_DIR"):
+        dbt_command(Settings(_env_file=None), ["ls", *target], echo=False)  # type: ignore[call-arg]
