@@ -38,7 +38,6 @@ from api.snapshot import NO_CATEGORY, Snapshot
 from recsys.candidate_sources import CODED_FEATURES
 from recsys.ranking_features import FEATURE_COLUMNS
 
-# ranking_features' columns after the keys, in the mart's order
 # item features the mart coalesces to 0 when the item is unknown; the others stay missing
 _ITEM_ZERO = {
     "item_views_7d",

@@ -247,7 +247,6 @@ def _pool(
 ) -> pd.DataFrame:
     """The candidates of a batch of visitors (matrix rows): the top `n` unmet items of `pool`
     (sorted column indices) and up to `n_revisit` met items, ranked together by ALS score."""
-
     model = result.model
     seen = result.user_items[rows]
     with threadpool_limits(1, "blas"):
@@ -327,7 +326,7 @@ def _top_unmet(
     if len(heavy):
         ids, scores = topk(items, user[heavy], n, filter_query_items=met[heavy], num_threads=0)
         # fewer unmet items than n: implicit pads with -FLT_MAX (finite) and met items
-        found = np.isfinite(scores) & (scores > -np.finfo(scores.dtype).max)
+        found = scores > -np.finfo(scores.dtype).max
         at, _ = np.nonzero(found)
         parts.append((heavy[at], ids[found], scores[found]))
     if not parts:

@@ -27,13 +27,12 @@ from models_ml.snapshot import POPULAR_PER_SCOPE
 from recsys.candidate_sources import SIMILAR_SEEDS, SOURCES
 from recsys.ingest import NO_EVENTS_HINT, RAW_EVENTS, NoEvents, require_events
 from recsys.lake import Lake
+from recsys.ranking_features import KEY_COLUMNS
 from recsys.settings import Settings
 from recsys.warehouse import build, check_one_build, dbt_command
 
 Say = Callable[[str], None]
 
-# what the ranker learns from: every ranking_features column but the keys
-ID_COLUMNS = ("visitor_id", "item_id")
 CATEGORICAL_FEATURES = ("category_id", "root_category_id")
 
 
@@ -338,7 +337,8 @@ def scored_candidates(
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c not in (*ID_COLUMNS, "label")]
+    # what the ranker learns from: every ranking_features column but the keys
+    return [c for c in frame.columns if c not in (*KEY_COLUMNS, "label")]
 
 
 def split_visitors(
