@@ -18,7 +18,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from models_ml.metrics import evaluate_per_visitor
+from models_ml.metrics import evaluate_matrix
 from recsys.candidate_sources import SOURCES
 
 KS = (10, 20)
@@ -95,38 +95,153 @@ def compare_models(
     seen: Mapping[int, set[int]] | None = None,
 ) -> tuple[dict[str, dict[str, float]], int, dict[str, dict[str, np.ndarray]]]:
     """Metrics of every model on the visitors with candidates and truth, and each metric per
-    visitor (aligned across models, for paired intervals).
+    visitor (aligned across models, for paired intervals; in `truth`'s order).
 
     - `popularity`: the popular list, the same for everyone;
     - `popularity_unseen`: the popular list without the items the visitor already met (`seen`);
     - `als_unseen`: ALS's best unmet items (plain ALS that filters what the visitor has);
     - `als`: ALS's order of its own candidates, met items included;
     - `als_catboost`: the ranker's order of the pool.
+
+    Every list is laid out as a visitors x ranks matrix with array operations (a full-scale
+    evaluation has ~65,000 visitors and ~6M candidates: 9 s per visitor in Python, 2 s so);
+    `ranked_lists` and `metrics.evaluate_per_visitor` are the per-visitor definition it
+    agrees with (tested).
     """
     seen = seen or {}
-    known = set(map(int, frame["visitor_id"].unique()))
-    eval_truth = {v: items for v, items in truth.items() if v in known and items}
     depth = max(KS)
-    als_rank = -frame["als_rank"].to_numpy(dtype=float)
-    source = frame["candidate_source"].to_numpy(dtype=object)
-    unmet = source == "als"
-    from_als = unmet | (source == "revisit")
-    lists = {
-        "popularity": {v: list(popularity[:depth]) for v in eval_truth},
-        "popularity_unseen": {
-            v: [i for i in popularity if i not in seen.get(v, ())][:depth] for v in eval_truth
-        },
-        "als_unseen": ranked_lists(frame[unmet], als_rank[unmet], depth),
-        "als": ranked_lists(frame[from_als], als_rank[from_als], depth),
-        "als_catboost": ranked_lists(frame, ranker_scores, depth),
+    frame_visitors = frame["visitor_id"].to_numpy(np.int64)
+    eval_visitors = np.fromiter((v for v, items in truth.items() if items), dtype=np.int64)
+    eval_visitors = eval_visitors[np.isin(eval_visitors, pd.unique(frame_visitors))]
+    n = len(eval_visitors)
+    rows = pd.Index(eval_visitors)
+    relevant_rows, relevant_items = _flatten(truth, eval_visitors)
+    n_relevant = np.bincount(relevant_rows, minlength=n)
+
+    source = frame["candidate_source"]
+    unmet = source.isin(["als"]).to_numpy()
+    from_als = unmet | source.isin(["revisit"]).to_numpy()
+    items = frame["item_id"].to_numpy(np.int64)
+    als_rank = frame["als_rank"].to_numpy(dtype=float)
+    frame_rows = rows.get_indexer(pd.Index(frame_visitors))
+    popular = np.asarray(popularity, dtype=np.int64)
+    layouts = {
+        "popularity": _popular_matrix(popular, n, depth, None),
+        "popularity_unseen": _popular_matrix(popular, n, depth, _flatten(seen, eval_visitors)),
+        "als_unseen": _ranked_matrix(
+            frame_rows[unmet], items[unmet], None, als_rank[unmet], n, depth
+        ),
+        "als": _ranked_matrix(
+            frame_rows[from_als], items[from_als], None, als_rank[from_als], n, depth
+        ),
+        "als_catboost": _ranked_matrix(
+            frame_rows, items, np.asarray(ranker_scores, dtype=float), als_rank, n, depth
+        ),
     }
+    # a shown item is a hit when (row, item) is one of the relevant pairs
+    relevant_codes = pd.Index(np.unique(relevant_items))
+    width = np.int64(max(len(relevant_codes), 1))
+    relevant_keys = np.unique(relevant_rows * width + relevant_codes.get_indexer(relevant_items))
     models: dict[str, dict[str, float]] = {}
     per_visitor: dict[str, dict[str, np.ndarray]] = {}
-    for name, recommended in lists.items():
-        models[name], per_visitor[name] = evaluate_per_visitor(
-            recommended, eval_truth, KS, catalogue_size
+    for name, (shown, filled) in layouts.items():
+        code = relevant_codes.get_indexer(shown.ravel()).reshape(shown.shape)
+        keys = np.arange(n, dtype=np.int64)[:, None] * width + code
+        hits = filled & (code >= 0) & np.isin(keys, relevant_keys)
+        models[name], per_visitor[name] = evaluate_matrix(
+            shown, filled, hits, n_relevant, KS, catalogue_size
         )
-    return models, len(eval_truth), per_visitor
+    return models, n, per_visitor
+
+
+def _flatten(sets: Mapping[int, set[int]], visitors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row in `visitors`, item) of each item of each visitor's set."""
+    groups = [sets.get(int(v), ()) for v in visitors]
+    counts = np.fromiter((len(g) for g in groups), dtype=np.int64, count=len(groups))
+    items = np.fromiter(
+        (item for group in groups for item in group), dtype=np.int64, count=int(counts.sum())
+    )
+    return np.repeat(np.arange(len(visitors), dtype=np.int64), counts), items
+
+
+def _ranked_matrix(
+    rows: np.ndarray,
+    items: np.ndarray,
+    score: np.ndarray | None,
+    als_rank: np.ndarray,
+    n: int,
+    depth: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(shown, filled), n x depth: each row's items by `score`, best first, ties by ALS rank
+    (`ranked_lists`' order; no score: by ALS rank); `rows` are the candidates' rows (-1: not
+    evaluated)."""
+    shown = np.zeros((n, depth), dtype=np.int64)
+    filled = np.zeros((n, depth), dtype=bool)
+    keep = rows >= 0
+    rows, items, als_rank = rows[keep], items[keep], als_rank[keep]
+    order = _order(rows, None if score is None else score[keep], als_rank)
+    rows, items = rows[order], items[order]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else rows[:0]
+    nth = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+    top = nth < depth
+    shown[rows[top], nth[top]] = items[top]
+    filled[rows[top], nth[top]] = True
+    return shown, filled
+
+
+def _order(rows: np.ndarray, score: np.ndarray | None, als_rank: np.ndarray) -> np.ndarray:
+    """np.lexsort((als_rank, -score, rows)): by row, best score first, ties by ALS rank, then
+    input order (no score: by row and ALS rank); as one stable sort of an integer key where it
+    fits (~4x faster on millions of candidates)."""
+    if not len(rows):
+        return np.zeros(0, dtype=np.int64)
+    n_scores, score_rank = 1, np.zeros(len(rows), dtype=np.int64)
+    if score is not None:
+        by_score = np.argsort(-score, kind="stable")
+        ordered = -score[by_score]
+        score_rank[by_score] = np.cumsum(np.r_[0, ordered[1:] != ordered[:-1]])
+        n_scores = int(score_rank[by_score[-1]]) + 1
+    low, high = float(np.min(als_rank)), float(np.max(als_rank))
+    n_ranks = int(high - low) + 1
+    exact = np.array_equal(als_rank, np.round(als_rank)) and (
+        score is None or bool(np.all(np.isfinite(score)))
+    )
+    if not exact or (int(rows.max()) + 1) * n_scores * n_ranks >= 2**62:
+        return np.lexsort((als_rank, -score if score is not None else 0 * als_rank, rows))
+    rank = (als_rank - low).astype(np.int64)
+    key = (rows.astype(np.int64) * n_scores + score_rank) * n_ranks + rank
+    return np.argsort(key, kind="stable")
+
+
+def _popular_matrix(
+    popular: np.ndarray, n: int, depth: int, hidden: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(shown, filled), n x depth: the popular list for every row, without each row's
+    `hidden` items (row, item) when given."""
+    shown = np.zeros((n, depth), dtype=np.int64)
+    filled = np.zeros((n, depth), dtype=bool)
+    if hidden is None or not len(popular) or not n:
+        width = min(depth, len(popular))
+        shown[:, :width] = popular[:width]
+        filled[:, :width] = True
+        return shown, filled
+    hidden_rows, hidden_items = hidden
+    position = pd.Index(popular).get_indexer(hidden_items)
+    on_list = position >= 0
+    hidden_rows, position = hidden_rows[on_list], position[on_list]
+    # a row needs at most depth + (its hidden items on the list) positions of the list
+    most_hidden = int(np.bincount(hidden_rows, minlength=n).max())
+    width = min(len(popular), depth + most_hidden)
+    masked = np.zeros((n, width), dtype=bool)
+    near = position < width
+    masked[hidden_rows[near], position[near]] = True
+    # the first `depth` unmasked positions of each row, in list order
+    first = np.argsort(masked, axis=1, kind="stable")[:, :depth]
+    visible = ~np.take_along_axis(masked, first, axis=1)
+    cols = first.shape[1]
+    shown[:, :cols] = np.where(visible, popular[first], 0)
+    filled[:, :cols] = visible
+    return shown, filled
 
 
 def pool_recall(

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 Metric = Callable[[Sequence[int], set[int], int], float]
 
@@ -111,15 +112,36 @@ def evaluate_per_visitor(
     visitors = [v for v, items in truth.items() if items]
     depth = max(ks) if ks else 0
     hits = np.zeros((len(visitors), depth), dtype=bool)
-    shown = np.full((len(visitors), depth), -1, dtype=np.int64)
+    shown = np.zeros((len(visitors), depth), dtype=np.int64)
+    filled = np.zeros((len(visitors), depth), dtype=bool)
     for row, visitor in enumerate(visitors):
         recommended = list(recommendations.get(visitor, ()))[:depth]
         relevant = truth[visitor]
         shown[row, : len(recommended)] = recommended
+        filled[row, : len(recommended)] = True
         hits[row, : len(recommended)] = [item in relevant for item in recommended]
-    n_relevant = np.array([len(truth[v]) for v in visitors], dtype=np.float64)
+    n_relevant = np.array([len(truth[v]) for v in visitors], dtype=np.int64)
+    return evaluate_matrix(shown, filled, hits, n_relevant, ks, catalogue_size)
+
+
+def evaluate_matrix(
+    shown: np.ndarray,
+    filled: np.ndarray,
+    hits: np.ndarray,
+    n_relevant: np.ndarray,
+    ks: Sequence[int] = (10, 20),
+    catalogue_size: int | None = None,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """`evaluate_per_visitor` on lists already laid out as visitors x ranks matrices: `shown`
+    (item ids), `filled` (False past the end of a short list), `hits` (the item is relevant)
+    and each visitor's number of relevant items (> 0). Columns up to max(ks) are read."""
+    depth = max(ks) if ks else 0
+    if shown.shape[1] < depth:  # shorter lists than the deepest k: pad with empty ranks
+        pad = ((0, 0), (0, depth - shown.shape[1]))
+        shown, filled, hits = (np.pad(a, pad) for a in (shown, filled, hits))
     out: dict[str, float] = {}
     values_of: dict[str, np.ndarray] = {}
+    n_relevant = np.asarray(n_relevant, dtype=np.float64)
     for k in ks:
         per_visitor = _metrics_from_hits(hits[:, :k].astype(np.float64), n_relevant, k)
         for name in METRICS:
@@ -127,8 +149,8 @@ def evaluate_per_visitor(
             out[f"{name}@{k}"] = float(values.mean()) if len(values) else 0.0
             values_of[f"{name}@{k}"] = values
         if catalogue_size:
-            top = shown[:, :k]
-            out[f"coverage@{k}"] = len(np.unique(top[top >= 0])) / catalogue_size
+            # pandas' hash table: np.unique sorts (0.3 s a call on 65,000 x 20 items)
+            out[f"coverage@{k}"] = len(pd.unique(shown[:, :k][filled[:, :k]])) / catalogue_size
     return out, values_of
 
 

@@ -94,3 +94,46 @@ def test_pool_recall_by_source_and_the_shops_revisit_rate() -> None:
         "popular": 0.5,
     }
     assert pool["revisit_rate"] == pytest.approx(2 / 6)  # 10 and 99 of 6 relevant items
+
+
+def test_compare_models_agrees_with_the_per_visitor_definitions() -> None:
+    """The matrix layout of compare_models gives what ranked_lists and evaluate_per_visitor
+    give visitor by visitor, on random pools with ties, short lists and met popular items."""
+    from models_ml.metrics import evaluate_per_visitor
+
+    rng = np.random.default_rng(3)
+    n_rows = 4_000
+    f = pd.DataFrame(
+        {
+            "visitor_id": rng.integers(0, 300, n_rows),
+            "item_id": rng.integers(0, 200, n_rows),
+            "als_rank": rng.integers(1, 60, n_rows),
+            "candidate_source": rng.choice(["als", "revisit", "similar", "popular"], n_rows),
+        }
+    ).drop_duplicates(["visitor_id", "item_id"], ignore_index=True)
+    scores = rng.integers(0, 5, len(f)).astype(float)  # many ties: ALS rank decides
+    truth = {int(v): set(rng.integers(0, 200, rng.integers(0, 6)).tolist()) for v in range(350)}
+    seen = {int(v): set(rng.integers(0, 60, rng.integers(0, 30)).tolist()) for v in range(350)}
+    popularity = rng.permutation(200)[:120].tolist()
+    models, n, per_visitor = evaluation.compare_models(f, scores, popularity, truth, 200, seen)
+
+    known = set(f["visitor_id"].tolist())
+    eval_truth = {v: items for v, items in truth.items() if v in known and items}
+    rank = -f["als_rank"].to_numpy(dtype=float)
+    unmet = (f["candidate_source"] == "als").to_numpy()
+    from_als = unmet | (f["candidate_source"] == "revisit").to_numpy()
+    expected = {
+        "popularity": {v: popularity[:20] for v in eval_truth},
+        "popularity_unseen": {
+            v: [i for i in popularity if i not in seen.get(v, ())][:20] for v in eval_truth
+        },
+        "als_unseen": evaluation.ranked_lists(f[unmet], rank[unmet], 20),
+        "als": evaluation.ranked_lists(f[from_als], rank[from_als], 20),
+        "als_catboost": evaluation.ranked_lists(f, scores, 20),
+    }
+    assert n == len(eval_truth) > 200
+    for name, lists in expected.items():
+        means, values = evaluate_per_visitor(lists, eval_truth, evaluation.KS, 200)
+        assert models[name] == pytest.approx(means), name
+        for metric, array in values.items():
+            np.testing.assert_allclose(per_visitor[name][metric], array, err_msg=name)
