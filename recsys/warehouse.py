@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +82,24 @@ def dbt_executable() -> str:
 # Commands that may run on a manifest parsed earlier in this process. dbt renders `var()` and
 # `env_var()` in SQL when it compiles a node, so one parse serves every cutoff; a new process
 # per command would pay ~6 s of imports and, whenever the vars change (every cutoff), ~6 s of
-# full re-parse.
+# full re-parse. The parse itself is given no vars, so that dbt's partial parsing
+# (target/partial_parse.msgpack) also serves the next process, whatever its cutoffs.
 _REUSES_MANIFEST = ("build", "run", "test", "compile")
 _LOCK = threading.Lock()
-_MANIFESTS: dict[tuple[str, ...], tuple[float, Any]] = {}
+
+
+@dataclass
+class _Parsed:
+    mtime: float  # the project's newest input when it was parsed
+    manifest: Any
+    # dbt's unit tests passed in a complete `dbt build` on this manifest. They read fixtures,
+    # not the warehouse, and pin the vars they use, so their verdict holds until the project
+    # changes: later builds in this process (`recsys run` builds three cutoffs, then the
+    # ranking models three times) leave them out.
+    unit_tested: bool = False
+
+
+_MANIFESTS: dict[tuple[str, ...], _Parsed] = {}
 _PROJECT_INPUTS = ("dbt_project.yml", "profiles.yml", "models", "macros", "tests", "analyses")
 
 
@@ -146,21 +161,19 @@ def _invoke(args: list[str], manifest: Any, on_line: Callable[[str], None]) -> A
         release_duckdb()
 
 
-def _manifest(
-    base_args: list[str], dbt_vars: list[str], key: tuple[str, ...], project_dir: Path
-) -> Any:
+def _manifest(base_args: list[str], key: tuple[str, ...], project_dir: Path) -> _Parsed:
     """The parsed manifest for this environment, parsed now if the project changed."""
     mtime = _project_mtime(project_dir)
     cached = _MANIFESTS.get(key)
-    if cached is not None and cached[0] >= mtime:
-        return cached[1]
+    if cached is not None and cached.mtime >= mtime:
+        return cached
     lines: list[str] = []
-    result = _invoke(["parse", *base_args, *dbt_vars], None, lines.append)
+    result = _invoke(["parse", *base_args], None, lines.append)
     if not result.success:
         _raise("parse", 2 if result.exception else 1, lines, result.exception)
     _MANIFESTS.clear()  # one environment at a time: a manifest is tens of MB
-    _MANIFESTS[key] = (mtime, result.result)
-    return result.result
+    _MANIFESTS[key] = parsed = _Parsed(mtime, result.result)
+    return parsed
 
 
 def _raise(command: str, code: int, lines: list[str], exception: BaseException | None) -> None:
@@ -184,7 +197,9 @@ def dbt_command(
     """Run `dbt <args>` in the project with the settings' environment; return its output.
 
     dbt runs in this process (`dbtRunner`), and `build`, `run`, `test` and `compile` reuse the
-    manifest parsed by the first of them; see `_REUSES_MANIFEST`.
+    manifest parsed by the first of them; see `_REUSES_MANIFEST`. Once a complete `dbt build`
+    has passed dbt's unit tests, later builds of the same project in this process skip them
+    (`_Parsed.unit_tested`).
     """
     dbt_vars: dict[str, object] = dict(extra_vars or {})
     if cutoff_at:
@@ -207,11 +222,16 @@ def dbt_command(
             print(f"  {line.rstrip()}", flush=True)
 
     with _LOCK, _environment(env):
-        manifest = None
+        parsed = None
         if args[0] in _REUSES_MANIFEST:
             key = (str(project_dir), json.dumps(env, sort_keys=True))
-            manifest = _manifest(base_args, var_args, key, project_dir)
-        result = _invoke([*args, *base_args, *var_args], manifest, on_line)
+            parsed = _manifest(base_args, key, project_dir)
+        complete = args == ["build"]  # every node: every unit test among them
+        if args[0] == "build" and parsed is not None and parsed.unit_tested:
+            args = [*args, "--exclude-resource-type", "unit_test"]
+        result = _invoke([*args, *base_args, *var_args], parsed and parsed.manifest, on_line)
+        if result.success and complete and parsed is not None:
+            parsed.unit_tested = True
     if not result.success:
         _raise(args[0], 2 if result.exception else 1, lines, result.exception)
     return "".join(lines)

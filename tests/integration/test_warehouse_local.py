@@ -162,29 +162,34 @@ def test_one_parse_serves_every_cutoff_until_the_project_changes(
     tiny_raw: Path, settings: Settings
 ) -> None:
     """dbt runs in this process and reuses its manifest across vars: the vars must still
-    reach the SQL (a stale cutoff would silently build features as of the wrong time)."""
+    reach the SQL (a stale cutoff would silently build features as of the wrong time). dbt's
+    unit tests run in the first complete build only, until the project changes."""
     from recsys import warehouse
+
+    def unit_tests_run() -> int:
+        results = json.loads((dbt_target_dir() / "run_results.json").read_text())["results"]
+        return sum(r["unique_id"].startswith("unit_test.") for r in results)
 
     ingest(tiny_raw, Lake.from_settings(settings))
     cutoffs = ("2015-08-01 00:00:00", "2015-08-15 00:00:00")
-    manifests = []
-    for i, cutoff in enumerate(cutoffs):
-        if i == 0:
-            build(settings, cutoff_at=cutoff)
-        else:  # the one model alone (its test of one build would rightly fail on the rest)
-            dbt_command(settings, ["run", "--select", "feature_builds"], cutoff_at=cutoff)
+    manifests, unit_tests = [], []
+    for cutoff in cutoffs:
+        build(settings, cutoff_at=cutoff)
+        unit_tests.append(unit_tests_run())
         ((version, built),) = query(
             settings, "select feature_version, cutoff_at from feature_builds"
         )
         assert str(built) == cutoff
         assert version.endswith(cutoff.replace("-", "").replace(" ", "T").replace(":", ""))
-        manifests.append(next(iter(warehouse._MANIFESTS.values()))[1])
+        manifests.append(next(iter(warehouse._MANIFESTS.values())).manifest)
     assert manifests[0] is manifests[1]
-    # a changed project file is parsed again
+    assert unit_tests[0] >= 7 and unit_tests[1] == 0
+    # a changed project file is parsed again, and its unit tests run again
     macro = DBT_PROJECT_DIR / "macros" / "cutoff.sql"
     os.utime(macro)
-    dbt_command(settings, ["run", "--select", "feature_builds"], cutoff_at=cutoffs[0])
-    assert next(iter(warehouse._MANIFESTS.values()))[1] is not manifests[0]
+    build(settings, cutoff_at=cutoffs[0])
+    assert next(iter(warehouse._MANIFESTS.values())).manifest is not manifests[0]
+    assert unit_tests_run() == unit_tests[0]
 
 
 def test_a_build_stopped_part_way_is_refused_until_rebuilt(
