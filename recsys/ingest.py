@@ -611,12 +611,17 @@ def _find_duplicates(
     hashes = con.execute(f"select hash({cols}) as h from accepted_rows").fetchnumpy()["h"]
     con.unregister("accepted_rows")
     hashes = np.asarray(hashes)
-    order = np.argsort(hashes, kind="stable")
-    same = hashes[order][1:] == hashes[order][:-1]
-    in_group = np.zeros(len(hashes), dtype=bool)
-    in_group[order[1:][same]] = True
-    in_group[order[:-1][same]] = True
-    candidates = np.flatnonzero(in_group)
+    # the hashes that occur more than once, then the rows that carry one: a sort of the values
+    # and a search of each row among the (few) repeated ones, ~10x faster than an argsort of
+    # 20M property rows
+    ordered = np.sort(hashes)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del ordered
+    if len(repeated):
+        at = np.minimum(np.searchsorted(repeated, hashes), len(repeated) - 1)
+        candidates = np.flatnonzero(repeated[at] == hashes)
+    else:
+        candidates = np.zeros(0, dtype=np.int64)
     if not len(candidates):
         return np.zeros(0, dtype=np.int64), pa.array([], pa.string())
     # confirm on the values themselves, so that a hash collision never rejects a row
