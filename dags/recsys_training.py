@@ -18,7 +18,7 @@ event) exactly as `recsys evaluate` / `recsys publish` do.
 
 Every task runs in the one-slot `recsys_warehouse` pool and inside the warehouse lease
 (`claim_warehouse` ... `release_warehouse`): see `recsys_airflow.common`. Trigger it by hand
-or from another DAG with params, e.g. `{"force": true, "search_budget_s": 30}`.
+or from another DAG with params, e.g. `{"force": true, "search_budget_s": 20}`.
 """
 
 from __future__ import annotations

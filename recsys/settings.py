@@ -22,9 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"  # the default of RECSYS_DBT_PROJECT_DIR
 MIN_API_KEY_LENGTH = 16  # a short key can be guessed; it would be no key at all
 # seconds of ranker search by default (`recsys train/run --search-budget`, the training DAG's
-# `search_budget_s`). At full scale one trial takes ~28 s, so one trial runs: a second one
-# (random draw) scored below the first there; on small data the budget holds several trials
-DEFAULT_SEARCH_BUDGET_S = 30.0
+# `search_budget_s`). At full scale one trial takes 10-20 s, so one or two trials run: a
+# second one (random draw) scored below the first there; on small data it holds several
+DEFAULT_SEARCH_BUDGET_S = 20.0
 
 
 class Settings(BaseSettings):
