@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsys.candidate_sources import SOURCES
+from recsys.settings import SEED
 
 SOURCE_DTYPE = pd.CategoricalDtype(list(SOURCES))
 
@@ -81,7 +82,6 @@ DEFAULT_ALS_PARAMS: dict[str, Any] = {
     "min_query_item_visitors": 2,
     "batch_size": 20_000,
 }
-SEED = 42
 
 
 @dataclass

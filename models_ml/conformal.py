@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-SEED = 42
+from recsys.settings import SEED
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from recsys.settings import SEED
+
 Metric = Callable[[Sequence[int], set[int], int], float]
 
 
@@ -159,7 +161,7 @@ def bootstrap_intervals(
     pairs: Sequence[tuple[str, str]] = (),
     n_resamples: int = 1000,
     level: float = 0.95,
-    seed: int = 42,
+    seed: int = SEED,
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
     """Percentile bootstrap intervals over visitors of every model's metric means, and of the
     differences `a - b` for each pair (a, b) of models.

@@ -34,10 +34,9 @@ from models_ml.snapshot import build_snapshot
 from recsys.errors import NotEnoughData, NotReady
 from recsys.ingest import require_events
 from recsys.lake import Lake
-from recsys.settings import DEFAULT_SEARCH_BUDGET_S, Settings
+from recsys.settings import DEFAULT_SEARCH_BUDGET_S, SEED, Settings
 from recsys.snapshots import latest_manifest
 
-SEED = 42
 ALPHA = 0.1  # conformal: prediction sets at level 1 - alpha
 NEGATIVES_PER_VISITOR = 30
 MAX_GROUPS = {"fit": 4_000, "valid": 1_500}  # visitors: YetiRank's time grows with them

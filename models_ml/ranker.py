@@ -34,9 +34,8 @@ import numpy as np
 import pandas as pd
 
 from recsys.candidate_sources import CODED_FEATURES
-from recsys.settings import DEFAULT_SEARCH_BUDGET_S
+from recsys.settings import DEFAULT_SEARCH_BUDGET_S, SEED
 
-SEED = 42
 EVAL_METRIC = "NDCG:top=10"
 MODEL_FILE = "ranker.cbm"
 METADATA_FILE = "ranker.json"

@@ -28,7 +28,7 @@ from recsys.candidate_sources import SIMILAR_SEEDS, SOURCES
 from recsys.ingest import NO_EVENTS_HINT, RAW_EVENTS, NoEvents, require_events
 from recsys.lake import Lake
 from recsys.ranking_features import KEY_COLUMNS
-from recsys.settings import Settings
+from recsys.settings import SEED, Settings
 from recsys.warehouse import build, check_one_build, dbt_command
 
 Say = Callable[[str], None]
@@ -170,7 +170,7 @@ def fit_candidates(
     max_visitors: int | None = None,
     params: dict[str, Any] | None = None,
     show_progress: bool = True,
-    seed: int = 42,
+    seed: int = SEED,
 ) -> candidates.AlsResult:
     """ALS on the interactions mart; writes ml.als_candidates and ml.als_similar_items.
 

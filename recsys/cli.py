@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recsys.settings import DEFAULT_SEARCH_BUDGET_S, Settings, get_settings
+from recsys.settings import DEFAULT_SEARCH_BUDGET_S, SEED, Settings, get_settings
 
 if TYPE_CHECKING:
     from recsys.ingest import TableReport
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write synthetic RetailRocket-layout CSVs")
     p.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--out", required=True, help="folder for the CSVs")
     p.add_argument("--revisits", choices=REVISITS, default="retailrocket", help=REVISITS_HELP)
     p.set_defaults(func=cmd_generate)
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="every stage: demo data if needed, ingest ... publish")
     p.add_argument("--raw-dir", help="CSV folder (default: generate demo data)")
     p.add_argument("--scale", choices=["tiny", "small", "full"], default="small")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--revisits", choices=REVISITS, default="retailrocket", help=REVISITS_HELP)
     p.add_argument("--cutoff-at", help="with --skip-ml: features as of this time")
     p.add_argument(
