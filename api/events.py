@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from recsys.atomic import write_atomic
 from recsys.ingest import CLAIMED_DIR, EVENTS, INGESTED_DIR, LANDING_DIR
 from recsys.lake import Lake
 
@@ -125,23 +126,7 @@ def land(lake: Lake, batch_id: str, text: str) -> str:
         return rel
     target = Path(lake.root) / rel
     target.parent.mkdir(parents=True, exist_ok=True)
-    # unique per writer: two retries of one key may land at the same moment
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    folder = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    write_atomic(target, text, durable=True)  # two retries of one key may land at once
     return rel
 
 

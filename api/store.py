@@ -43,6 +43,7 @@ from api import recommend
 from api.memory import release_memory
 from api.metrics import Metrics
 from api.snapshot import Snapshot, SnapshotInvalid, load
+from recsys.atomic import write_atomic
 from recsys.lake import Lake, LakeError
 from recsys.snapshots import InvalidVersion, check_version, latest_version, sha256_file, shown
 
@@ -284,10 +285,7 @@ def _record(path: Path, digest: str) -> None:
     """Note that `path` has `digest`, with its size and modification time (written atomically:
     several workers may share the cache)."""
     stat = path.stat()
-    record = path.parent / DIGEST_FILE
-    partial = record.with_name(f".{DIGEST_FILE}.{os.getpid()}.{uuid.uuid4().hex}")
-    partial.write_text(f"{digest} {stat.st_size} {stat.st_mtime_ns}\n")
-    os.replace(partial, record)
+    write_atomic(path.parent / DIGEST_FILE, f"{digest} {stat.st_size} {stat.st_mtime_ns}\n")
 
 
 def warm(snapshot: Snapshot) -> None:

@@ -24,6 +24,7 @@ import pandas as pd
 from models_ml import candidates, evaluation
 from models_ml.candidates import SOURCE_DTYPE
 from models_ml.snapshot import POPULAR_PER_SCOPE
+from recsys.atomic import write_atomic
 from recsys.candidate_sources import SIMILAR_SEEDS, SOURCES
 from recsys.ingest import NO_EVENTS_HINT, RAW_EVENTS, NoEvents, require_events
 from recsys.lake import Lake
@@ -382,6 +383,4 @@ def _split(
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(payload, indent=2, default=str))

@@ -26,6 +26,7 @@ from typing import Any
 
 from airflow.sdk import Asset, BaseOperator, Param, get_current_context, task
 
+from recsys.atomic import write_atomic
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,7 @@ def _take_over(owner: str, stale: str, path: Path) -> bool:
         lease = read_lease(path)
         if lease is not None and lease.get("owner") != stale:
             return lease.get("owner") == owner  # someone else took it meanwhile
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        partial.write_text(_lease_text(owner))
-        os.replace(partial, path)
+        write_atomic(path, _lease_text(owner))
     say(f"warehouse taken over by {owner} from {stale}, whose run is no longer running")
     return True
 
