@@ -6,7 +6,7 @@
 2. copy `snapshot.duckdb` into the local cache (`RECSYS_API_CACHE_DIR/<version>/`, kept across
    restarts: a cached copy whose sha256 matches is not downloaded again), verify the sha256
    against the manifest, then the tables, columns, row counts, metadata and ranker
-   (`api.snapshot.load`), and warm it (one answer of each kind). A verified copy is recorded
+   (`api.loader.load`), and warm it (one answer of each kind). A verified copy is recorded
    beside it (`snapshot.sha256`: digest, size and modification time), so that it is not hashed
    again while unchanged, and so that a version whose file has the same sha256 as a cached one
    (the same snapshot published again, a roll-back) is a hard link to it, not a download;
@@ -40,9 +40,10 @@ from typing import Any
 import numpy as np
 
 from api import recommend
+from api.loader import load
 from api.memory import release_memory
 from api.metrics import Metrics
-from api.snapshot import Snapshot, SnapshotInvalid, load
+from api.snapshot import Snapshot, SnapshotInvalid
 from recsys.atomic import write_atomic
 from recsys.lake import Lake, LakeError
 from recsys.snapshots import InvalidVersion, check_version, latest_version, sha256_file, shown

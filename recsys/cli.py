@@ -186,7 +186,7 @@ def serve_log_config(level: str) -> dict[str, object]:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from api.main import is_loopback
+    from api.middleware import is_loopback
     from api.server import uvicorn_options
 
     allow_no_auth = args.allow_no_auth or settings.recsys_api_allow_no_auth

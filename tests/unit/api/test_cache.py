@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.snapshot import AnswerCache
+from api.cache import AnswerCache
 
 
 def test_the_least_recently_used_answer_goes_first() -> None:

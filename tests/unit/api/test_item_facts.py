@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from api import snapshot as snapshot_module
-from api.snapshot import Items, _item_facts
+from api import loader as loader_module
+from api.loader import _item_facts
+from api.snapshot import Items
 
 
 def _items(ids: list[int]) -> Items:
@@ -28,9 +29,9 @@ def test_the_same_facts_as_the_catalogue_search(
 ) -> None:
     items = _items([0, 3, 4, 9, 100, 1_000, 1_001, 50_000])
     wanted = np.asarray([3, 0, 50_000, 7, 1_001, 60_000, 2**40, -5, 4, 4, 100], dtype=np.int64)
-    monkeypatch.setattr(snapshot_module, "BATCH_ROWS", 4)  # several chunks
+    monkeypatch.setattr(loader_module, "BATCH_ROWS", 4)  # several chunks
     if not dense:
-        monkeypatch.setattr(snapshot_module, "DENSE_ID_SPAN", 10)
+        monkeypatch.setattr(loader_module, "DENSE_ID_SPAN", 10)
     category, available = _item_facts(items, wanted)
     expected_available, expected_category = items.lookup(wanted)
     assert category.tolist() == expected_category.tolist()
