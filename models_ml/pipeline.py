@@ -66,16 +66,16 @@ def sample_negatives(
 
 
 def _paths(settings: Settings) -> dict[str, Path]:
-    data = settings.data_dir
+    models = settings.models_dir
     return {
-        "models": data / "models",
-        "ranker": data / "models" / "ranker",
-        "calibration": data / "models" / "conformal.json",
+        "models": models,
+        "ranker": settings.ranker_dir,
+        "calibration": models / "conformal.json",
         # the same ranker's sets recalibrated on the test window by `evaluate` (see there)
-        "recalibration": data / "models" / "conformal_recent.json",
-        "training": data / "models" / "training.json",
-        "reports": data / "reports",
-        "metrics": data / "reports" / "metrics.json",
+        "recalibration": models / "conformal_recent.json",
+        "training": models / "training.json",
+        "reports": settings.reports_dir,
+        "metrics": settings.metrics_path,
     }
 
 
@@ -425,7 +425,7 @@ def publish_snapshot(settings: Settings, say: steps.Say = print, force: bool = F
     steps.build_ranking(settings, None, None, say)
     frame = steps.scored_candidates(settings, model, say)
     scores = frame["score"].to_numpy()
-    snapshot_file = settings.data_dir / "snapshot_build" / "snapshot.duckdb"
+    snapshot_file = settings.snapshot_build_path
     snapshot_file.parent.mkdir(parents=True, exist_ok=True)
     model_version = f"{meta.get('feature_version')}-catboost-{meta.get('seed')}"
     with steps.timed(say, "snapshot built"):

@@ -97,7 +97,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from models_ml import pipeline
 
     _timed("evaluate", lambda: pipeline.evaluate(settings, say=_say))
-    _say(f"wrote {settings.data_dir / 'reports' / 'metrics.json'} and report.md")
+    _say(f"wrote {settings.metrics_path} and report.md")
     return 0
 
 
@@ -155,7 +155,7 @@ def try_it(settings: Settings) -> str:
     """How to ask the published snapshot for recommendations, with a visitor it knows."""
     from recsys.lake import connect_duckdb
 
-    built = settings.data_dir / "snapshot_build" / "snapshot.duckdb"
+    built = settings.snapshot_build_path
     visitor = None
     if built.exists():
         with connect_duckdb(built, read_only=True) as con:

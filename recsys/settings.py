@@ -120,6 +120,31 @@ class Settings(BaseSettings):
     def lake_uri(self) -> str:
         return self.recsys_lake_uri or str(self.data_dir / "lake")
 
+    # Where the pipeline keeps its files under the data folder: named once here, for the
+    # command line, the pipeline and the DAGs alike.
+    @property
+    def models_dir(self) -> Path:
+        """The trained models: `ranker/`, the conformal calibrations, `training.json`."""
+        return self.data_dir / "models"
+
+    @property
+    def ranker_dir(self) -> Path:
+        return self.models_dir / "ranker"
+
+    @property
+    def reports_dir(self) -> Path:
+        """The evaluation's `metrics.json`, its report and plots, the feature importance."""
+        return self.data_dir / "reports"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.reports_dir / "metrics.json"
+
+    @property
+    def snapshot_build_path(self) -> Path:
+        """Where `publish` builds the snapshot file before it is verified and uploaded."""
+        return self.data_dir / "snapshot_build" / "snapshot.duckdb"
+
     @property
     def warehouse_path(self) -> Path:
         return self.data_dir / "warehouse.duckdb"

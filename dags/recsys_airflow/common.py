@@ -263,8 +263,8 @@ def feature_asset(mart: str) -> Asset:
     return lake_asset(f"features.{mart}", f"features/{mart}")
 
 
-RANKER = local_asset("models.ranker", SETTINGS.data_dir / "models" / "ranker")
-METRICS = local_asset("reports.metrics", SETTINGS.data_dir / "reports" / "metrics.json")
+RANKER = local_asset("models.ranker", SETTINGS.ranker_dir)
+METRICS = local_asset("reports.metrics", SETTINGS.metrics_path)
 SNAPSHOT = lake_asset("snapshots", "snapshots")
 
 

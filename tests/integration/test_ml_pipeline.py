@@ -33,7 +33,7 @@ def test_run_trains_evaluates_and_publishes(tiny_run: TinyRun) -> None:
     assert "VISITOR_ID" not in out  # with a visitor the snapshot knows
 
     settings = Settings(recsys_data_dir=tiny_run.data_dir, recsys_lake_uri=None)
-    metrics = json.loads((settings.data_dir / "reports" / "metrics.json").read_text())
+    metrics = json.loads((settings.metrics_path).read_text())
     assert set(metrics["models"]) == {
         "popularity",
         "popularity_unseen",
@@ -131,7 +131,7 @@ def test_a_shop_where_nobody_comes_back_to_an_item(
     code = main(["run", "--raw-dir", str(raw), "--search-budget", "3", "--force"])
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
-    metrics = json.loads((settings.data_dir / "reports" / "metrics.json").read_text())
+    metrics = json.loads((settings.metrics_path).read_text())
     pool = metrics["pool"]
     assert pool["revisit_rate"] == 0.0
     assert pool["recall_by_source"]["revisit"] == 0.0

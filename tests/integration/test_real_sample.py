@@ -62,7 +62,7 @@ def test_without_item_properties_popularity_is_real_served_and_gated(settings: S
 
     code = main(["run", "--raw-dir", str(SHARED_SAMPLE), "--search-budget", "3", "--force"])
     assert code == 0
-    metrics = json.loads((settings.data_dir / "reports" / "metrics.json").read_text())
+    metrics = json.loads((settings.metrics_path).read_text())
     assert set(GATE_BASELINES) <= set(metrics["models"])
     assert metrics["models"]["popularity"]["coverage@10"] > 0  # it recommended something
     manifest = latest_manifest(Lake.from_settings(settings))
