@@ -36,25 +36,12 @@ import pandas as pd
 
 from api.snapshot import NO_CATEGORY, Snapshot
 from recsys.candidate_sources import CODED_FEATURES
-from recsys.ranking_features import FEATURE_COLUMNS
+from recsys.ranking_features import FEATURE_COLUMNS, ITEM_FEATURES, VISITOR_FEATURES
 
-# item features the mart coalesces to 0 when the item is unknown; the others stay missing
-_ITEM_ZERO = {
-    "item_views_7d",
-    "item_views_30d",
-    "item_views_all",
-    "item_carts_all",
-    "item_purchases_all",
-    "item_popularity_score",
-}
-_VISITOR_ZERO = (
-    "visitor_events",
-    "visitor_sessions",
-    "visitor_distinct_items",
-    "visitor_carts",
-    "visitor_purchases",
-)
-_VISITOR_MISSING = ("visitor_recency_days", "visitor_tenure_days", "visitor_top_category_share")
+
+def _missing(default: float | None) -> float:
+    """The value of a feature whose row is missing: its default, else NaN (missing)."""
+    return np.nan if default is None else float(default)
 
 
 def _lookup(sorted_keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,15 +119,14 @@ def feature_columns(
     out["category_id"] = category
     out["root_category_id"] = _pick(cat.root_category, pos, found, -1, np.int64)
     out["is_available"] = _pick(cat.available, pos, found, True, bool)
-    for name, values in cat.features.items():
-        out[name] = _pick(values, pos, found, 0.0 if name in _ITEM_ZERO else np.nan, f32)
+    for name, (_, default) in ITEM_FEATURES.items():
+        out[name] = _pick(cat.features[name], pos, found, _missing(default), f32)
 
     # the visitor
     row = snapshot.visitor_row(visitor_id)
     vis = snapshot.visitors
-    for name in _VISITOR_ZERO + _VISITOR_MISSING:
-        default = 0.0 if name in _VISITOR_ZERO else np.nan
-        out[name] = np.full(n, default if row is None else vis[name][row], dtype=f32)
+    for name, (_, default) in VISITOR_FEATURES.items():
+        out[name] = np.full(n, _missing(default) if row is None else vis[name][row], dtype=f32)
     top_category = NO_CATEGORY if row is None else int(vis["top_category_id"][row])
 
     # the pair

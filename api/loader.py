@@ -27,13 +27,20 @@ from api.snapshot import (
     SnapshotInvalid,
     _compact,
 )
-from recsys.ranking_features import FEATURE_COLUMNS
+from recsys.ranking_features import FEATURE_COLUMNS, ITEM_FEATURES, VISITOR_FEATURES
 from recsys.snapshots import SNAPSHOT_TABLES, open_snapshot, shown, verify_snapshot
 
 BATCH_ROWS = 1_000_000
 # DuckDB's memory while loading (sorts spill to disk beyond it); a load that needs more than
 # that anyway is tried once more with the larger limit
 LOADER_MEMORY = ("64MB", "1GB")
+
+
+def _defaulted(column: str, default: float | None) -> str:
+    """A feature column as ranking_features gives it: the default for null, as double."""
+    if default is None:
+        return f"cast({column} as double)"
+    return f"cast(coalesce({column}, {float(default)!r}) as double)"
 
 
 def _id_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> tuple[str, Any]:
@@ -317,17 +324,10 @@ def _load_tables(
             "category_id": ("cast(coalesce(category_id, -1) as bigint)", np.int64),
             "root_category_id": ("cast(coalesce(root_category_id, -1) as bigint)", np.int64),
             "is_available": ("coalesce(is_available, true)", np.bool_),
-            "price": ("cast(price as double)", f32),
-            "item_views_7d": ("cast(coalesce(n_views_7d, 0) as double)", f32),
-            "item_views_30d": ("cast(coalesce(n_views_30d, 0) as double)", f32),
-            "item_views_all": ("cast(coalesce(n_views_all, 0) as double)", f32),
-            "item_carts_all": ("cast(coalesce(n_carts_all, 0) as double)", f32),
-            "item_purchases_all": ("cast(coalesce(n_purchases_all, 0) as double)", f32),
-            "item_cart_rate": ("cast(cart_rate as double)", f32),
-            "item_purchase_rate": ("cast(purchase_rate as double)", f32),
-            "item_trend_7d": ("cast(trend_7d as double)", f32),
-            "item_popularity_score": ("cast(coalesce(popularity_score, 0) as double)", f32),
-            "item_days_since_last_event": ("cast(days_since_last_event as double)", f32),
+            **{
+                name: (_defaulted(column, default), f32)
+                for name, (column, default) in ITEM_FEATURES.items()
+            },
         },
         order=("item_id",),
         group_key=None,
@@ -348,14 +348,10 @@ def _load_tables(
         "visitors",
         {
             "ids": ("cast(visitor_id as bigint)", np.int64),
-            "visitor_events": ("cast(coalesce(n_events, 0) as double)", f32),
-            "visitor_sessions": ("cast(coalesce(n_sessions, 0) as double)", f32),
-            "visitor_distinct_items": ("cast(coalesce(n_distinct_items, 0) as double)", f32),
-            "visitor_carts": ("cast(coalesce(n_carts, 0) as double)", f32),
-            "visitor_purchases": ("cast(coalesce(n_purchases, 0) as double)", f32),
-            "visitor_recency_days": ("cast(recency_days as double)", f32),
-            "visitor_tenure_days": ("cast(tenure_days as double)", f32),
-            "visitor_top_category_share": ("cast(top_category_share as double)", f32),
+            **{
+                name: (_defaulted(column, default), f32)
+                for name, (column, default) in VISITOR_FEATURES.items()
+            },
             "top_category_id": (
                 f"cast(coalesce(top_category_id, {NO_CATEGORY + 1}) as bigint)",
                 np.int64,

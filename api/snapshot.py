@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from api.cache import AnswerCache
+from recsys.ranking_features import ITEM_FEATURES, VISITOR_FEATURES
 from recsys.snapshots import SNAPSHOT_TABLES
 
 # the columns the service reads from each table (models_ml/snapshot.py writes them)
@@ -47,29 +48,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "category_id",
         "root_category_id",
         "is_available",
-        "price",
-        "n_views_7d",
-        "n_views_30d",
-        "n_views_all",
-        "n_carts_all",
-        "n_purchases_all",
-        "cart_rate",
-        "purchase_rate",
-        "trend_7d",
-        "popularity_score",
-        "days_since_last_event",
+        *(column for column, _ in ITEM_FEATURES.values()),
     ),
     "visitors": (
         "visitor_id",
-        "n_events",
-        "n_sessions",
-        "n_distinct_items",
-        "n_carts",
-        "n_purchases",
-        "recency_days",
-        "tenure_days",
+        *(column for column, _ in VISITOR_FEATURES.values()),
         "top_category_id",
-        "top_category_share",
     ),
     "interactions": (
         "visitor_id",

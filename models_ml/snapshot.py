@@ -29,6 +29,7 @@ import pandas as pd
 
 from models_ml.evaluation import POPULAR_ORDER, POPULAR_WHERE
 from recsys.lake import connect_duckdb
+from recsys.ranking_features import ITEM_FEATURES, VISITOR_FEATURES
 
 TOP_K = 50
 POPULAR_PER_SCOPE = 100
@@ -59,19 +60,20 @@ def build_snapshot(
     with connect_duckdb(out) as con:
         con.execute(f"attach '{warehouse}' as wh (read_only)")
         con.execute(
-            """
+            # the mart columns that ITEM_FEATURES and VISITOR_FEATURES name (what the API
+            # turns into ranking features), under their mart names
+            f"""
             create table items as
-            select item_id, category_id, root_category_id, is_available, price,
-                n_views_7d, n_views_30d, n_views_all, n_carts_all, n_purchases_all,
-                cart_rate, purchase_rate, trend_7d, popularity_score, days_since_last_event,
+            select item_id, category_id, root_category_id, is_available,
+                {", ".join(column for column, _ in ITEM_FEATURES.values())},
             from wh.item_features
             """
         )
         con.execute(
-            """
+            f"""
             create table visitors as
-            select visitor_id, n_events, n_sessions, n_distinct_items, n_carts, n_purchases,
-                recency_days, tenure_days, top_category_id, top_category_share,
+            select visitor_id, top_category_id,
+                {", ".join(column for column, _ in VISITOR_FEATURES.values())},
             from wh.visitor_features
             """
         )
