@@ -36,11 +36,14 @@ test: install tools ## the whole test suite (real dbt / DuckDB / S3 server / Pro
 test-unit: install ## unit tests only
 	$(UV) run pytest tests/unit
 
-lint: install ## ruff, formatting, mypy and the import layers (pyproject's importlinter)
+lint: install ## ruff, formatting, mypy, the import layers (pyproject's importlinter), sqlfluff on the dbt SQL
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy
 	PYTHONPATH=dags $(UV) run lint-imports
+	@# the dbt templater compiles the project (fixed vars in dbt_project/.sqlfluff) against a
+	@# scratch warehouse, never the one under ./data
+	@scratch=$$(mktemp -d) && cd dbt_project && RECSYS_DATA_DIR=$$scratch $(UV) run sqlfluff lint models analyses tests; status=$$?; rm -rf $$scratch; exit $$status
 
 format: install ## apply ruff's formatting and fixes
 	$(UV) run ruff format .

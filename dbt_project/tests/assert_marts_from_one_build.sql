@@ -27,7 +27,10 @@ marts as (
 
 model_builds as (
 
-    select model, feature_version from {{ target.schema }}.model_builds
+    select
+        model,
+        feature_version
+    from {{ target.schema }}.model_builds
 
 ),
 

@@ -23,7 +23,8 @@ events_in_label_window as (
     {% if label_end_at() is none %}
     where false
     {% else %}
-    where event_at > {{ cutoff_at() }}
+    where
+        event_at > {{ cutoff_at() }}
         and event_at <= {{ label_end_at() }}
     {% endif %}
 
