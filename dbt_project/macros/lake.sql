@@ -3,14 +3,22 @@
 
     The lake root comes from the environment, like every other setting of the pipeline:
     RECSYS_LAKE_URI, else $RECSYS_DATA_DIR/lake, else ../data/lake (the repository's ./data when
-    dbt runs from dbt_project/). models/staging/_retailrocket__sources.yml repeats this rule in
-    YAML, where macros are not available: change both together.
+    dbt runs from dbt_project/). The rule is written once, in the retailrocket source's
+    external_location (models/staging/_retailrocket__sources.yml, where macros cannot be
+    called); lake_uri() reads the root back from it, so the two cannot disagree.
 #}
 
 {% macro lake_uri() -%}
-    {%- set data_dir = env_var('RECSYS_DATA_DIR', '') or '../data' -%}
-    {%- set lake = env_var('RECSYS_LAKE_URI', '') or (data_dir.rstrip('/') ~ '/lake') -%}
-    {{- return(lake.rstrip('/')) -}}
+    {%- set prefix, suffix = "read_parquet('", "/raw/{name}/*.parquet')" -%}
+    {%- set source = graph.sources.get('source.recsys.retailrocket.events') -%}
+    {%- set location = (source.source_meta or {}).get('external_location', '') if source else '' -%}
+    {%- if not (location.startswith(prefix) and location.endswith(suffix)) -%}
+        {{- exceptions.raise_compiler_error(
+            "lake_uri(): the retailrocket source's external_location should read "
+            ~ prefix ~ "<lake root>" ~ suffix ~ ", found: " ~ location
+        ) -}}
+    {%- endif -%}
+    {{- return(location[prefix | length:(location | length) - (suffix | length)]) -}}
 {%- endmacro %}
 
 
