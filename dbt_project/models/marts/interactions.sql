@@ -1,28 +1,13 @@
 {#
-    weight = sum over the visitor's events on the item of
-    event_weight(event_type) * exp(-ln 2 * age_days / decay_half_life_days),
-    age_days being the event's age at the cutoff (vars event_weights, decay_half_life_days).
+    weight = sum over the visitor's events on the item of their weights (int_events_weighted:
+    event_weight(event_type) * exp(-ln 2 * age_days / decay_half_life_days) at the cutoff).
 #}
 
 with
 
-events as (
-
-    select * from {{ ref('events') }}
-
-),
-
 events_weighted as (
 
-    select
-        visitor_id,
-        item_id,
-        event_type,
-        event_at,
-        {{ event_weight('event_type') }} as event_weight,
-        {{ time_decay(age_days_at_cutoff('event_at')) }} as time_decay
-
-    from events
+    select * from {{ ref('int_events_weighted') }}
 
 ),
 
@@ -37,7 +22,7 @@ interactions as (
         sum(case when event_type = 'transaction' then 1 else 0 end) as n_purchases,
         min(event_at) as first_interaction_at,
         max(event_at) as last_interaction_at,
-        {{ exact_sum("event_weight * time_decay") }} as weight
+        {{ exact_sum("weight") }} as weight
 
     from events_weighted
     group by visitor_id, item_id

@@ -2,9 +2,10 @@
 
 with
 
-events as (
+events_weighted as (
 
-    select * from {{ ref('events') }}
+    {#- the events with their weights, as interactions and category affinities weigh them -#}
+    select * from {{ ref('int_events_weighted') }}
 
 ),
 
@@ -26,10 +27,10 @@ events_aged as (
         item_id,
         event_type,
         event_at,
-        {{ age_days_at_cutoff('event_at') }} as age_days,
-        {{ event_weight('event_type') }} as event_weight
+        weight,
+        {{ age_days_at_cutoff('event_at') }} as age_days
 
-    from events
+    from events_weighted
 
 ),
 
@@ -54,7 +55,7 @@ item_activity as (
         sum(case when event_type = 'transaction' and age_days < 30 then 1 else 0 end) as n_purchases_30d,
         sum(case when event_type = 'transaction' then 1 else 0 end) as n_purchases_all,
 
-        {{ exact_sum("event_weight * " ~ time_decay("age_days")) }} as popularity_score,
+        {{ exact_sum("weight") }} as popularity_score,
         min(event_at) as first_event_at,
         max(event_at) as last_event_at
 

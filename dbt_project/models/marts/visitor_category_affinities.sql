@@ -1,22 +1,13 @@
+{#
+    affinity_score = sum over the visitor's events in the category of their weights
+    (int_events_weighted, the same weights as interactions).
+#}
+
 with
-
-events as (
-
-    select * from {{ ref('events') }}
-
-),
 
 events_weighted as (
 
-    select
-        visitor_id,
-        category_id,
-        event_type,
-        event_at,
-        {{ event_weight('event_type') }} as event_weight,
-        {{ time_decay(age_days_at_cutoff('event_at')) }} as time_decay
-
-    from events
+    select * from {{ ref('int_events_weighted') }}
 
 ),
 
@@ -29,7 +20,7 @@ affinities as (
         sum(case when event_type = 'view' then 1 else 0 end) as n_views,
         sum(case when event_type = 'addtocart' then 1 else 0 end) as n_carts,
         sum(case when event_type = 'transaction' then 1 else 0 end) as n_purchases,
-        {{ exact_sum("event_weight * time_decay") }} as affinity_score,
+        {{ exact_sum("weight") }} as affinity_score,
         max(event_at) as last_event_at
 
     from events_weighted
