@@ -1,15 +1,15 @@
 {#
     The ML step writes its outputs back to the warehouse (schema `ml`), declared as the `ml`
-    source. Before the first training they do not exist yet: models over them then build empty
-    (with the same columns), so that `dbt build` always works on its own.
+    source. Before the first training they do not exist yet: their staging models (stg_ml__*)
+    then build empty (with the same columns), so that `dbt build` always works on its own.
 #}
-{% macro ml_tables_ready() -%}
+{% macro ml_table_ready(identifier) -%}
     {#- At parse time say yes, so that source('ml', ...) is called and lineage is recorded. -#}
     {%- if not execute -%}
         {{- return(true) -}}
     {%- endif -%}
     {%- set relation = adapter.get_relation(
-        database=target.database, schema='ml', identifier='als_candidates'
+        database=target.database, schema='ml', identifier=identifier
     ) -%}
     {%- if relation is none -%}
         {{- return(false) -}}

@@ -13,27 +13,16 @@ with
 
 candidates as (
 
-    {% if ml_tables_ready() %}
     select
         visitor_id,
         item_id,
         als_score,
         als_rank,
         is_seen,
-        source as candidate_source
-    from {{ source('ml', 'als_candidates') }}
+        candidate_source
+    from {{ ref('stg_ml__als_candidates') }}
     -- only candidates fitted as of this build's cutoff: never stale ones from another run
     where feature_version = '{{ feature_version() }}'
-    {% else %}
-    select
-        cast(null as bigint) as visitor_id,
-        cast(null as bigint) as item_id,
-        cast(null as double) as als_score,
-        cast(null as integer) as als_rank,
-        cast(null as boolean) as is_seen,
-        cast(null as varchar) as candidate_source
-    where false
-    {% endif %}
 
 ),
 
