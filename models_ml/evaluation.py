@@ -11,7 +11,6 @@ sessions.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -280,98 +279,42 @@ def pool_recall(
     }
 
 
-def _session_steps(gap_minutes: int) -> str:
-    """CTEs ending in `steps` (previous_item_id, next_item_id): consecutive views of the
-    test window's sessions, cut at `gap_minutes` of inactivity. Parameters: start, end."""
-    return f"""
-        with views as (
-            select visitor_id, item_id, event_at
-            from stg_retailrocket__events
-            where event_type = 'view' and event_at > ? and event_at <= ?
-        ),
-        flagged as (
-            select *,
-                case
-                    when lag(event_at) over by_visitor is null
-                        or event_at - lag(event_at) over by_visitor
-                            > interval {int(gap_minutes)} minute
-                    then 1 else 0
-                end as is_new_session,
-            from views
-            window by_visitor as (partition by visitor_id order by event_at, item_id)
-        ),
-        sessions as (
-            select *,
-                sum(is_new_session) over (
-                    partition by visitor_id order by event_at, item_id
-                    rows between unbounded preceding and current row
-                ) as session_number,
-            from flagged
-        ),
-        steps as (
-            select
-                lag(item_id) over by_session as previous_item_id,
-                item_id as next_item_id,
-            from sessions
-            window by_session as (
-                partition by visitor_id, session_number order by event_at, item_id
-            )
-        )
-    """
-
-
-def session_query_items(
-    con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, gap_minutes: int = 30
-) -> np.ndarray:
-    """The items the session method is asked about in (start, end]: only they need similar
-    items for the evaluation."""
+def session_query_items(con: duckdb.DuckDBPyConnection) -> np.ndarray:
+    """The items the session method is asked about in the label window (the dbt model
+    label_window_session_steps): only they need similar items for the evaluation."""
     rows = con.execute(
-        f"""
-        {_session_steps(gap_minutes)}
-        select distinct previous_item_id as item_id from steps
-        where previous_item_id is not null and previous_item_id <> next_item_id
-        """,
-        [start, end],
+        "select distinct previous_item_id as item_id from label_window_session_steps"
     ).fetchnumpy()
     return np.asarray(rows["item_id"], dtype=np.int64)
 
 
-def session_next_item(
-    con: duckdb.DuckDBPyConnection,
-    start: datetime,
-    end: datetime,
-    k: int = 20,
-    gap_minutes: int = 30,
-) -> dict[str, Any]:
+def session_next_item(con: duckdb.DuckDBPyConnection, k: int = 20) -> dict[str, Any]:
     """HR@k and MRR@k of "similar items of the last item" for the next item in a session.
 
-    Sessions are the test window's views cut at `gap_minutes` of inactivity; each step from one
-    item to a different next item is a prediction. Similar items come from ml.als_similar_items
-    (fitted as of `start`). Steps whose last item ALS does not know count as misses.
+    The steps are the dbt model label_window_session_steps: each view, in a session of the label
+    window (sessions cut as the features' history is), of another item than the one viewed
+    before. Similar items come from stg_ml__als_similar_items (fitted as of the cutoff). Steps
+    whose last item ALS does not know count as misses.
     """
     row = con.execute(
         f"""
-        {_session_steps(gap_minutes)},
-        predictions as (
+        with predictions as (
             select
                 steps.previous_item_id,
                 steps.next_item_id,
                 similar_items.similarity_rank,
-            from steps
-            left join ml.als_similar_items as similar_items
+            from label_window_session_steps as steps
+            left join stg_ml__als_similar_items as similar_items
                 on steps.previous_item_id = similar_items.item_id
                 and steps.next_item_id = similar_items.similar_item_id
                 and similar_items.similarity_rank <= {int(k)}
-            where steps.previous_item_id is not null
-                and steps.previous_item_id <> steps.next_item_id
         )
         select
             count(*) as n_steps,
             count(similarity_rank) as n_hits,
             coalesce(sum(1.0 / similarity_rank), 0) as reciprocal_ranks,
         from predictions
-        """,
-        [start, end],
+        """
     ).fetchone()
     n_steps, n_hits, rr = (int(row[0]), int(row[1]), float(row[2])) if row else (0, 0, 0.0)
     return {

@@ -120,7 +120,7 @@ def fit_training_candidates(
     t0 = time.perf_counter()
     # no similar items: the ranker does not use them (evaluation and publishing do)
     als = steps.fit_candidates(
-        settings, say, window=(win.t1, win.t2), max_visitors=MAX_TRAIN_VISITORS, seed=SEED
+        settings, say, label_window=True, max_visitors=MAX_TRAIN_VISITORS, seed=SEED
     )
     return {
         "params": als.params,
@@ -265,8 +265,8 @@ def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
     )
     info = steps.build_features(settings, win.t2, win.end, say)
     with steps.connect(settings) as con:
-        session_items = evaluation.session_query_items(con, win.t2, win.end)
-    steps.fit_candidates(settings, say, window=(win.t2, win.end), similar_queries=session_items)
+        session_items = evaluation.session_query_items(con)
+    steps.fit_candidates(settings, say, label_window=True, similar_queries=session_items)
     steps.build_ranking(settings, win.t2, win.end, say)
     frame = steps.scored_candidates(settings, model, say)
     scores = frame["score"].to_numpy()
@@ -275,7 +275,7 @@ def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
         catalogue = con.execute(
             "select count(*) from item_features where n_events_all > 0"
         ).fetchone()
-        session = evaluation.session_next_item(con, win.t2, win.end)
+        session = evaluation.session_next_item(con)
         seen = evaluation.seen_items(con, list(truth))
         # popularity without the met items needs the list to reach past them
         longest = max((len(items) for items in seen.values()), default=0)

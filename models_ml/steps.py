@@ -116,25 +116,18 @@ def build_features(
 ACTIVE_DAYS = 30  # published lists: visitors seen in the last month
 
 
-def candidate_visitors(
-    settings: Settings, window: tuple[datetime, datetime] | None, min_items: int
-) -> np.ndarray:
+def candidate_visitors(settings: Settings, label_window: bool, min_items: int) -> np.ndarray:
     """Who gets ALS candidates.
 
-    With a window (training labels, or the test window): the visitors active in it, since only
-    they can have a label; every model is evaluated on the same visitors. Without one (the
-    published lists): visitors with at least `min_items` items, seen in the last ACTIVE_DAYS
-    days before the cutoff; everyone else is served by the session and popularity fallbacks.
+    For the label window of the last build (training labels, or the test window): the visitors
+    active in it (the dbt model label_window_visitors), since only they can have a label; every
+    model is evaluated on the same visitors. Otherwise (the published lists): visitors with at
+    least `min_items` items, seen in the last ACTIVE_DAYS days before the cutoff; everyone else
+    is served by the session and popularity fallbacks.
     """
     with connect(settings) as con:
-        if window is not None:
-            rows = con.execute(
-                """
-                select distinct visitor_id from stg_retailrocket__events
-                where event_at > ? and event_at <= ?
-                """,
-                [window[0], window[1]],
-            ).fetchnumpy()
+        if label_window:
+            rows = con.execute("select visitor_id from label_window_visitors").fetchnumpy()
         else:
             rows = con.execute(
                 f"""
@@ -143,8 +136,8 @@ def candidate_visitors(
                 """,
                 [min_items],
             ).fetchnumpy()
-    # sorted: DuckDB returns distinct rows in no set order, and a seeded sample of them must
-    # be the same sample at every run
+    # sorted: DuckDB returns rows in no set order, and a seeded sample of them must be the
+    # same sample at every run
     return np.unique(np.asarray(rows["visitor_id"], dtype=np.int64))
 
 
@@ -165,7 +158,7 @@ def publish_items(settings: Settings) -> tuple[np.ndarray, np.ndarray]:
 def fit_candidates(
     settings: Settings,
     say: Say,
-    window: tuple[datetime, datetime] | None = None,
+    label_window: bool = False,
     similar_queries: np.ndarray | None = None,
     pool_item_ids: np.ndarray | None = None,
     max_visitors: int | None = None,
@@ -175,7 +168,8 @@ def fit_candidates(
 ) -> candidates.AlsResult:
     """ALS on the interactions mart; writes ml.als_candidates and ml.als_similar_items.
 
-    Candidates go to `candidate_visitors` that ALS knows, at most `max_visitors` of them drawn
+    Candidates go to `candidate_visitors` that ALS knows (with `label_window`: the visitors of
+    the last build's label window), at most `max_visitors` of them drawn
     at random (seeded) when given. Similar items are searched for `similar_queries` and the
     visitors' latest items, whose similar items join the pool with popular ones
     (`candidates.add_sources`). All come from `pool_item_ids` when given
@@ -192,7 +186,7 @@ def fit_candidates(
         f"{result.params['min_fit_items']}+ items x {result.info['n_items']:,} items "
         f"({result.info['fitted_nnz']:,} interactions) in {result.fit_seconds:.1f}s"
     )
-    visitors = candidate_visitors(settings, window, result.params["min_visitor_items"])
+    visitors = candidate_visitors(settings, label_window, result.params["min_visitor_items"])
     visitors = visitors[np.isin(visitors, result.visitor_ids)]
     if max_visitors is not None and len(visitors) > max_visitors:
         rng = np.random.default_rng(seed)

@@ -204,7 +204,14 @@ def test_a_build_stopped_part_way_is_refused_until_rebuilt(
     build(settings, cutoff_at="2015-08-15 00:00:00")
     whole = build_info(settings)["feature_version"]
     assert sorted(r[0] for r in query(settings, "select model from model_builds")) == sorted(
-        [*MARTS, "feature_builds", "ranking_features", "ranking_labels"]
+        [
+            *MARTS,
+            "feature_builds",
+            "label_window_session_steps",
+            "label_window_visitors",
+            "ranking_features",
+            "ranking_labels",
+        ]
     )
     # two marts rebuilt as of another cutoff, feature_builds not: what a stopped build leaves
     # (dbt's own test of the one build runs with them and fails)

@@ -1,32 +1,15 @@
 {#
     Labels for ranker training: one row per visitor x item with an event in the label window
-    (cutoff, label_end_at]. The only model that reads past the cutoff, on purpose and only
-    here; it is empty unless the var label_end_at is set. Grade: 3 purchase, 2 cart, 1 view.
+    (cutoff, label_end_at], read from int_label_window_events (the one model that decides what
+    is after the cutoff); empty unless the var label_end_at is set. Grade: 3 purchase, 2 cart,
+    1 view.
 #}
 
 with
 
-events as (
-
-    select * from {{ ref('stg_retailrocket__events') }}
-
-),
-
 events_in_label_window as (
 
-    select
-        visitor_id,
-        item_id,
-        event_type
-
-    from events
-    {% if label_end_at() is none %}
-    where false
-    {% else %}
-    where
-        event_at > {{ cutoff_at() }}
-        and event_at <= {{ label_end_at() }}
-    {% endif %}
+    select * from {{ ref('int_label_window_events') }}
 
 ),
 
