@@ -127,6 +127,23 @@ def test_an_event_after_the_cutoff_changes_no_feature(
             f"where timestamp >= {after}"
         ).fetchone()
         assert n_after is not None and n_after[0] >= 4
+    # the ml tables are read through typed staging models: candidates written with another
+    # type fail the build (dbt's contract) instead of being cast, and the last ranking_features
+    # stays in place
+    from recsys.warehouse import BuildError
+
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        n_ranked = con.execute("select count(*) from ranking_features").fetchone()
+        con.execute(
+            """
+            create or replace table ml.als_candidates as
+            select * replace (cast(als_rank as bigint) as als_rank) from ml.als_candidates
+            """
+        )
+    with pytest.raises(BuildError, match="stg_ml__als_candidates"):
+        build(settings, cutoff_at=cutoff, select="tag:ranking")
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        assert con.execute("select count(*) from ranking_features").fetchone() == n_ranked
 
 
 def test_dbt_build_runs_on_its_own_from_the_project_folder(
