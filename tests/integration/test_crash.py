@@ -311,8 +311,8 @@ def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
     Idempotency-Key) to a restarted service lands once.
 
     The kill is sent when the write's temporary file appears; a writer can still finish the
-    rename and answer before the signal lands (seen once in many runs). The batch is the
-    largest a request may carry, so that is rare, and both outcomes are checked."""
+    rename, and even answer, before the signal lands (seen a few times in many runs). The batch
+    is the largest a request may carry, so that is rare, and every outcome is checked."""
     writer = Writer(base, tmp_path / "work")
     lake = Lake(str(base / "lake"))
     events = [
@@ -350,9 +350,12 @@ def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
     acknowledged = answer[0] == 202
     assert acknowledged or isinstance(answer[0], httpx.TransportError), answer
     report = ingest_landing(lake, tmp_path / "landing-scratch", lambda _m: None, 2**62)
-    # the half-written batch is never read; an acknowledged one is read whole
+    # the half-written batch is never read; an acknowledged one is read whole. Unacknowledged,
+    # it is none or all of it: the kill can land after the rename but before the answer (seen
+    # on a clean clone's run), which the client's retry with the same key must not double
     landed = 0 if report is None else report.raw_rows
-    assert landed == (len(events) if acknowledged else 0), (answer, landed)
+    assert landed in (0, len(events)), (answer, landed)
+    assert landed == len(events) or not acknowledged, (answer, landed)
     check_parquet_reads(base / "lake")
     process, url, _ = serve("serve-again")
     try:
@@ -362,7 +365,7 @@ def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
         service.stop(process)
     report = ingest_landing(lake, tmp_path / "landing-scratch", lambda _m: None, 2**62)
     # once in all: nothing new when the killed post had landed it already
-    assert (report.accepted if report else 0) == (0 if acknowledged else len(events)), report
+    assert (report.accepted if report else 0) == len(events) - landed, report
     check_parquet_reads(base / "lake")
     collect(lake, grace_seconds=0, temp_dir=writer.tmp)
     assert not [p for p in (base / "lake").rglob("*") if is_temporary(p)]
