@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import duckdb
@@ -14,7 +13,7 @@ import pytest
 from recsys.ingest import ingest
 from recsys.lake import Lake
 from recsys.settings import DBT_PROJECT_DIR, Settings
-from recsys.warehouse import build, dbt_command, dbt_executable
+from recsys.warehouse import build, dbt_command
 from tests.conftest import dbt_target_dir
 
 pytestmark = pytest.mark.integration
@@ -146,23 +145,16 @@ def test_an_event_after_the_cutoff_changes_no_feature(
         assert con.execute("select count(*) from ranking_features").fetchone() == n_ranked
 
 
-def test_dbt_build_runs_on_its_own_from_the_project_folder(
-    tiny_raw: Path, settings: Settings
-) -> None:
+def test_docs_generate_offline_and_the_analyses_run(tiny_raw: Path, settings: Settings) -> None:
+    """(`dbt build` from the project folder, as a user runs it, is one of the README's commands:
+    tests/integration/test_readme_dbt_commands.py.)"""
     ingest(tiny_raw, Lake.from_settings(settings))
-    # a user in dbt_project/ with only the data dir set: no --project-dir, no --profiles-dir
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_LAKE")}
-    env["RECSYS_DATA_DIR"] = str(settings.data_dir)
-    result = subprocess.run(
-        [dbt_executable(), "build"], cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert "ERROR=0" in result.stdout
+    build(settings)
     # docs generate offline, and the analyses compile
     dbt_command(settings, ["docs", "generate"], echo=False)
     catalog = json.loads((dbt_target_dir() / "catalog.json").read_text())
     assert any(node.endswith(".item_features") for node in catalog["nodes"])
-    dbt_command(settings, ["compile", "--select", "analyses"], echo=False)
+    dbt_command(settings, ["compile", "--select", "path:analyses"], echo=False)
     compiled = dbt_target_dir() / "compiled" / "recsys" / "analyses"
     names = sorted(p.name for p in compiled.glob("*.sql"))
     assert names == [
