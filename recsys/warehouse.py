@@ -280,6 +280,7 @@ def summary(settings: Settings) -> str:
             "select feature_version, cutoff_at, invocation_id from feature_builds"
         ).fetchone()
         counts = {t: con.execute(f"select count(*) from {t}").fetchone() for t in SUMMARY_TABLES}
+        stale = _stale_candidates(con)
     assert row is not None
     lines = [
         f"warehouse {settings.warehouse_path}",
@@ -287,4 +288,27 @@ def summary(settings: Settings) -> str:
         f"  features exported to {settings.lake_uri}/features/{row[0]}/",
     ]
     lines += [f"  {name:<28} {c[0] if c else 0:>12,} rows" for name, c in counts.items()]
+    if stale:
+        lines.append(
+            f"  {'ranking_features':<28} {0:>12,} rows: the ALS candidates are of "
+            f"{', '.join(stale)}, not this cutoff; build at their cutoff (--cutoff-at) or run "
+            "`recsys train` for this one"
+        )
     return "\n".join(lines)
+
+
+def _stale_candidates(con: Any) -> list[str]:
+    """The feature versions of the ALS candidates when ranking_features is empty because none
+    of them is this build's (dbt's test assert_ranking_candidates_match_the_cutoff warns
+    too); [] when it has rows, or when no training has written candidates yet."""
+    import duckdb
+
+    try:
+        if con.execute("select count(*) from ranking_features").fetchone() != (0,):
+            return []
+        rows = con.execute(
+            "select distinct feature_version from stg_ml__als_candidates order by 1"
+        ).fetchall()
+    except duckdb.Error:  # an older warehouse without them: nothing to say
+        return []
+    return [str(r[0]) for r in rows]

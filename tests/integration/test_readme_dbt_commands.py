@@ -2,8 +2,9 @@
 
 The commands are read out of README.md and dbt_project/README.md: inline code that starts with
 `dbt ` (or `cd dbt_project && dbt `) and the code block's `uv run dbt ...` lines. Each runs in a
-shell from dbt_project/ (where the READMEs say to run them) on tiny ingested data, with only
-RECSYS_DATA_DIR set, as a user would; `uv run` is the project's virtualenv, first on PATH. A
+shell from dbt_project/ (where the READMEs say to run them) on a copy of tiny data, ingested and
+built once (the READMEs' first command), with only RECSYS_DATA_DIR set, as a user would; `uv
+run` is the project's virtualenv, first on PATH. A
 command must succeed and select something: dbt only warns when a selection matches nothing
 (the README's `--select analyses` compiled nothing for months).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 from recsys.ingest import ingest
 from recsys.lake import Lake
 from recsys.settings import DBT_PROJECT_DIR, Settings
+from recsys.warehouse import build
 from tests.conftest import REPO_ROOT
 
 READMES = (REPO_ROOT / "README.md", DBT_PROJECT_DIR / "README.md")
@@ -51,13 +54,22 @@ def test_the_readmes_show_the_commands_a_user_runs() -> None:
     assert any("dbt docs generate" in c for c in commands), commands
 
 
-@pytest.mark.parametrize("command", readme_commands())
-def test_a_readme_dbt_command_runs_as_written(
-    command: str, tiny_raw: Path, settings: Settings, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def built(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder with tiny data ingested and built: where a user is after `dbt build`."""
+    data_dir = tmp_path_factory.mktemp("readme") / "data"
+    settings = Settings(recsys_data_dir=data_dir, recsys_lake_uri=None, _env_file=None)  # type: ignore[call-arg]
     ingest(tiny_raw, Lake.from_settings(settings))
+    build(settings, echo=False)
+    return data_dir
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_a_readme_dbt_command_runs_as_written(command: str, built: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    shutil.copytree(built, data_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "DBT_"))}
-    env["RECSYS_DATA_DIR"] = str(settings.data_dir)
+    env["RECSYS_DATA_DIR"] = str(data_dir)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # a target folder of its own: what a command writes is its own doing, not an earlier one's
     env["DBT_TARGET_PATH"] = str(tmp_path / "target")

@@ -126,6 +126,15 @@ def test_an_event_after_the_cutoff_changes_no_feature(
             f"where timestamp >= {after}"
         ).fetchone()
         assert n_after is not None and n_after[0] >= 4
+    # built at another cutoff than the candidates', ranking_features is empty: dbt warns and
+    # the summary says why and what to do
+    from recsys.warehouse import summary
+
+    output = build(settings, cutoff_at="2015-08-10 00:00:00", echo=False)
+    assert "WARN 1 assert_ranking_candidates_match_the_cutoff" in output
+    assert "the ALS candidates are of fv1_20150801T000000, not this cutoff" in summary(settings)
+    build(settings, cutoff_at=cutoff, echo=False)
+    assert "ALS candidates" not in summary(settings)
     # the ml tables are read through typed staging models: candidates written with another
     # type fail the build (dbt's contract) instead of being cast, and the last ranking_features
     # stays in place
