@@ -163,6 +163,15 @@ def test_docs_generate_offline_and_the_analyses_run(tiny_raw: Path, settings: Se
     dbt_command(settings, ["docs", "generate"], echo=False)
     catalog = json.loads((dbt_target_dir() / "catalog.json").read_text())
     assert any(node.endswith(".item_features") for node in catalog["nodes"])
+    # the loop in the docs' lineage: interactions -> ALS, ranking_features -> the snapshot
+    manifest = json.loads((dbt_target_dir() / "manifest.json").read_text())
+    exposures = {e["name"]: e["depends_on"]["nodes"] for e in manifest["exposures"].values()}
+    assert "model.recsys.interactions" in exposures["als_candidates"]
+    assert "model.recsys.ranking_features" in exposures["snapshot_api"]
+    assert {"ranker", "offline_evaluation"} <= set(exposures)
+    # shared columns have one description, from a docs block
+    columns = manifest["nodes"]["model.recsys.interactions"]["columns"]
+    assert columns["visitor_id"]["description"].startswith("The visitor (RetailRocket's")
     dbt_command(settings, ["compile", "--select", "path:analyses"], echo=False)
     compiled = dbt_target_dir() / "compiled" / "recsys" / "analyses"
     names = sorted(p.name for p in compiled.glob("*.sql"))
