@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -183,6 +185,48 @@ def test_docs_generate_offline_and_the_analyses_run(tiny_raw: Path, settings: Se
     # a compiled analysis runs against the warehouse
     sql = (compiled / "funnel_by_category.sql").read_text()
     assert query(settings, sql)
+
+
+def test_views_built_with_a_relative_data_dir_work_from_any_folder(
+    tiny_raw: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """A user in dbt_project/ with a relative RECSYS_DATA_DIR (the default is ../data): the
+    staging and intermediate views store the lake's absolute path, so the warehouse opened from
+    another folder still reads them (they stored ../data/lake and found no files)."""
+    ingest(tiny_raw, Lake.from_settings(settings))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "DBT_"))}
+    env["RECSYS_DATA_DIR"] = os.path.relpath(settings.data_dir, DBT_PROJECT_DIR)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["DBT_TARGET_PATH"] = str(tmp_path / "target")
+    env["DBT_LOG_PATH"] = str(tmp_path / "logs")
+    built = subprocess.run(
+        ["bash", "-c", "dbt build"],
+        cwd=DBT_PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    counted = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); "
+            "print(con.execute('select count(*) from stg_retailrocket__events').fetchone()[0], "
+            "con.execute('select count(*) from int_events_sessionized').fetchone()[0])",
+            str(settings.warehouse_path),
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert counted.returncode == 0, counted.stderr[-2000:]
+    n_staged, n_sessionized = map(int, counted.stdout.split())
+    assert n_staged > 0 and n_sessionized > 0
 
 
 def test_one_parse_serves_every_cutoff_until_the_project_changes(
