@@ -304,7 +304,7 @@ def session_next_item(con: duckdb.DuckDBPyConnection, k: int = 20) -> dict[str, 
                 steps.next_item_id,
                 similar_items.similarity_rank,
             from label_window_session_steps as steps
-            left join stg_ml__als_similar_items as similar_items
+            left join staging.stg_ml__als_similar_items as similar_items
                 on steps.previous_item_id = similar_items.item_id
                 and steps.next_item_id = similar_items.similar_item_id
                 and similar_items.similarity_rank <= {int(k)}

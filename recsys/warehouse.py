@@ -307,7 +307,7 @@ def _stale_candidates(con: Any) -> list[str]:
         if con.execute("select count(*) from ranking_features").fetchone() != (0,):
             return []
         rows = con.execute(
-            "select distinct feature_version from stg_ml__als_candidates order by 1"
+            "select distinct feature_version from staging.stg_ml__als_candidates order by 1"
         ).fetchall()
     except duckdb.Error:  # an older warehouse without them: nothing to say
         return []

@@ -215,8 +215,9 @@ def test_views_built_with_a_relative_data_dir_work_from_any_folder(
             sys.executable,
             "-c",
             "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); "
-            "print(con.execute('select count(*) from stg_retailrocket__events').fetchone()[0], "
-            "con.execute('select count(*) from int_events_sessionized').fetchone()[0])",
+            "count = lambda t: con.execute(f'select count(*) from {t}').fetchone()[0]; "
+            "print(count('staging.stg_retailrocket__events'), "
+            "count('intermediate.int_events_sessionized'))",
             str(settings.warehouse_path),
         ],
         cwd=elsewhere,
