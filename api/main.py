@@ -23,6 +23,7 @@ import anyio
 from fastapi import FastAPI, Request, Security
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
@@ -245,5 +246,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else None
         ),
         allow_no_auth=settings.recsys_api_allow_no_auth,
+        gzip_min_bytes=settings.recsys_api_gzip_min_bytes,
     )
+    if settings.cors_origins:
+        # outside ServiceMiddleware: a preflight never carries the key, and is answered here
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_headers=[API_KEY_HEADER, "Content-Type", "Idempotency-Key", "If-None-Match"],
+            expose_headers=[*EXPOSED_HEADERS],
+            max_age=600,
+        )
     return app
+
+
+# what a page's script may read of an answer (browsers hide other headers from it)
+EXPOSED_HEADERS = ("X-Snapshot-Version", "X-Model-Version", "ETag", "Retry-After")

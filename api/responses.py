@@ -6,11 +6,19 @@ that they do); `items` arrives pre-rendered from the answer cache.
 
 from __future__ import annotations
 
-from fastapi import Response
+import hashlib
+from collections.abc import Hashable
+
+from fastapi import Request, Response
 
 from api.snapshot import Snapshot
 
 JSON = "application/json"
+# GET answers are fixed per snapshot and request: a client (or a cache in front of the service)
+# may keep them, privately (they are a visitor's), and asks again with If-None-Match, answered
+# 304 while the snapshot is the same. POST answers rank what the body says: never stored.
+CACHE_CONTROL_GET = "private, no-cache"
+CACHE_CONTROL_POST = "no-store"
 
 
 def version_headers(snapshot: Snapshot | None) -> dict[str, str]:
@@ -21,9 +29,15 @@ def version_headers(snapshot: Snapshot | None) -> dict[str, str]:
 
 
 def item_list(
-    snapshot: Snapshot, key: str, key_value: int | None, items_json: bytes, strategy: str
+    snapshot: Snapshot,
+    key: str,
+    key_value: int | None,
+    items_json: bytes,
+    strategy: str,
+    headers: dict[str, str] | None = None,
 ) -> Response:
-    """`{<key>, items, strategy, snapshot_version, model_version}` as a response."""
+    """`{<key>, items, strategy, snapshot_version, model_version}` as a response (with
+    `headers` beside the version headers)."""
     body = b"".join(
         (
             b'{"',
@@ -39,4 +53,44 @@ def item_list(
             b"}",
         )
     )
-    return Response(body, media_type=JSON, headers=version_headers(snapshot))
+    return Response(body, media_type=JSON, headers=headers or version_headers(snapshot))
+
+
+def etag(snapshot: Snapshot, request_key: Hashable) -> str:
+    """A strong ETag for the answer to `request_key` (the request's parsed parameters) from
+    `snapshot`: its version and a digest of the parameters."""
+    digest = hashlib.blake2b(repr(request_key).encode(), digest_size=8).hexdigest()
+    return f'"{snapshot.version}-{digest}"'
+
+
+def not_modified(request: Request, tag: str) -> bool:
+    """Whether the request's If-None-Match names `tag` (or is `*`); weak tags compare too, as
+    RFC 9110 says for If-None-Match."""
+    given = None
+    for name, value in request.scope.get("headers", ()):
+        if name == b"if-none-match":
+            given = value.decode("latin-1")
+            break
+    if not given:
+        return False
+    if given.strip() == "*":
+        return True
+    return any(t.strip().removeprefix("W/") == tag for t in given.split(","))
+
+
+def cached_item_list(
+    request: Request,
+    snapshot: Snapshot,
+    request_key: Hashable,
+    key: str,
+    key_value: int | None,
+    items_json: bytes,
+    strategy: str,
+) -> Response:
+    """`item_list` for a GET: with its ETag and Cache-Control, or a 304 without a body when
+    the client already holds it."""
+    tag = etag(snapshot, request_key)
+    headers = {**version_headers(snapshot), "etag": tag, "cache-control": CACHE_CONTROL_GET}
+    if not_modified(request, tag):
+        return Response(status_code=304, headers=headers)
+    return item_list(snapshot, key, key_value, items_json, strategy, headers)

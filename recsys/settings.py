@@ -30,6 +30,12 @@ DEFAULT_SEARCH_BUDGET_S = 20.0
 SEED = 42
 
 
+# an origin as browsers send it: scheme, host, optional port; nothing after
+CORS_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
+
+
 class Settings(BaseSettings):
     """Where the pipeline reads and writes. See the settings table in DESIGN.md."""
 
@@ -64,6 +70,11 @@ class Settings(BaseSettings):
     recsys_api_rate_burst: int = Field(default=2_000, ge=1)
     # answer /v1 on a non-loopback address without keys (something in front checks callers)
     recsys_api_allow_no_auth: bool = False
+    # browsers on these origins may call the API (CORS): comma-separated scheme://host[:port],
+    # or * for any; unset = no CORS headers at all
+    recsys_api_cors_origins: str = ""
+    # answers of at least this many bytes are gzipped for a client that accepts it; 0 = never
+    recsys_api_gzip_min_bytes: int = Field(default=1_400, ge=0, le=64 * 1_048_576)
     # how far ahead of this machine's clock an event may be (the API refuses, ingest rejects)
     recsys_max_clock_skew_seconds: int = Field(default=300, ge=0, le=7 * 86_400)
 
@@ -89,6 +100,23 @@ class Settings(BaseSettings):
                 f"{MIN_API_KEY_LENGTH} characters"
             )
         return SecretStr(",".join(keys)) if keys else None
+
+    @field_validator("recsys_api_cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: str) -> str:
+        origins = [o.strip() for o in value.split(",") if o.strip()]
+        wrong = [o for o in origins if o != "*" and not CORS_ORIGIN.fullmatch(o)]
+        if wrong:
+            raise ValueError(
+                f"RECSYS_API_CORS_ORIGINS: {len(wrong)} entries are not an origin "
+                "(scheme://host[:port], no path) or *"
+            )
+        return ",".join(origins)
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """Origins whose pages may call the API from a browser; empty: CORS off."""
+        return tuple(o for o in self.recsys_api_cors_origins.split(",") if o)
 
     @property
     def api_keys(self) -> tuple[str, ...]:

@@ -7,8 +7,12 @@ from fastapi import APIRouter, Request, Response
 from api import recommend
 from api.deps import SimilarParams, snapshot_of
 from api.metrics import Metrics
-from api.responses import item_list
-from api.routes.recommendations import INVALID_RESPONSE, NO_SNAPSHOT_RESPONSE
+from api.responses import cached_item_list
+from api.routes.recommendations import (
+    CACHEABLE_RESPONSES,
+    INVALID_RESPONSE,
+    NO_SNAPSHOT_RESPONSE,
+)
 from api.schemas import SimilarItems
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
@@ -17,7 +21,7 @@ router = APIRouter(prefix="/v1/items", tags=["items"])
 @router.get(
     "/{item_id}/similar",
     response_model=SimilarItems,
-    responses={**INVALID_RESPONSE, **NO_SNAPSHOT_RESPONSE},
+    responses={**CACHEABLE_RESPONSES, **INVALID_RESPONSE, **NO_SNAPSHOT_RESPONSE},
     openapi_extra={"parameters": SimilarParams.openapi()},
     summary="Items similar to an item",
 )
@@ -39,4 +43,4 @@ async def similar_items(request: Request) -> Response:
         snapshot.similar_cache.put(key, cached)
     strategy, items = cached
     metrics.count_answer("similar", strategy)
-    return item_list(snapshot, "item_id", item_id, items, strategy)
+    return cached_item_list(request, snapshot, (item_id, k), "item_id", item_id, items, strategy)

@@ -9,13 +9,42 @@ from fastapi import APIRouter, Request, Response
 from api import recommend
 from api.deps import AppMetrics, CurrentSnapshot, VisitorParams, snapshot_of
 from api.metrics import Metrics
-from api.responses import item_list
+from api.responses import CACHE_CONTROL_POST, cached_item_list, item_list, version_headers
 from api.schemas import ErrorMessage, RecommendationList, RecommendationRequest, ValidationErrors
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 
 NO_SNAPSHOT_RESPONSE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorMessage, "description": "no snapshot is loaded yet"}
+}
+_VERSION_HEADERS: dict[str, Any] = {
+    "X-Snapshot-Version": {
+        "description": "the snapshot that made the answer",
+        "schema": {"type": "string"},
+    },
+    "X-Model-Version": {"description": "its ranker's version", "schema": {"type": "string"}},
+}
+# the GET answers: fixed per snapshot and request, so tagged and revalidated (api.responses)
+CACHEABLE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            **_VERSION_HEADERS,
+            "ETag": {
+                "description": "the snapshot's version and the request's parameters",
+                "schema": {"type": "string"},
+            },
+            "Cache-Control": {"description": "private, no-cache", "schema": {"type": "string"}},
+        }
+    },
+    304: {"description": "Not Modified: If-None-Match names the current answer's ETag"},
+}
+RANKED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            **_VERSION_HEADERS,
+            "Cache-Control": {"description": "no-store", "schema": {"type": "string"}},
+        }
+    }
 }
 # for the routes that validate their own parameters (see api.deps)
 INVALID_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -26,7 +55,7 @@ INVALID_RESPONSE: dict[int | str, dict[str, Any]] = {
 @router.get(
     "/{visitor_id}",
     response_model=RecommendationList,
-    responses={**INVALID_RESPONSE, **NO_SNAPSHOT_RESPONSE},
+    responses={**CACHEABLE_RESPONSES, **INVALID_RESPONSE, **NO_SNAPSHOT_RESPONSE},
     openapi_extra={"parameters": VisitorParams.openapi()},
     summary="A visitor's recommendations",
 )
@@ -58,13 +87,22 @@ async def recommendations_for_visitor(request: Request) -> Response:
         snapshot.cache.put(key, cached)
     strategy, items = cached
     metrics.count_answer("visitor", strategy)
-    return item_list(snapshot, "visitor_id", visitor_id, items, strategy)
+    return cached_item_list(
+        request,
+        snapshot,
+        (visitor_id, k, category_id, excluded),
+        "visitor_id",
+        visitor_id,
+        items,
+        strategy,
+    )
 
 
 @router.post(
     "",
     response_model=RecommendationList,
     responses={
+        **RANKED_RESPONSES,
         413: {"model": ErrorMessage, "description": "the body is too large"},
         **NO_SNAPSHOT_RESPONSE,
     },
@@ -89,5 +127,10 @@ def recommendations_for_session(
     )
     metrics.count_answer("session", answer.strategy)
     return item_list(
-        snapshot, "visitor_id", request.visitor_id, answer.items_json(snapshot), answer.strategy
+        snapshot,
+        "visitor_id",
+        request.visitor_id,
+        answer.items_json(snapshot),
+        answer.strategy,
+        {**version_headers(snapshot), "cache-control": CACHE_CONTROL_POST},
     )
