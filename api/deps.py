@@ -14,6 +14,7 @@ the documented contract and the checked one are the same object.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, ClassVar, Self
 
@@ -58,7 +59,13 @@ def snapshot_of(request: Request) -> Snapshot:
     snapshot = store.current if store is not None else None
     if snapshot is None:
         reason = store.public_error if store is not None else None
-        raise HTTPException(503, detail=NO_SNAPSHOT + (f" ({reason})" if reason else ""))
+        # the service looks for a snapshot every poll interval: asking sooner is pointless
+        poll = getattr(getattr(request.app.state, "settings", None), "recsys_api_poll_seconds", 10)
+        raise HTTPException(
+            503,
+            detail=NO_SNAPSHOT + (f" ({reason})" if reason else ""),
+            headers={"Retry-After": str(max(1, math.ceil(poll)))},
+        )
     return snapshot
 
 

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request, Security
+from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -36,7 +35,9 @@ from api.metrics import Metrics
 from api.middleware import API_KEY_HEADER, ServiceMiddleware
 from api.ratelimit import RateLimiter
 from api.routes import events, health, items, recommendations
+from api.schemas import MAX_ID, MAX_K, ApiError
 from api.store import SnapshotStore
+from recsys.ingest import MAX_TIMESTAMP_MS
 from recsys.lake import Lake
 from recsys.settings import Settings, get_settings
 
@@ -125,6 +126,69 @@ def _add_docs(app: FastAPI) -> None:
         )
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ApiError, "description": description}
+
+
+V1_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error(f"missing or wrong {API_KEY_HEADER} (when the service has API keys)"),
+    403: _error("no API keys are set and the request did not come in on a loopback address"),
+    422: _error("a parameter or the body is invalid: `detail` lists the fields"),
+    429: _error("this API key's rate limit is spent: see Retry-After"),
+    500: _error("an unexpected error, logged by the service"),
+}
+API_KEY_SCHEME = "APIKeyHeader"
+# FastAPI's OpenAPI model types numeric bounds as floats, so 10**18 - 1 came out as 1e+18 (and
+# rounded up); the integers they were, by the float each became
+_INTEGER_BOUNDS = {float(b): b for b in (MAX_ID, MAX_K, MAX_TIMESTAMP_MS)}
+
+
+def _openapi(app: FastAPI, keys_required: bool) -> Any:
+    """`app.openapi` with what FastAPI's generator leaves out or bends: the API key scheme on
+    every /v1 operation (required when the service has keys, optional otherwise), and integer
+    bounds written as integers."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})[
+                API_KEY_SCHEME
+            ] = {
+                "type": "apiKey",
+                "in": "header",
+                "name": API_KEY_HEADER,
+                "description": "required when the service has RECSYS_API_KEYS",
+            }
+            security: list[dict[str, list[str]]] = [{API_KEY_SCHEME: []}]
+            if not keys_required:
+                security.append({})  # or none at all, on a local service without keys
+            for path, operations in schema.get("paths", {}).items():
+                if path.startswith("/v1/"):
+                    for operation in operations.values():
+                        operation["security"] = security
+            _integers(schema)
+        assert app.openapi_schema is not None  # FastAPI's generate() keeps what it made
+        return app.openapi_schema
+
+    return openapi
+
+
+def _integers(node: Any) -> None:
+    """Integer schemas' float bounds back to the integers they were (in place)."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                value = node.get(key)
+                if isinstance(value, float) and value.is_integer():
+                    node[key] = _INTEGER_BOUNDS.get(value, int(value))
+        for child in node.values():
+            _integers(child)
+    elif isinstance(node, list):
+        for child in node:
+            _integers(child)
+
+
 async def _poll(store: SnapshotStore, interval: float) -> None:
     """Look for a newer LATEST every `interval` seconds, for as long as the app runs."""
     while True:
@@ -173,6 +237,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.unfreeze()
 
     app = FastAPI(
+        # operation ids are the route functions' names (`recommendations_for_visitor`), which a
+        # generated client turns into its method and module names
+        generate_unique_id_function=lambda route: route.name,
         title="recsys",
         version="0.1.0",
         summary="Recommendations for an online shop, served from published snapshots.",
@@ -184,16 +251,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.recent_batches = RecentBatches()
-    # with keys, the scheme is documented in OpenAPI; the check itself is ServiceMiddleware's
-    v1_dependencies = (
-        [Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))] if settings.api_keys else []
-    )
-    unauthorized: dict[int | str, dict[str, Any]] = (
-        {401: {"description": f"missing or wrong {API_KEY_HEADER}"}} if settings.api_keys else {}
-    )
+    # every /v1 route may answer these, whatever the settings (a client generated from a
+    # development server must know them too); the checks are ServiceMiddleware's
     for router in (recommendations.router, items.router, events.router):
-        app.include_router(router, dependencies=v1_dependencies, responses=unauthorized)
+        app.include_router(router, responses=V1_ERRORS)
     app.include_router(health.router)
+    app.openapi = _openapi(app, keys_required=bool(settings.api_keys))  # type: ignore[method-assign]
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:

@@ -155,15 +155,15 @@ class Readiness(BaseModel):
     detail: str | None = None
 
 
-class ErrorMessage(BaseModel):
-    detail: str
-
-
 class ValidationErrorItem(BaseModel):
     loc: list[str | int] = Field(description="where: path, query or body, then the field")
     msg: str
     type: str
 
 
-class ValidationErrors(BaseModel):
-    detail: list[ValidationErrorItem]
+class ApiError(BaseModel):
+    """Every error answer (4xx, 5xx) of every route: one model for a client to handle."""
+
+    detail: str | list[ValidationErrorItem] = Field(
+        description="what went wrong: a sentence, or for a 422 the refused fields"
+    )

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 
 from api import events
 from api.deps import AppMetrics, Store, caller_of
-from api.schemas import MAX_EVENTS, ErrorMessage, Event, EventBatch, EventsAccepted
+from api.schemas import MAX_EVENTS, ApiError, Event, EventBatch, EventsAccepted
 from recsys.settings import Settings
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -21,10 +21,10 @@ router = APIRouter(prefix="/v1/events", tags=["events"])
     response_model=EventsAccepted,
     responses={
         409: {
-            "model": ErrorMessage,
+            "model": ApiError,
             "description": "the Idempotency-Key was already used with a different body",
         },
-        413: {"model": ErrorMessage, "description": "the body is too large"},
+        413: {"model": ApiError, "description": "the body is too large"},
     },
     summary="Send events",
 )

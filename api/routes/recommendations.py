@@ -10,12 +10,21 @@ from api import recommend
 from api.deps import AppMetrics, CurrentSnapshot, VisitorParams, snapshot_of
 from api.metrics import Metrics
 from api.responses import CACHE_CONTROL_POST, cached_item_list, item_list, version_headers
-from api.schemas import ErrorMessage, RecommendationList, RecommendationRequest, ValidationErrors
+from api.schemas import ApiError, RecommendationList, RecommendationRequest
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 
 NO_SNAPSHOT_RESPONSE: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorMessage, "description": "no snapshot is loaded yet"}
+    503: {
+        "model": ApiError,
+        "description": "no snapshot is loaded yet",
+        "headers": {
+            "Retry-After": {
+                "description": "seconds until the service looks for a snapshot again",
+                "schema": {"type": "integer"},
+            }
+        },
+    }
 }
 _VERSION_HEADERS: dict[str, Any] = {
     "X-Snapshot-Version": {
@@ -48,7 +57,7 @@ RANKED_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 # for the routes that validate their own parameters (see api.deps)
 INVALID_RESPONSE: dict[int | str, dict[str, Any]] = {
-    422: {"model": ValidationErrors, "description": "Validation Error"}
+    422: {"model": ApiError, "description": "Validation Error"}
 }
 
 
@@ -103,7 +112,7 @@ async def recommendations_for_visitor(request: Request) -> Response:
     response_model=RecommendationList,
     responses={
         **RANKED_RESPONSES,
-        413: {"model": ErrorMessage, "description": "the body is too large"},
+        413: {"model": ApiError, "description": "the body is too large"},
         **NO_SNAPSHOT_RESPONSE,
     },
     summary="Rank now, with the session's items",

@@ -46,8 +46,17 @@ def test_every_v1_route_is_locked(locked: TestClient) -> None:
 def test_health_and_metrics_stay_open(locked: TestClient) -> None:
     for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
         assert locked.get(path).status_code == 200, path
-    schemes = locked.get("/openapi.json").json()["components"]["securitySchemes"]
-    assert schemes == {"APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+    spec = locked.get("/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"]["APIKeyHeader"]
+    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "X-API-Key")
+    # every /v1 operation requires it, and says what a 401 looks like; the probes need nothing
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            if path.startswith("/v1/"):
+                assert operation["security"] == [{"APIKeyHeader": []}], path
+                assert operation["responses"]["401"]["content"], path
+            else:
+                assert "security" not in operation, path
 
 
 def test_keys_never_reach_the_logs(
@@ -73,7 +82,12 @@ def test_short_keys_are_refused_without_being_shown(tmp_path) -> None:  # type: 
 
 def test_no_keys_means_no_auth(client: TestClient) -> None:
     assert client.get("/v1/recommendations/1001").status_code == 200
-    assert "securitySchemes" not in client.get("/openapi.json").json().get("components", {})
+    # the scheme is still declared (a client generated from a development server knows of
+    # auth), as optional: a key, or nothing at all
+    spec = client.get("/openapi.json").json()
+    assert "APIKeyHeader" in spec["components"]["securitySchemes"]
+    operation = spec["paths"]["/v1/recommendations/{visitor_id}"]["get"]
+    assert operation["security"] == [{"APIKeyHeader": []}, {}]
 
 
 def test_refusals_name_the_snapshot_too(locked: TestClient) -> None:

@@ -1,0 +1,64 @@
+"""The OpenAPI spec as a client generator reads it: named operations, one error model for every
+error answer, integer bounds as integers, the headers the answers carry."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+from api.schemas import MAX_ID
+
+
+def test_operations_are_named_after_what_they_do(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    ids = {
+        (path, method): operation["operationId"]
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+    }
+    assert ids[("/v1/recommendations/{visitor_id}", "get")] == "recommendations_for_visitor"
+    assert ids[("/v1/recommendations", "post")] == "recommendations_for_session"
+    assert ids[("/v1/items/{item_id}/similar", "get")] == "similar_items"
+    assert ids[("/v1/events", "post")] == "post_events"
+    assert len(set(ids.values())) == len(ids)
+
+
+def test_every_error_answer_has_the_one_error_model(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                if not status.startswith(("4", "5")) or path == "/readyz":
+                    continue  # /readyz's 503 is its readiness report, not an error
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ApiError"}, (path, status)
+    # and the answers have that shape: a sentence, or the fields of a 422
+    assert set(client.get("/v1/recommendations/x").json()) == {"detail"}
+    assert isinstance(client.get("/v1/recommendations/x").json()["detail"], list)
+    posted = client.post("/v1/recommendations", json={"k": "ten"})
+    assert posted.status_code == 422 and isinstance(posted.json()["detail"], list)
+
+
+def test_integer_bounds_are_integers(client: TestClient) -> None:
+    text = client.get("/openapi.json").text
+    bounds = re.findall(
+        r'"(?:minimum|maximum|exclusiveMinimum|exclusiveMaximum)":\s*([^,}]+)', text
+    )
+    assert bounds and not [b for b in bounds if "." in b or "e" in b.lower()], bounds
+    body = json.loads(text)["components"]["schemas"]["RecommendationRequest"]["properties"]
+    assert body["k"]["maximum"] == 100
+    assert f"{MAX_ID}" in text  # 10**18 - 1 exactly, not 1e+18 rounded up
+
+
+def test_no_snapshot_says_when_to_ask_again(client_for: Callable[..., TestClient]) -> None:
+    empty = client_for(None, recsys_api_poll_seconds=2.5)
+    for answer in (
+        empty.get("/v1/recommendations/1001"),
+        empty.post("/v1/recommendations", json={"visitor_id": 1001}),
+    ):
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "3"
