@@ -69,10 +69,6 @@ def snapshot_of(request: Request) -> Snapshot:
     return snapshot
 
 
-async def current_snapshot(request: Request) -> Snapshot:
-    return snapshot_of(request)
-
-
 ANONYMOUS = "anonymous"  # the caller when the service runs without API keys
 
 
@@ -98,7 +94,6 @@ def exclude_ids(text: str | None) -> tuple[int, ...]:
     return tuple(sorted({int(p) for p in parts}))
 
 
-CurrentSnapshot = Annotated[Snapshot, Depends(current_snapshot)]
 AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 Store = Annotated[SnapshotStore | None, Depends(get_store)]
 
@@ -155,6 +150,11 @@ def _digits_only(value: Any) -> Any:
     return value
 
 
+def _category_digits(value: Any) -> Any:
+    """`_digits_only`, and -1: the unknown category, as the answers write it."""
+    return value if value == "-1" else _digits_only(value)
+
+
 # integers from the path or the query string (bodies are strict JSON numbers already); the
 # check comes after the Field, so that OpenAPI still states the bounds
 DigitsOnly = BeforeValidator(_digits_only)
@@ -168,8 +168,13 @@ class VisitorParams(Params):
     k: K = 10
     category_id: Annotated[
         int | None,
-        Field(ge=0, le=MAX_ID, description="only items of this (leaf) category"),
-        DigitsOnly,
+        Field(
+            ge=-1,
+            le=MAX_ID,
+            description="only items of this (leaf) category; -1: items of no known category, "
+            "as answers write it",
+        ),
+        BeforeValidator(_category_digits),
     ] = None
     exclude: Annotated[
         str | None,

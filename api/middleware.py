@@ -94,6 +94,10 @@ class ServiceMiddleware:
             return
         started = time.perf_counter()
         method = scope["method"]
+        if method == "HEAD":
+            # a GET without its body (RFC 9110): the routes declare GET only, as OpenAPI shows
+            scope = {**scope, "method": "GET"}
+            send = _without_body(send)
         status = 500  # what the client gets if the app fails before answering
         path = _route_path(scope)
         early: tuple[int, str, list[tuple[bytes, bytes]]] | None = None
@@ -269,6 +273,17 @@ def _is_local_host(host: str) -> bool:
     except ValueError:
         return True  # not an IP address: no network interface involved
     return is_loopback(host)
+
+
+def _without_body(send: Send) -> Send:
+    """`send` with every body message emptied (the headers, Content-Length included, stay)."""
+
+    async def send_head(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head
 
 
 def _accepts_gzip(scope: Scope) -> bool:

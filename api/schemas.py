@@ -28,6 +28,8 @@ MAX_EXCLUDE = 1_000
 MAX_EVENTS = 1_000
 
 Id = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+# a category filter: an id, or -1 for items of no known category (as answers write it)
+CategoryId = Annotated[int, Field(strict=True, ge=-1, le=MAX_ID)]
 Strategy = Literal["personalized", "session", "popular"]
 Source = Literal["ranker", "als", "similar", "popular"]
 
@@ -75,7 +77,7 @@ class RecommendationRequest(BaseModel):
         description="items of the current session in time order (the latest last)",
     )
     k: Annotated[int, Field(strict=True, ge=1, le=MAX_K)] = 10
-    category_id: Id | None = None
+    category_id: CategoryId | None = None
     exclude_item_ids: Annotated[list[Id], Field(max_length=MAX_EXCLUDE)] = Field(
         default_factory=list
     )
@@ -150,7 +152,11 @@ class Readiness(BaseModel):
     snapshot_version: str | None = None
     model_version: str | None = None
     feature_version: str | None = None
-    cutoff_at: str | None = None
+    cutoff_at: str | None = Field(
+        default=None,
+        description="the features' cutoff, ISO 8601 in UTC",
+        examples=["2015-09-18T02:59:47Z"],
+    )
     snapshot_age_seconds: float | None = None
     detail: str | None = None
 

@@ -45,7 +45,7 @@ async def readyz(store: Store) -> Any:
         snapshot_version=snapshot.version,
         model_version=snapshot.model_version,
         feature_version=snapshot.feature_version,
-        cutoff_at=snapshot.cutoff_at.isoformat(sep=" "),
+        cutoff_at=snapshot.cutoff_at.strftime("%Y-%m-%dT%H:%M:%SZ"),  # UTC
         snapshot_age_seconds=round(time.time() - snapshot.cutoff_epoch, 3),
     )
 

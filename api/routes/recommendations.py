@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from api import recommend
-from api.deps import AppMetrics, CurrentSnapshot, VisitorParams, snapshot_of
+from api.deps import AppMetrics, VisitorParams, snapshot_of
 from api.metrics import Metrics
 from api.responses import CACHE_CONTROL_POST, cached_item_list, item_list, version_headers
 from api.schemas import ApiError, RecommendationList, RecommendationRequest
@@ -118,14 +118,17 @@ async def recommendations_for_visitor(request: Request) -> Response:
     summary="Rank now, with the session's items",
 )
 def recommendations_for_session(
-    request: RecommendationRequest, snapshot: CurrentSnapshot, metrics: AppMetrics
+    request: RecommendationRequest, http: Request, metrics: AppMetrics
 ) -> Response:
     """Candidates from the visitor's ALS list and from the items similar to the session's
     latest items, scored now by the snapshot's CatBoost ranker on the features the snapshot
     carries. `personalized` for a visitor with ALS candidates, `session` for anyone else with
     a session (or history), `popular` when there is nothing to go on.
     """
-    # a plain `def`: CatBoost takes about a millisecond, which must not block the event loop
+    # a plain `def`: CatBoost takes about a millisecond, which must not block the event loop.
+    # The snapshot is looked up after the body is valid: a bad request is a 422 with or
+    # without a snapshot, as on GET
+    snapshot = snapshot_of(http)
     answer = recommend.for_session(
         snapshot,
         request.visitor_id,

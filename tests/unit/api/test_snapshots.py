@@ -96,7 +96,7 @@ def test_start_up_loads_latest(client: TestClient) -> None:
     assert body["snapshot_version"] == latest_version(lake_of(client))
     assert body["model_version"] == "fv1_test-catboost-42"
     assert body["feature_version"] == "fv1_test"
-    assert body["cutoff_at"] == "2015-09-18 02:59:47"
+    assert body["cutoff_at"] == "2015-09-18T02:59:47Z"
     assert body["snapshot_age_seconds"] > 10 * 365 * 86400
     assert metric(client, "recsys_snapshot_age_seconds") > 10 * 365 * 86400
     info = {"version": body["snapshot_version"], "model_version": body["model_version"]}
