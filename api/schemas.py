@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
     Tag,
     ValidationInfo,
     field_validator,
@@ -28,6 +29,15 @@ MAX_EXCLUDE = 1_000
 MAX_EVENTS = 1_000
 
 Id = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+# what an item in an answer looks like (the schemas' examples)
+EXAMPLE_ITEM: dict[str, JsonValue] = {
+    "item_id": 461686,
+    "rank": 1,
+    "score": 0.91,
+    "source": "ranker",
+    "confidence": 0.42,
+    "category_id": 1037,
+}
 # a category filter: an id, or -1 for items of no known category (as answers write it)
 CategoryId = Annotated[int, Field(strict=True, ge=-1, le=MAX_ID)]
 Strategy = Literal["personalized", "session", "popular"]
@@ -51,6 +61,20 @@ class Recommendation(BaseModel):
 
 
 class RecommendationList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "visitor_id": 257597,
+                    "items": [EXAMPLE_ITEM],
+                    "strategy": "personalized",
+                    "snapshot_version": "20261202T040450Z-bb71950c",
+                    "model_version": "ranker-20261202T040450Z",
+                }
+            ]
+        }
+    )
+
     visitor_id: int | None
     items: list[Recommendation]
     strategy: Strategy
@@ -59,6 +83,20 @@ class RecommendationList(BaseModel):
 
 
 class SimilarItems(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "item_id": 355908,
+                    "items": [{**EXAMPLE_ITEM, "source": "similar", "confidence": None}],
+                    "strategy": "similar",
+                    "snapshot_version": "20261202T040450Z-bb71950c",
+                    "model_version": "ranker-20261202T040450Z",
+                }
+            ]
+        }
+    )
+
     item_id: int
     items: list[Recommendation]
     strategy: Literal["similar", "popular"]
@@ -69,7 +107,20 @@ class SimilarItems(BaseModel):
 class RecommendationRequest(BaseModel):
     """A request to rank now, with what the visitor is doing in this session."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "visitor_id": 257597,
+                    "session_item_ids": [355908, 248676],
+                    "k": 10,
+                    "exclude_item_ids": [461686],
+                },
+                {"session_item_ids": [355908], "k": 5},
+            ]
+        },
+    )
 
     visitor_id: Id | None = None
     session_item_ids: Annotated[list[Id], Field(max_length=MAX_SESSION_ITEMS)] = Field(
@@ -86,7 +137,26 @@ class RecommendationRequest(BaseModel):
 class Event(BaseModel):
     """One event in the RetailRocket layout."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "timestamp": 1442004589439,
+                    "visitorid": 257597,
+                    "event": "view",
+                    "itemid": 355908,
+                },
+                {
+                    "timestamp": 1442004917175,
+                    "visitorid": 257597,
+                    "event": "transaction",
+                    "itemid": 355908,
+                    "transactionid": 4000,
+                },
+            ]
+        },
+    )
 
     timestamp: Annotated[int, Field(strict=True, ge=0, lt=MAX_TIMESTAMP_MS)] = Field(
         description="milliseconds since the epoch, UTC"
@@ -169,6 +239,23 @@ class ValidationErrorItem(BaseModel):
 
 class ApiError(BaseModel):
     """Every error answer (4xx, 5xx) of every route: one model for a client to handle."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"detail": "a valid X-API-Key header is required"},
+                {
+                    "detail": [
+                        {
+                            "loc": ["query", "k"],
+                            "msg": "Input should be less than or equal to 100",
+                            "type": "less_than_equal",
+                        }
+                    ]
+                },
+            ]
+        }
+    )
 
     detail: str | list[ValidationErrorItem] = Field(
         description="what went wrong: a sentence, or for a 422 the refused fields"

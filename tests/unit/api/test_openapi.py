@@ -62,3 +62,20 @@ def test_no_snapshot_says_when_to_ask_again(client_for: Callable[..., TestClient
     ):
         assert answer.status_code == 503
         assert answer.headers["retry-after"] == "3"
+
+
+def test_the_bodies_have_examples_that_are_valid(client: TestClient) -> None:
+    from api import schemas
+
+    spec = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in (
+        "RecommendationRequest",
+        "Event",
+        "RecommendationList",
+        "SimilarItems",
+        "ApiError",
+    ):
+        examples = spec[name].get("examples")
+        assert examples, name
+        for example in examples:
+            getattr(schemas, name).model_validate(example)  # raises when one is wrong
