@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 
 from api import events
 from api.deps import AppMetrics, Store, caller_of
+from api.routes.recommendations import VERSION_HEADERS
 from api.schemas import MAX_EVENTS, ApiError, Event, EventBatch, EventsAccepted
 from recsys.settings import Settings
 
@@ -20,6 +21,7 @@ router = APIRouter(prefix="/v1/events", tags=["events"])
     status_code=202,
     response_model=EventsAccepted,
     responses={
+        202: {"headers": VERSION_HEADERS},
         409: {
             "model": ApiError,
             "description": "the Idempotency-Key was already used with a different body",

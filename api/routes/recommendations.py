@@ -26,7 +26,8 @@ NO_SNAPSHOT_RESPONSE: dict[int | str, dict[str, Any]] = {
         },
     }
 }
-_VERSION_HEADERS: dict[str, Any] = {
+# every answer names the snapshot being served (ServiceMiddleware adds them where a route did not)
+VERSION_HEADERS: dict[str, Any] = {
     "X-Snapshot-Version": {
         "description": "the snapshot that made the answer",
         "schema": {"type": "string"},
@@ -37,7 +38,7 @@ _VERSION_HEADERS: dict[str, Any] = {
 CACHEABLE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "headers": {
-            **_VERSION_HEADERS,
+            **VERSION_HEADERS,
             "ETag": {
                 "description": "the snapshot's version and the request's parameters",
                 "schema": {"type": "string"},
@@ -50,7 +51,7 @@ CACHEABLE_RESPONSES: dict[int | str, dict[str, Any]] = {
 RANKED_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "headers": {
-            **_VERSION_HEADERS,
+            **VERSION_HEADERS,
             "Cache-Control": {"description": "no-store", "schema": {"type": "string"}},
         }
     }
