@@ -60,7 +60,7 @@ def snapshot_of(request: Request) -> Snapshot:
     if snapshot is None:
         reason = store.public_error if store is not None else None
         # the service looks for a snapshot every poll interval: asking sooner is pointless
-        poll = getattr(getattr(request.app.state, "settings", None), "recsys_api_poll_seconds", 10)
+        poll = request.app.state.settings.recsys_api_poll_seconds
         raise HTTPException(
             503,
             detail=NO_SNAPSHOT + (f" ({reason})" if reason else ""),

@@ -16,7 +16,7 @@ in this order:
 3. the request duration histogram, by route template (not the raw path: ids would explode
    the label set) and status, and the version headers on every answer;
 4. gzip: a JSON answer of at least `RECSYS_API_GZIP_MIN_BYTES` is compressed for a client that
-   sends `Accept-Encoding: gzip` (a k=100 list: 9.8 kB -> 1.5 kB). Done here, on the answer's
+   sends `Accept-Encoding: gzip` (a k=100 list: ~10.5 kB -> ~2.3 kB). Done here, on the answer's
    one body message, rather than by another middleware wrapping every request.
 
 CORS (`RECSYS_API_CORS_ORIGINS`) is Starlette's `CORSMiddleware`, outside this one, so that a
@@ -126,7 +126,7 @@ class ServiceMiddleware:
         elif guarded and not self.allow_no_auth and not _is_local(scope):
             early = (403, NO_AUTH_REFUSAL, [])
         if early is None and method in BODY_METHODS:
-            declared = _header(scope, b"content-length")
+            declared = header(scope, b"content-length")
             if declared is not None and (
                 not DIGITS.fullmatch(declared) or int(declared) > self.max_body_bytes
             ):
@@ -190,7 +190,7 @@ class ServiceMiddleware:
 
     def _caller(self, scope: Scope) -> str | None:
         """The caller id of the request's API key; None when it has no valid one."""
-        given = _header(scope, API_KEY_HEADER.lower().encode())
+        given = header(scope, API_KEY_HEADER.lower().encode())
         if given is None:
             return None
         digest = hashlib.sha256(given.encode("latin-1")).digest()
@@ -288,24 +288,30 @@ def _without_body(send: Send) -> Send:
 
 def _accepts_gzip(scope: Scope) -> bool:
     """Whether the request's Accept-Encoding names gzip (and does not refuse it: gzip;q=0)."""
-    accepted = _header(scope, b"accept-encoding")
+    accepted = header(scope, b"accept-encoding")
     if accepted is None or "gzip" not in accepted:
         return False
     for coding in accepted.split(","):
         name, _, params = coding.strip().partition(";")
         if name.strip().lower() in ("gzip", "x-gzip"):
-            return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+            weight = params.strip().lower().removeprefix("q=") if params else "1"
+            try:
+                return float(weight) > 0
+            except ValueError:  # a malformed weight: do as if gzip were not named
+                return False
     return False
 
 
 def _gzip(body: bytes) -> bytes:
-    """`body` as a gzip member, at level 5: most of level 9's ratio on JSON, several times
-    faster (a k=100 answer in ~0.1 ms)."""
+    """`body` as a gzip member, at level 5. A k=100 answer (10.5 kB, random ids): 2.3 kB in
+    0.14 ms; level 9 saves another 2% in 1.6x the time, level 1 is 22% larger."""
     compressor = zlib.compressobj(5, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     return compressor.compress(body) + compressor.flush()
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """The value of the request header `name` (lower-case bytes), or None: read straight from the
+    ASGI scope, without building Starlette's Headers."""
     for key, value in scope.get("headers", ()):
         if key == name:
             return str(value.decode("latin-1"))

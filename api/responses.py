@@ -11,6 +11,7 @@ from collections.abc import Hashable
 
 from fastapi import Request, Response
 
+from api.middleware import header
 from api.snapshot import Snapshot
 
 JSON = "application/json"
@@ -66,11 +67,7 @@ def etag(snapshot: Snapshot, request_key: Hashable) -> str:
 def not_modified(request: Request, tag: str) -> bool:
     """Whether the request's If-None-Match names `tag` (or is `*`); weak tags compare too, as
     RFC 9110 says for If-None-Match."""
-    given = None
-    for name, value in request.scope.get("headers", ()):
-        if name == b"if-none-match":
-            given = value.decode("latin-1")
-            break
+    given = header(request.scope, b"if-none-match")
     if not given:
         return False
     if given.strip() == "*":
