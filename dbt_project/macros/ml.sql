@@ -20,6 +20,31 @@
 {%- endmacro %}
 
 
+{#
+    The body of an ml staging model: the ML step's table when it is there (ml_table_ready), else
+    no rows with the columns and types that the `ml` source declares (its YAML, the one place
+    they are written), so that the staging model's contract holds either way.
+#}
+{% macro ml_source(identifier) -%}
+    {%- if ml_table_ready(identifier) -%}
+        select * from {{ source('ml', identifier) }}
+    {%- else -%}
+        {%- set declared = graph.sources.get('source.' ~ project_name ~ '.ml.' ~ identifier) -%}
+        {%- if declared is none or not declared.columns -%}
+            {{- exceptions.raise_compiler_error(
+                "ml_source(): the ml source declares no columns for " ~ identifier
+            ) -}}
+        {%- endif %}
+        select
+        {%- for column in declared.columns.values() %}
+            cast(null as {{ column.data_type }}) as {{ adapter.quote(column.name) }}
+            {{- "," if not loop.last }}
+        {%- endfor %}
+        where false
+    {%- endif -%}
+{%- endmacro %}
+
+
 {# The label window's end (var label_end_at) as a SQL timestamp literal, or none when unset. #}
 {% macro label_end_at() -%}
     {%- set configured = var('label_end_at', none) -%}
