@@ -62,22 +62,22 @@ def say(message: str) -> None:
 
 
 def ingest_lake(raw_dir: str | None, settings: Settings = SETTINGS) -> dict[str, Any]:
-    """`recsys ingest --raw-dir raw_dir` when a folder is given (the API's landed events are
-    ingested with it); without one, the landed events alone. Rows per table, for the XCom."""
-    from recsys.ingest import ingest_folder, ingest_landing
+    """`recsys ingest --raw-dir raw_dir` when a folder is given (the API's landed events and
+    impressions are ingested with it); without one, the landed files alone. Rows per table, for
+    the XCom."""
+    from recsys.ingest import ingest_all_landing, ingest_folder
     from recsys.lake import TEMP_PREFIX, Lake
 
     if raw_dir:
         reports = ingest_folder(Path(raw_dir), settings, say=say)
     else:
-        say("no raw_dir: ingesting the events the API landed, if any")
+        say("no raw_dir: ingesting the events and impressions the API landed, if any")
         with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
-            landed = ingest_landing(
+            reports = ingest_all_landing(
                 Lake.from_settings(settings), Path(tmp), say, settings.max_event_timestamp_ms()
             )
-        reports = [landed] if landed is not None else []
         if not reports:
-            say("no landed events waiting")
+            say("no landed events or impressions waiting")
     return {
         r.table: {"accepted": r.accepted, "rejected": r.rejected, "unchanged": r.unchanged}
         for r in reports

@@ -369,3 +369,66 @@ def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
     check_parquet_reads(base / "lake")
     collect(lake, grace_seconds=0, temp_dir=writer.tmp)
     assert not [p for p in (base / "lake").rglob("*") if is_temporary(p)]
+
+
+def test_impression_ingest_killed_at_each_write(tiny_raw: Path, tmp_path: Path) -> None:
+    """`recsys ingest` killed while it takes the impressions the API landed: at a claim, mid-put
+    of a part, after a part, after the rejected lines, after a move to `_ingested/`. The
+    uninterrupted re-run must end as an ingest never killed: the same raw/ bytes (every
+    impression once, no impression of a half-done file taken for a batch sent twice), nothing
+    left waiting."""
+    import json
+
+    def line(n: int) -> str:
+        return json.dumps(
+            {
+                "impression_id": f"{n:032x}",
+                "served_at": 1_700_000_000_000 + n,
+                "visitor_id": n,
+                "route": "visitor",
+                "strategy": "personalized",
+                "policy": "interleave:ranker,als",
+                "experiment": "e",
+                "variant": "v",
+                "snapshot_version": "20260101T000000Z-0123abcd",
+                "model_version": "m1",
+                "anchor_item_id": None,
+                "items": [{"item_id": n, "rank": 1, "source": "ranker", "team": "als"}],
+            }
+        )
+
+    files = {  # two batches, each with a bad line; the second repeats one of the first
+        "20260101T000000000000Z-000000000000000a": [line(1), line(2), "{}"],
+        "20260101T000001000000Z-000000000000000b": [line(2), line(3), "not json"],
+    }
+
+    def prepared(name: str) -> Path:
+        data = tmp_path / name / "data"
+        lake = Lake(str(data / "lake"))
+        ingest(tiny_raw, lake)
+        landing = data / "lake" / "landing" / "impressions"
+        landing.mkdir(parents=True)
+        for stem, lines in files.items():
+            (landing / f"{stem}.jsonl").write_text("\n".join(lines) + "\n")
+        return data
+
+    reference = prepared("reference")
+    ingest(tiny_raw, Lake(str(reference / "lake")))
+    expected = raw_bytes(reference / "lake")
+    assert any(k.startswith("impressions/landed-") for k in expected)
+    points = {
+        "a claim": created("lake/landing/impressions/_claimed/"),
+        "mid-put of a part": hidden_in("lake/raw/impressions/"),
+        "a part": created("lake/raw/impressions/landed-"),
+        "the rejected lines": created("lake/raw/rejected/impressions-landed-"),
+        "a move": created("lake/landing/impressions/_ingested/"),
+    }
+    for name, point in points.items():
+        data = prepared(name)
+        Writer(data, tmp_path / f"{name}-work").kill_at(point, "ingest", "--raw-dir", str(tiny_raw))
+        check_parquet_reads(data / "lake")
+        ingest(tiny_raw, Lake(str(data / "lake")))
+        assert raw_bytes(data / "lake") == expected, name
+        landing = data / "lake" / "landing" / "impressions"
+        assert not list(landing.glob("*.jsonl")) and not list(landing.glob("_claimed/*")), name
+        assert len(list(landing.glob("_ingested/*.jsonl"))) == len(files), name

@@ -8,6 +8,7 @@ must be in `raw/events/` once, and nothing else. The rounds are bounded in count
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -19,7 +20,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from recsys.ingest import ingest_landing
+from recsys.atomic import write_atomic
+from recsys.ingest import (
+    IMPRESSIONS_LANDING_DIR,
+    TableReport,
+    ingest_landing,
+    ingest_landing_impressions,
+)
 from recsys.lake import Lake
 from tests.unit.api.conftest import make_settings
 
@@ -110,3 +117,68 @@ def test_retries_during_ingest_land_every_acknowledged_event_once(tmp_path: Path
             assert raw_events(lake) == expected, f"round {round_number}"
             assert not list(landing.glob("*.csv")) and not list(landing.glob("_claimed/*.csv"))
         assert len(acknowledged) == ROUNDS * (KEYS + PLAIN)  # one body per key, every plain one
+
+
+def impression_line(n: int) -> str:
+    return json.dumps(
+        {
+            "impression_id": f"{n:032x}",
+            "served_at": 1_767_225_600_000 + n,
+            "visitor_id": n,
+            "route": "visitor",
+            "strategy": "personalized",
+            "policy": "ranker",
+            "experiment": None,
+            "variant": None,
+            "snapshot_version": "20260101T000000Z-0123abcd",
+            "model_version": "m1",
+            "anchor_item_id": None,
+            "items": [{"item_id": n, "rank": 1, "source": "ranker", "team": None}],
+        }
+    )
+
+
+def test_impressions_landed_during_ingest_reach_raw_once(tmp_path: Path) -> None:
+    """The API's impression files (written to a temporary name, then renamed) land while
+    ingest runs again and again: every impression in `raw/impressions/` once, none rejected,
+    nothing left waiting."""
+    deadline = time.monotonic() + SECONDS
+    lake = Lake(str(tmp_path / "lake"))
+    landing = Path(lake.root) / IMPRESSIONS_LANDING_DIR
+    landing.mkdir(parents=True)
+    files, per_file = 60, 50
+    done = threading.Event()
+    reports: list[TableReport] = []
+
+    def writer() -> None:
+        for f in range(files):
+            lines = [impression_line(f * per_file + i) for i in range(per_file)]
+            write_atomic(landing / f"20260101T0000{f:02d}000000Z-{f:016x}.jsonl", "\n".join(lines))
+            time.sleep(0.005)
+
+    def ingester() -> None:
+        runs = 0
+        while not done.is_set() and time.monotonic() < deadline:
+            report = ingest_landing_impressions(
+                lake, tmp_path / f"run-{runs}", max_timestamp_ms=2**62
+            )
+            if report is not None:
+                reports.append(report)
+            runs += 1
+
+    writing, ingesting = threading.Thread(target=writer), threading.Thread(target=ingester)
+    ingesting.start()
+    writing.start()
+    writing.join(timeout=SECONDS)
+    done.set()
+    ingesting.join(timeout=SECONDS)
+    last = ingest_landing_impressions(lake, tmp_path / "last", max_timestamp_ms=2**62)
+    reports += [last] if last is not None else []
+    assert sum(r.accepted for r in reports) == files * per_file
+    assert sum(r.rejected for r in reports) == 0
+    ids = duckdb.sql(
+        f"select impression_id from read_parquet('{lake.url('raw/impressions/*.parquet')}')"
+    ).fetchall()
+    assert sorted(i for (i,) in ids) == [f"{n:032x}" for n in range(files * per_file)]
+    assert not list(landing.glob("*.jsonl")) and not list(landing.glob("_claimed/*"))
+    assert len(list(landing.glob("_ingested/*.jsonl"))) == files

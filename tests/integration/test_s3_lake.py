@@ -119,7 +119,10 @@ def test_landed_events_are_claimed_and_moved_on_s3(
         lake.read_bytes(f"{LANDING_DIR}/a.csv")
 
     # a claim a stopped ingest left, and a file waiting: both end in raw/ and `_ingested/`
-    rows = [(1430622700000, 5, "view", 12, None), (1430622720000, 5, "transaction", 12, 99)]
+    rows = [
+        (1430622700000, 5, "view", 12, None, "0123456789abcdef0123456789abcdef"),
+        (1430622720000, 5, "transaction", 12, 99, None),
+    ]
     land(lake, "key-a", to_csv(rows[:1]))
     lake.write_text(f"{CLAIMED_DIR}/key-b.csv", to_csv(rows[1:]))
     assert lake.glob(f"{LANDING_DIR}/*.csv") == [f"{LANDING_DIR}/key-a.csv"]
@@ -135,3 +138,63 @@ def test_landed_events_are_claimed_and_moved_on_s3(
     ]
     assert fs.exists(f"{root}/raw/events/landed-key-a.parquet")
     assert fs.exists(f"{root}/raw/events/landed-key-b.parquet")
+    landed = lake.duckdb().execute(
+        f"select * from read_parquet('{lake.url('raw/events/landed-*.parquet')}') order by 1"
+    )
+    assert landed.fetchall() == rows  # the impression id kept
+
+
+def test_landed_impressions_are_claimed_checked_and_moved_on_s3(
+    s3_settings: Settings, seaweed_s3: SeaweedS3, tmp_path: Path
+) -> None:
+    import json
+
+    from recsys.ingest import (
+        IMPRESSIONS_CLAIMED_DIR,
+        IMPRESSIONS_INGESTED_DIR,
+        IMPRESSIONS_LANDING_DIR,
+        ingest_landing_impressions,
+    )
+
+    def line(n: int) -> str:
+        return json.dumps(
+            {
+                "impression_id": f"{n:032x}",
+                "served_at": 1_767_225_600_000 + n,
+                "visitor_id": n,
+                "route": "visitor",
+                "strategy": "popular",
+                "policy": "popularity",
+                "experiment": None,
+                "variant": None,
+                "snapshot_version": "20260101T000000Z-0123abcd",
+                "model_version": "m1",
+                "anchor_item_id": None,
+                "items": [{"item_id": 5, "rank": 1, "source": "popular", "team": None}],
+            }
+        )
+
+    lake = Lake.from_settings(s3_settings)
+    # a claim a stopped ingest left, and a file waiting that repeats one of its impressions
+    lake.write_text(f"{IMPRESSIONS_CLAIMED_DIR}/a.jsonl", f"{line(1)}\n{line(2)}\n")
+    lake.write_text(f"{IMPRESSIONS_LANDING_DIR}/b.jsonl", f"{line(2)}\n{line(3)}\nnot json\n")
+    report = ingest_landing_impressions(lake, tmp_path / "work", max_timestamp_ms=2**62)
+    assert report is not None
+    assert (report.files, report.accepted, report.rejected) == (["a.jsonl", "b.jsonl"], 3, 2)
+    assert report.reasons == {"duplicate impression_id": 1, "not JSON": 1}
+    fs = s3fs.S3FileSystem(**seaweed_s3.s3fs_options(), use_listings_cache=False)
+    root = s3_settings.lake_uri.removeprefix("s3://")
+    assert sorted(p.removeprefix(f"{root}/") for p in fs.find(f"{root}/landing")) == [
+        f"{IMPRESSIONS_INGESTED_DIR}/a.jsonl",
+        f"{IMPRESSIONS_INGESTED_DIR}/b.jsonl",
+    ]
+    con = lake.duckdb()
+    ids = con.execute(
+        f"select impression_id from read_parquet('{lake.url('raw/impressions/*.parquet')}')"
+    ).fetchall()
+    assert sorted(i for (i,) in ids) == [f"{n:032x}" for n in (1, 2, 3)]
+    # the same batch again, under another name: the ids in raw/ on S3 are seen
+    lake.write_text(f"{IMPRESSIONS_LANDING_DIR}/c.jsonl", f"{line(1)}\n")
+    again = ingest_landing_impressions(lake, tmp_path / "again", max_timestamp_ms=2**62)
+    assert again is not None
+    assert (again.accepted, again.reasons) == (0, {"duplicate impression_id": 1})

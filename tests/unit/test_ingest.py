@@ -83,10 +83,10 @@ def test_every_bad_row_is_kept_with_its_reason(tmp_path: Path, lake: Lake) -> No
 
     accepted = read(lake, "raw/events/events.parquet")
     assert accepted == [
-        (1430622443000, 1, "view", 10, None),
-        (1430622456000, 1, "addtocart", 10, None),
-        (1430622500000, 1, "transaction", 10, 7),
-        (1430622600000, 2, "view", 11, None),
+        (1430622443000, 1, "view", 10, None, None),
+        (1430622456000, 1, "addtocart", 10, None, None),
+        (1430622500000, 1, "transaction", 10, 7, None),
+        (1430622600000, 2, "view", 11, None, None),
     ]
     summary = events.reasons
     assert summary["exact duplicate"] == 1
@@ -202,8 +202,8 @@ def test_quoted_fields_are_read_as_csv(
         "category_tree": 0,
     }
     assert read(lake, "raw/events/events.parquet")[-2:] == [
-        (1433223532117, 7, "view", 8, None),
-        (1433223532118, 7, "transaction", 8, 42),
+        (1433223532117, 7, "view", 8, None, None),
+        (1433223532118, 7, "transaction", 8, 42, None),
     ]
     assert read(lake, "raw/item_properties/item_properties.parquet") == [
         (1431226800000, 10, "790", "n552.000 639502"),
@@ -231,7 +231,7 @@ def test_quoted_fields_on_the_slow_path(tmp_path: Path, lake: Lake) -> None:
     reports = {r.table: r for r in ingest(raw, lake)}
     assert reports["events"].reasons == {"wrong number of fields: expected 5,": 1}
     assert reports["item_properties"].reasons == {"wrong number of fields: expected 4,": 1}
-    assert read(lake, "raw/events/events.parquet")[-1] == (1433223532117, 7, "view", 8, None)
+    assert read(lake, "raw/events/events.parquet")[-1] == (1433223532117, 7, "view", 8, None, None)
     assert read(lake, "raw/item_properties/item_properties.parquet") == [
         (1431226800000, 10, "790", "n552.000,639502"),
         (1431226800000, 11, "note", 'say "hi", twice'),
@@ -283,9 +283,9 @@ def test_an_unterminated_quote_is_rejected_never_merged(tmp_path: Path, lake: La
         (6, UNTERMINATED, '1430622443000,4,view,10,"'),
     ]
     assert read(lake, "raw/events/events.parquet") == [
-        (1430622443000, 1, "view", 10, None),
-        (1430622456000, 1, "addtocart", 10, None),
-        (1430622600000, 2, "view", 11, None),
+        (1430622443000, 1, "view", 10, None, None),
+        (1430622456000, 1, "addtocart", 10, None, None),
+        (1430622600000, 2, "view", 11, None, None),
     ]
     assert [(r[1], r[2]) for r in read(lake, "raw/rejected/item_properties.parquet")] == [
         (3, UNTERMINATED),
@@ -351,7 +351,7 @@ def test_events_in_the_future_are_rejected(tmp_path: Path, lake: Lake) -> None:
     (raw / "item_properties.csv").write_bytes(
         b"timestamp,itemid,property,value\n1431226800000,10,790,x\n%d,10,790,y\n" % FUTURE
     )
-    land(lake, "20260101T000000000000Z-a", to_csv([*LANDED, (FUTURE, 5, "view", 12, None)]))
+    land(lake, "20260101T000000000000Z-a", to_csv([*LANDED, (FUTURE, 5, "view", 12, None, None)]))
     reports = {r.table: r for r in ingest(raw, lake)}
     for table in ("events", "item_properties", "landed_events"):
         report = reports[table]
@@ -373,9 +373,9 @@ def test_events_in_the_future_are_rejected(tmp_path: Path, lake: Lake) -> None:
 # --- events the API landed (landing/events/): picked up by every ingest, exactly once
 
 LANDED = [
-    (1430622700000, 5, "view", 12, None),
-    (1430622710000, 5, "addtocart", 12, None),
-    (1430622720000, 5, "transaction", 12, 99),
+    (1430622700000, 5, "view", 12, None, None),
+    (1430622710000, 5, "addtocart", 12, None, "0123456789abcdef0123456789abcdef"),
+    (1430622720000, 5, "transaction", 12, 99, None),
 ]
 
 
@@ -385,7 +385,7 @@ def land(lake: Lake, batch_id: str, text: str) -> str:
     return api_land(lake, batch_id, text)
 
 
-def to_csv(rows: Sequence[tuple[int, int, str, int, int | None]]) -> str:
+def to_csv(rows: Sequence[tuple[int, int, str, int, int | None, str | None]]) -> str:
     from api.events import to_csv as api_to_csv
 
     return api_to_csv(rows)
@@ -527,7 +527,7 @@ def test_a_file_landed_again_while_its_claim_is_read_is_kept(
     # an Idempotency-Key retry lands under the same name while ingest works on the first copy
     raw = write_events(tmp_path / "raw", GOOD)
     land(lake, "key-abc", landed_rows())
-    retry = [(1430622730000, 5, "view", 13, None)]
+    retry = [(1430622730000, 5, "view", 13, None, None)]
     put = Lake.put
     retried: list[str] = []
 
@@ -632,3 +632,107 @@ def test_the_same_input_gives_the_same_raw_bytes(tmp_path: Path) -> None:
         images.append({p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()})
     assert images[0] == images[1]
     assert any(str(p).endswith("events.parquet") for p in images[0])
+
+
+# --- the impression_id column of landed events
+
+NEW_HEADER = "timestamp,visitorid,event,itemid,transactionid,impression_id\n"
+IMPRESSION = "0123456789abcdef0123456789abcdef"
+
+
+def test_landed_events_with_either_header_share_one_raw_schema(tmp_path: Path, lake: Lake) -> None:
+    raw = write_events(tmp_path / "raw", GOOD)
+    # an older API's file (no impression_id) and today's, with and without an impression
+    land(
+        lake,
+        "20260101T000000000000Z-old",
+        "timestamp,visitorid,event,itemid,transactionid\n1430622800000,6,view,13,\n",
+    )
+    land(
+        lake,
+        "20260101T000001000000Z-new",
+        NEW_HEADER + f"1430622800000,7,view,13,,{IMPRESSION}\n1430622801000,7,view,14,,\n"
+        "1430622802000,7,view,15,,ABCDEF\n"
+        f"1430622803000,7,view,16,,{IMPRESSION[:-1]}\n"
+        "1430622804000,7,view,17,\n",
+    )
+    reports = {r.table: r for r in ingest(raw, lake)}
+    landed = reports["landed_events"]
+    assert (landed.raw_rows, landed.accepted, landed.rejected) == (6, 3, 3)
+    assert landed.reasons == {
+        "bad impression_id": 2,
+        "wrong number of fields: expected 6,": 1,
+    }
+    assert read(lake, "raw/events/landed-20260101T000000000000Z-old.parquet") == [
+        (1430622800000, 6, "view", 13, None, None)
+    ]
+    assert read(lake, "raw/events/landed-20260101T000001000000Z-new.parquet") == [
+        (1430622800000, 7, "view", 13, None, IMPRESSION),
+        (1430622801000, 7, "view", 14, None, None),  # empty: null, as for events.csv rows
+    ]
+    rejected = read(lake, "raw/rejected/landed-20260101T000001000000Z-new.parquet")
+    assert [(r[1], r[2], r[3]) for r in rejected] == [
+        (4, "bad impression_id", "1430622802000,7,view,15,,ABCDEF"),
+        (5, "bad impression_id", f"1430622803000,7,view,16,,{IMPRESSION[:-1]}"),
+        (6, "wrong number of fields: expected 6, got 5", "1430622804000,7,view,17,"),
+    ]
+    # every file of raw/events/ (events.csv's included) has the same columns and types
+    schemas = {
+        tuple(duckdb.sql(f"describe select * from read_parquet('{p}')").fetchall())
+        for p in (Path(lake.root) / "raw/events").glob("*.parquet")
+    }
+    assert len(schemas) == 1
+    assert [(c[0], c[1]) for c in schemas.pop()][-1] == ("impression_id", "VARCHAR")
+
+
+def test_an_exact_duplicate_of_a_landed_event_includes_its_impression(
+    tmp_path: Path, lake: Lake
+) -> None:
+    land(
+        lake,
+        "20260101T000000000000Z-a",
+        NEW_HEADER + f"1430622800000,7,view,13,,{IMPRESSION}\n1430622800000,7,view,13,,\n"
+        f"1430622800000,7,view,13,,{IMPRESSION}\n",
+    )
+    report = ingest_landing(lake, tmp_path / "work")
+    assert report is not None
+    assert (report.accepted, report.rejected) == (2, 1)
+    rejected = read(lake, "raw/rejected/landed-20260101T000000000000Z-a.parquet")
+    assert [(r[1], r[2]) for r in rejected] == [
+        (4, "exact duplicate of line 2 of 20260101T000000000000Z-a.csv")
+    ]
+
+
+def test_events_written_before_the_impression_column_are_written_again(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lake ingested by an older version: the same events.csv is ingested again, once, so that
+    raw/events/ gets one schema; after that it is unchanged, as before."""
+    raw = write_events(tmp_path / "raw", GOOD)
+    monkeypatch.setattr(ingest_module, "raw_schema", ingest_module.accepted_schema)
+    ingest(raw, lake)
+    columns = duckdb.sql(
+        f"describe select * from read_parquet('{lake.url('raw/events/events.parquet')}')"
+    ).fetchall()
+    assert [c[0] for c in columns][-1] == "transactionid"  # the old layout
+    monkeypatch.undo()
+    messages: list[str] = []
+    reports = {r.table: r for r in ingest(raw, lake, progress=messages.append)}
+    assert not reports["events"].unchanged
+    assert reports["item_properties"].unchanged
+    assert "events: written with older columns: ingesting it again" in messages
+    assert read(lake, "raw/events/events.parquet")[0] == (1430622443000, 1, "view", 10, None, None)
+    check_raw(lake)
+    assert all(r.unchanged for r in ingest(raw, lake))
+
+
+def test_a_landing_file_with_a_name_the_api_never_writes_is_refused(
+    tmp_path: Path, lake: Lake
+) -> None:
+    write_events(tmp_path / "raw", GOOD)
+    target = Path(lake.root) / LANDING_DIR / "a b'.csv"
+    target.parent.mkdir(parents=True)
+    target.write_text(landed_rows())
+    with pytest.raises(IngestError, match=r"a landing file named \"a b'\.csv\""):
+        ingest_landing(lake, tmp_path / "work")
+    assert target.exists()  # not claimed: it waits until someone looks
