@@ -8,9 +8,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 
+# (strategy, the rendered `items` array, item ids, sources, teams or None): what an answer's
+# response and its impression need (api.routes.recommendations.to_cached)
+CachedAnswer = tuple[str, bytes, tuple[int, ...], tuple[str, ...], tuple[str, ...] | None]
+
 
 class AnswerCache:
-    """A least-recently-used cache of finished answers (strategy, rendered JSON), bounded in
+    """A least-recently-used cache of finished answers (`CachedAnswer`), bounded in
     bytes, owned by one snapshot.
 
     An entry counts what it holds: the answer (a k=100 answer is ten times a k=10 one) and its
@@ -28,15 +32,17 @@ class AnswerCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._data: OrderedDict[Hashable, tuple[tuple[str, bytes], int]] = OrderedDict()
+        self._data: OrderedDict[Hashable, tuple[CachedAnswer, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def size_of(cls, key: Hashable, value: tuple[str, bytes]) -> int:
-        """The bytes an entry is counted for."""
-        return cls.ENTRY_OVERHEAD + len(value[1]) + _key_bytes(key)
+    def size_of(cls, key: Hashable, value: CachedAnswer) -> int:
+        """The bytes an entry is counted for: the rendered answer, its ids (a tuple slot and an
+        int object each; sources and teams are shared strings, a slot each) and the key."""
+        per_item = 8 + 32 + 8 + (8 if value[4] is not None else 0)
+        return cls.ENTRY_OVERHEAD + len(value[1]) + per_item * len(value[2]) + _key_bytes(key)
 
-    def get(self, key: Hashable) -> tuple[str, bytes] | None:
+    def get(self, key: Hashable) -> CachedAnswer | None:
         with self._lock:
             entry = self._data.get(key)
             if entry is None:
@@ -44,7 +50,7 @@ class AnswerCache:
             self._data.move_to_end(key)
             return entry[0]
 
-    def put(self, key: Hashable, value: tuple[str, bytes]) -> None:
+    def put(self, key: Hashable, value: CachedAnswer) -> None:
         if self.max_bytes <= 0:
             return
         size = self.size_of(key, value)

@@ -36,18 +36,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from recsys.atomic import write_atomic
-from recsys.ingest import CLAIMED_DIR, EVENTS, INGESTED_DIR, LANDING_DIR
+from recsys.ingest import CLAIMED_DIR, INGESTED_DIR, LANDED_EVENTS, LANDING_DIR
 from recsys.lake import Lake
 
-HEADER = ",".join(EVENTS.names)
+# `events.csv`'s columns and the impression the event came from (empty when unknown)
+HEADER = ",".join(LANDED_EVENTS.names)
 
 
-def to_csv(rows: Sequence[tuple[int, int, str, int, int | None]]) -> str:
-    """Validated events as `events.csv` text (ids and timestamps are plain integers)."""
+def to_csv(rows: Sequence[tuple[int, int, str, int, int | None, str | None]]) -> str:
+    """Validated events as `events.csv` text with the `impression_id` column (ids and
+    timestamps are plain integers, impression ids 32 hex characters: nothing to quote)."""
     lines = [HEADER]
-    for timestamp, visitor, event, item, transaction in rows:
+    for timestamp, visitor, event, item, transaction, impression in rows:
         lines.append(
-            f"{timestamp},{visitor},{event},{item},{'' if transaction is None else transaction}"
+            f"{timestamp},{visitor},{event},{item},{'' if transaction is None else transaction},"
+            f"{impression or ''}"
         )
     return "\n".join(lines) + "\n"
 

@@ -30,6 +30,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.events import RecentBatches
+from api.experiments import ExperimentsFile
+from api.impressions import ImpressionLog
 from api.memory import tune_allocator
 from api.metrics import Metrics
 from api.middleware import API_KEY_HEADER, ServiceMiddleware
@@ -217,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.lake = lake
         app.state.store = store
+        impressions.start(lake)
         await anyio.to_thread.run_sync(store.refresh)
         if store.current is None:
             log.warning("starting without a snapshot: %s", store.last_error)
@@ -234,6 +237,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            # what is buffered goes to the lake before the process ends
+            await anyio.to_thread.run_sync(impressions.stop)
             gc.unfreeze()
 
     app = FastAPI(
@@ -251,6 +256,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.recent_batches = RecentBatches()
+    impressions = ImpressionLog(
+        metrics,
+        capacity=settings.recsys_impressions_buffer,
+        flush_seconds=settings.recsys_impressions_flush_seconds,
+        enabled=settings.recsys_impressions_log,
+    )
+    app.state.impressions = impressions
+    app.state.experiments = (
+        ExperimentsFile(
+            settings.recsys_experiments_file,
+            on_failure=lambda _reason: metrics.experiment_reload_failures.inc(),
+        )
+        if settings.recsys_experiments_file is not None
+        else None
+    )
     # every /v1 route may answer these, whatever the settings (a client generated from a
     # development server must know them too); the checks are ServiceMiddleware's
     for router in (recommendations.router, items.router, events.router):
@@ -325,4 +345,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 # what a page's script may read of an answer (browsers hide other headers from it)
-EXPOSED_HEADERS = ("X-Snapshot-Version", "X-Model-Version", "ETag", "Retry-After")
+EXPOSED_HEADERS = (
+    "X-Snapshot-Version",
+    "X-Model-Version",
+    "X-Impression-Id",
+    "ETag",
+    "Retry-After",
+)

@@ -128,6 +128,32 @@ class Metrics:
             "landed twice.",
             registry=r,
         )
+        self.impressions_logged = Counter(
+            "recsys_impressions_logged",
+            "Recommendation answers kept for the impression log (api.impressions).",
+            registry=r,
+        )
+        self.impressions_written = Counter(
+            "recsys_impressions_written",
+            "Impressions written to the lake's landing/impressions/.",
+            registry=r,
+        )
+        self.impressions_dropped = Counter(
+            "recsys_impressions_dropped",
+            "Impressions not logged because the buffer was full (the lake slow or down): "
+            "the answers went out, their record did not.",
+            registry=r,
+        )
+        self.impression_write_failures = Counter(
+            "recsys_impression_write_failures",
+            "Attempts to write a file of impressions to the lake that failed.",
+            registry=r,
+        )
+        self.experiment_reload_failures = Counter(
+            "recsys_experiments_reload_failures",
+            "Edits of the experiments file that could not be loaded; the last good one stayed.",
+            registry=r,
+        )
         ProcessCollector(registry=r)  # resident memory, CPU, open files of this process
         # children by label values, made once (`labels()` takes a lock on every call); every
         # series exists from the start, at 0, so that rates and alerts see them

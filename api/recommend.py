@@ -15,12 +15,17 @@ catalogue by popularity, so `k` items come back whenever the catalogue has them.
   snapshot's CatBoost ranker on request-time features (`api.features`). `personalized` when
   the visitor has ALS candidates, `session` otherwise.
 - `similar_to` (similar items): the item's similar items, then popular items of its category.
+
+Experiments (`api.experiments`) choose a policy per visitor; `for_policy` answers with it:
+`ranker` is the two above, `als` the visitor's ALS candidates in ALS order without the ranker
+(then similar and popular items), `popularity` the popular list, and `interleaved` mixes two of
+them by team draft, recording which policy placed each item.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +53,7 @@ class Answer:
     sources: list[str] = field(default_factory=list)  # ranker | als | similar | popular
     confidences: list[float | None] = field(default_factory=list)
     categories: list[int | None] = field(default_factory=list)  # None: not looked up yet
+    teams: list[str] | None = None  # interleaved lists: the policy that placed each item
 
     def items_json(self, snapshot: Snapshot) -> bytes:
         """The `items` array as JSON bytes (rendered once, cached with the answer).
@@ -411,3 +417,111 @@ def similar_to(snapshot: Snapshot, item_id: int, k: int) -> Answer:
     if picker.missing > 0:
         picker.fill_with_popular()
     return picker.answer
+
+
+POLICIES = ("ranker", "als", "popularity")
+
+
+def als_order(
+    snapshot: Snapshot,
+    visitor_id: int | None,
+    session_item_ids: Sequence[int],
+    k: int,
+    category_id: int | None = None,
+    exclude: Sequence[int] = (),
+) -> Answer:
+    """The `als` policy: the visitor's ALS candidates in ALS order (the ranker left out), then
+    the items similar to the session's (or the visitor's latest) items, then popular items:
+    the candidate pool in the order ALS alone gives it (`als` in metrics.json)."""
+    picker = _Picker(snapshot, k, category_id, exclude, visitor_id)
+    if visitor_id is not None:
+        start, end = snapshot.candidates.span(visitor_id)
+        cols = snapshot.candidate_cols
+        if picker.offer(cols["item_id"][start:end], cols["als_score"][start:end], "als"):
+            picker.answer.strategy = "personalized"
+    if picker.missing > 0:
+        seeds = session_seeds(session_item_ids)
+        if len(seeds) == 0 and visitor_id is not None:
+            seeds = latest_items(snapshot, visitor_id)
+        if len(seeds):
+            items, scores = similar_of(snapshot, seeds)
+            if picker.offer(items, scores, "similar") and picker.answer.strategy == "popular":
+                picker.answer.strategy = "session"
+    if picker.missing > 0:
+        picker.fill_with_popular()
+    return picker.answer
+
+
+def popularity(
+    snapshot: Snapshot,
+    visitor_id: int | None,
+    k: int,
+    category_id: int | None = None,
+    exclude: Sequence[int] = (),
+) -> Answer:
+    """The `popularity` policy: the popular list (of the category), for everyone."""
+    picker = _Picker(snapshot, k, category_id, exclude, visitor_id)
+    picker.fill_with_popular()
+    return picker.answer
+
+
+def for_policy(
+    snapshot: Snapshot,
+    policy: str,
+    route: str,
+    visitor_id: int | None,
+    session_item_ids: Sequence[int],
+    k: int,
+    category_id: int | None = None,
+    exclude: Sequence[int] = (),
+) -> Answer:
+    """The answer of one plain policy (`POLICIES`) on `route` (`visitor`: GET, `session`:
+    POST, which ranks now)."""
+    if policy == "ranker":
+        if route == "session":
+            return for_session(snapshot, visitor_id, session_item_ids, k, category_id, exclude)
+        assert visitor_id is not None
+        return for_visitor(snapshot, visitor_id, k, category_id, exclude)
+    if policy == "als":
+        return als_order(snapshot, visitor_id, session_item_ids, k, category_id, exclude)
+    if policy == "popularity":
+        return popularity(snapshot, visitor_id, k, category_id, exclude)
+    raise ValueError(f"unknown policy {policy!r}")
+
+
+def interleaved(
+    snapshot: Snapshot,
+    sides: tuple[str, str],
+    draft: Callable[[list[int], list[int], int], tuple[list[int], list[str]]],
+    route: str,
+    visitor_id: int | None,
+    session_item_ids: Sequence[int],
+    k: int,
+    category_id: int | None = None,
+    exclude: Sequence[int] = (),
+) -> Answer:
+    """Two policies' lists mixed by `draft` (team draft, `api.experiments.team_draft` with its
+    seed bound), each item keeping the score and source its own list gave it, and its team.
+
+    Each side's list is asked for twice `k` items (at most 100): when the other team took a
+    side's first choices, it picks further down its own list.
+    """
+    depth = min(2 * k, 100)
+    a, b = (
+        for_policy(snapshot, side, route, visitor_id, session_item_ids, depth, category_id, exclude)
+        for side in sides
+    )
+    items, teams = draft(a.item_ids, b.item_ids, k)
+    rows = {}
+    for answer in (b, a):  # a's row wins for an item both lists hold
+        for i, item in enumerate(answer.item_ids):
+            rows[item] = (answer.scores[i], answer.sources[i], answer.categories[i])
+    out = Answer(strategy=a.strategy if a.item_ids else b.strategy, teams=list(teams))
+    for item in items:
+        score, source, category = rows[item]
+        out.item_ids.append(item)
+        out.scores.append(score)
+        out.sources.append(source)
+        out.confidences.append(None)  # calibrated for one list's ranks, not for a mix
+        out.categories.append(category)
+    return out

@@ -35,10 +35,13 @@ def item_list(
     key_value: int | None,
     items_json: bytes,
     strategy: str,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str],
+    impression_id: str,
+    choice_json: bytes,
 ) -> Response:
-    """`{<key>, items, strategy, snapshot_version, model_version}` as a response (with
-    `headers` beside the version headers)."""
+    """`{<key>, items, strategy, impression_id, experiment, variant, snapshot_version,
+    model_version}` as a response, with `headers` (the version headers among them) and
+    `X-Impression-Id`."""
     body = b"".join(
         (
             b'{"',
@@ -49,19 +52,26 @@ def item_list(
             items_json,
             b',"strategy":"',
             strategy.encode(),  # one of the Strategy literals: nothing to escape
+            b'","impression_id":"',
+            impression_id.encode(),  # 32 hex characters (api.impressions)
             b'",',
+            choice_json,
+            b",",
             snapshot.versions_json,
             b"}",
         )
     )
-    return Response(body, media_type=JSON, headers=headers or version_headers(snapshot))
+    headers["x-impression-id"] = impression_id
+    return Response(body, media_type=JSON, headers=headers)
 
 
 def etag(snapshot: Snapshot, request_key: Hashable) -> str:
-    """A strong ETag for the answer to `request_key` (the request's parsed parameters) from
-    `snapshot`: its version and a digest of the parameters."""
+    """A weak ETag for the answer to `request_key` (the request's parsed parameters and the
+    policy that answers them) from `snapshot`: its version and a digest of the parameters.
+    Weak, because two answers to the same request differ in their `impression_id` while their
+    lists are the same (RFC 9110: weak tags name semantically equivalent representations)."""
     digest = hashlib.blake2b(repr(request_key).encode(), digest_size=8).hexdigest()
-    return f'"{snapshot.version}-{digest}"'
+    return f'W/"{snapshot.version}-{digest}"'
 
 
 def not_modified(request: Request, tag: str) -> bool:
@@ -72,7 +82,8 @@ def not_modified(request: Request, tag: str) -> bool:
         return False
     if given.strip() == "*":
         return True
-    return any(t.strip().removeprefix("W/") == tag for t in given.split(","))
+    opaque = tag.removeprefix("W/")
+    return any(t.strip().removeprefix("W/") == opaque for t in given.split(","))
 
 
 def cached_item_list(
@@ -83,11 +94,17 @@ def cached_item_list(
     key_value: int | None,
     items_json: bytes,
     strategy: str,
+    impression_id: str,
+    choice_json: bytes,
 ) -> Response:
     """`item_list` for a GET: with its ETag and Cache-Control, or a 304 without a body when
-    the client already holds it."""
+    the client already holds it (the client shows its copy again: the 304 is an impression
+    too, named in `X-Impression-Id`)."""
     tag = etag(snapshot, request_key)
     headers = {**version_headers(snapshot), "etag": tag, "cache-control": CACHE_CONTROL_GET}
     if not_modified(request, tag):
+        headers["x-impression-id"] = impression_id
         return Response(status_code=304, headers=headers)
-    return item_list(snapshot, key, key_value, items_json, strategy, headers)
+    return item_list(
+        snapshot, key, key_value, items_json, strategy, headers, impression_id, choice_json
+    )

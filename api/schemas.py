@@ -42,6 +42,10 @@ EXAMPLE_ITEM: dict[str, JsonValue] = {
 CategoryId = Annotated[int, Field(strict=True, ge=-1, le=MAX_ID)]
 Strategy = Literal["personalized", "session", "popular"]
 Source = Literal["ranker", "als", "similar", "popular"]
+IMPRESSION_ID_PATTERN = r"^[0-9a-f]{32}$"
+ImpressionId = Annotated[
+    str, Field(pattern=IMPRESSION_ID_PATTERN, examples=["3f9c2a7d1e4b6a80000000000000002a"])
+]
 
 
 class Recommendation(BaseModel):
@@ -68,6 +72,9 @@ class RecommendationList(BaseModel):
                     "visitor_id": 257597,
                     "items": [EXAMPLE_ITEM],
                     "strategy": "personalized",
+                    "impression_id": "3f9c2a7d1e4b6a80000000000000002a",
+                    "experiment": "ranker_vs_popularity",
+                    "variant": "control",
                     "snapshot_version": "20261202T040450Z-bb71950c",
                     "model_version": "ranker-20261202T040450Z",
                 }
@@ -78,6 +85,14 @@ class RecommendationList(BaseModel):
     visitor_id: int | None
     items: list[Recommendation]
     strategy: Strategy
+    impression_id: ImpressionId = Field(
+        description="this answer's id: send it with the events it leads to (POST /v1/events) "
+        "for exact attribution; also in the X-Impression-Id header"
+    )
+    experiment: str | None = Field(
+        default=None, description="the experiment the visitor is in, when there is one"
+    )
+    variant: str | None = Field(default=None, description="the visitor's variant in it")
     snapshot_version: str
     model_version: str
 
@@ -90,6 +105,9 @@ class SimilarItems(BaseModel):
                     "item_id": 355908,
                     "items": [{**EXAMPLE_ITEM, "source": "similar", "confidence": None}],
                     "strategy": "similar",
+                    "impression_id": "3f9c2a7d1e4b6a80000000000000002b",
+                    "experiment": None,
+                    "variant": None,
                     "snapshot_version": "20261202T040450Z-bb71950c",
                     "model_version": "ranker-20261202T040450Z",
                 }
@@ -100,6 +118,14 @@ class SimilarItems(BaseModel):
     item_id: int
     items: list[Recommendation]
     strategy: Literal["similar", "popular"]
+    impression_id: ImpressionId = Field(
+        description="this answer's id: send it with the events it leads to (POST /v1/events) "
+        "for exact attribution; also in the X-Impression-Id header"
+    )
+    experiment: str | None = Field(
+        default=None, description="the experiment the visitor is in, when there is one"
+    )
+    variant: str | None = Field(default=None, description="the visitor's variant in it")
     snapshot_version: str
     model_version: str
 
@@ -146,6 +172,7 @@ class Event(BaseModel):
                     "visitorid": 257597,
                     "event": "view",
                     "itemid": 355908,
+                    "impression_id": "3f9c2a7d1e4b6a80000000000000002a",
                 },
                 {
                     "timestamp": 1442004917175,
@@ -168,6 +195,12 @@ class Event(BaseModel):
         default=None,
         validate_default=True,
         description="required for a transaction, absent otherwise",
+    )
+    impression_id: ImpressionId | None = Field(
+        default=None,
+        description="the `impression_id` of the recommendation answer that led to this event, "
+        "when the client knows it: the event is then attributed to that answer exactly "
+        "(otherwise by time, within the attribution window)",
     )
 
     @field_validator("transactionid")

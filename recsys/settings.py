@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     recsys_api_cors_origins: str = ""
     # answers of at least this many bytes are gzipped for a client that accepts it; 0 = never
     recsys_api_gzip_min_bytes: int = Field(default=1_400, ge=0, le=64 * 1_048_576)
+    # the closed loop (README, "The closed loop"): what the service showed, and experiments
+    recsys_impressions_log: bool = True  # log every answer to the lake's landing/impressions/
+    recsys_impressions_buffer: int = Field(default=100_000, ge=0, le=10_000_000)
+    recsys_impressions_flush_seconds: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
+    recsys_experiments_file: Path | None = None  # YAML; unset: no experiments
     # how far ahead of this machine's clock an event may be (the API refuses, ingest rejects)
     recsys_max_clock_skew_seconds: int = Field(default=300, ge=0, le=7 * 86_400)
 

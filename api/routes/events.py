@@ -68,7 +68,10 @@ def post_events(
     settings: Settings = request.app.state.settings
     _refuse_future(rows, isinstance(batch, list), settings)
     text = events.to_csv(
-        [(e.timestamp, e.visitorid, e.event, e.itemid, e.transactionid) for e in rows]
+        [
+            (e.timestamp, e.visitorid, e.event, e.itemid, e.transactionid, e.impression_id)
+            for e in rows
+        ]
     )
     lake = request.app.state.lake
     if idempotency_key:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from api import recommend
+from api import loop, recommend
 from api.deps import SimilarParams, snapshot_of
 from api.metrics import Metrics
 from api.responses import cached_item_list
@@ -12,6 +12,7 @@ from api.routes.recommendations import (
     CACHEABLE_RESPONSES,
     INVALID_RESPONSE,
     NO_SNAPSHOT_RESPONSE,
+    to_cached,
 )
 from api.schemas import SimilarItems
 
@@ -38,9 +39,24 @@ async def similar_items(request: Request) -> Response:
     cached = snapshot.similar_cache.get(key)
     metrics.count_cache("similar", cached is not None)
     if cached is None:
-        answer = recommend.similar_to(snapshot, item_id, k)
-        cached = (answer.strategy, answer.items_json(snapshot))
+        cached = to_cached(recommend.similar_to(snapshot, item_id, k), snapshot)
         snapshot.similar_cache.put(key, cached)
-    strategy, items = cached
+    strategy, items, item_ids, sources, _ = cached
     metrics.count_answer("similar", strategy)
-    return cached_item_list(request, snapshot, (item_id, k), "item_id", item_id, items, strategy)
+    impression_id = request.app.state.impressions.ids.new()
+    # similar items are never split by an experiment: the control's policy, no experiment
+    loop.log(
+        request, impression_id, snapshot, loop.CONTROL, "similar", None, strategy, item_ids,
+        sources, None, anchor_item_id=item_id,
+    )  # fmt: skip
+    return cached_item_list(
+        request,
+        snapshot,
+        (item_id, k),
+        "item_id",
+        item_id,
+        items,
+        strategy,
+        impression_id,
+        loop.CONTROL.json,
+    )

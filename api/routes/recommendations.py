@@ -6,11 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from api import recommend
+from api import loop, recommend
+from api.cache import CachedAnswer
 from api.deps import AppMetrics, VisitorParams, snapshot_of
 from api.metrics import Metrics
 from api.responses import CACHE_CONTROL_POST, cached_item_list, item_list, version_headers
 from api.schemas import ApiError, RecommendationList, RecommendationRequest
+from api.snapshot import Snapshot
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 
@@ -87,24 +89,35 @@ async def recommendations_for_visitor(request: Request) -> Response:
         params.category_id,
         params.excluded,
     )
+    choice = loop.choose(request, "visitor", visitor_id)
     known = visitor_id in snapshot.recs or visitor_id in snapshot.interactions
-    key = (visitor_id if known else None, k, category_id, excluded)
+    # an unknown visitor's list is everyone's (popular items), except when interleaving: its
+    # coin flips are the visitor's own
+    shared = not known and choice.sides is None
+    key = (choice.policy, None if shared else visitor_id, k, category_id, excluded)
     cached = snapshot.cache.get(key)
     metrics.count_cache("recommendations", cached is not None)
     if cached is None:
-        answer = recommend.for_visitor(snapshot, visitor_id, k, category_id, excluded)
-        cached = (answer.strategy, answer.items_json(snapshot))
+        answer = loop.answer(snapshot, choice, "visitor", visitor_id, (), k, category_id, excluded)
+        cached = to_cached(answer, snapshot)
         snapshot.cache.put(key, cached)
-    strategy, items = cached
+    strategy, items, item_ids, sources, teams = cached
     metrics.count_answer("visitor", strategy)
+    impression_id = request.app.state.impressions.ids.new()
+    loop.log(
+        request, impression_id, snapshot, choice, "visitor", visitor_id, strategy, item_ids,
+        sources, teams,
+    )  # fmt: skip
     return cached_item_list(
         request,
         snapshot,
-        (visitor_id, k, category_id, excluded),
+        (choice.policy, visitor_id, k, category_id, excluded),
         "visitor_id",
         visitor_id,
         items,
         strategy,
+        impression_id,
+        choice.json,
     )
 
 
@@ -130,8 +143,11 @@ def recommendations_for_session(
     # The snapshot is looked up after the body is valid: a bad request is a 422 with or
     # without a snapshot, as on GET
     snapshot = snapshot_of(http)
-    answer = recommend.for_session(
+    choice = loop.choose(http, "session", request.visitor_id)
+    answer = loop.answer(
         snapshot,
+        choice,
+        "session",
         request.visitor_id,
         request.session_item_ids,
         request.k,
@@ -139,6 +155,11 @@ def recommendations_for_session(
         tuple(request.exclude_item_ids),
     )
     metrics.count_answer("session", answer.strategy)
+    impression_id = http.app.state.impressions.ids.new()
+    loop.log(
+        http, impression_id, snapshot, choice, "session", request.visitor_id, answer.strategy,
+        answer.item_ids, answer.sources, answer.teams,
+    )  # fmt: skip
     return item_list(
         snapshot,
         "visitor_id",
@@ -146,4 +167,18 @@ def recommendations_for_session(
         answer.items_json(snapshot),
         answer.strategy,
         {**version_headers(snapshot), "cache-control": CACHE_CONTROL_POST},
+        impression_id,
+        choice.json,
+    )
+
+
+def to_cached(answer: recommend.Answer, snapshot: Snapshot) -> CachedAnswer:
+    """What the answer cache keeps of an answer: what the response needs (strategy, the
+    rendered items) and what its impression records (items, sources, teams)."""
+    return (
+        answer.strategy,
+        answer.items_json(snapshot),
+        tuple(answer.item_ids),
+        tuple(answer.sources),
+        None if answer.teams is None else tuple(answer.teams),
     )

@@ -36,7 +36,7 @@ def test_one_event_is_written_before_the_202(client: TestClient) -> None:
     (new,) = set(landing_files(client)) - before
     assert new.name == f"{body['batch_id']}.csv"
     assert new.read_text() == (
-        "timestamp,visitorid,event,itemid,transactionid\n1442545187123,1,view,5,\n"
+        "timestamp,visitorid,event,itemid,transactionid,impression_id\n1442545187123,1,view,5,,\n"
     )
     assert not list(new.parent.glob("*.tmp"))  # nothing half-written left behind
     assert metric(client, "recsys_events_accepted_total") == accepted + 1
@@ -48,9 +48,9 @@ def test_a_batch_is_one_file(client: TestClient) -> None:
     assert response.status_code == 202 and response.json()["accepted"] == 3
     (new,) = set(landing_files(client)) - before
     assert new.read_text().splitlines()[1:] == [
-        "1442545187123,1,view,5,",
-        "1442545187123,1,transaction,5,77",
-        "1442545187123,1,addtocart,5,",
+        "1442545187123,1,view,5,,",
+        "1442545187123,1,transaction,5,77,",
+        "1442545187123,1,addtocart,5,,",
     ]
 
 

@@ -116,6 +116,8 @@ def test_answers_come_from_the_cache_the_second_time(client: TestClient) -> None
     misses = metric(client, "recsys_cache_misses_total", cache="recommendations")
     first = client.get("/v1/recommendations/1002?k=4&exclude=51").json()
     second = client.get("/v1/recommendations/1002?k=4&exclude=51").json()
+    # the same answer, shown again: another impression
+    assert first.pop("impression_id") != second.pop("impression_id")
     assert first == second
     assert [row["item_id"] for row in first["items"]] == [50, 52, 53, 54]
     assert metric(client, "recsys_cache_misses_total", cache="recommendations") == misses + 1
