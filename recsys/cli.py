@@ -223,6 +223,63 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from recsys.generate import LATENT_FILE
+    from recsys.simulate import Api, Behaviour, LatentError, SimulateError, load_shop, run
+
+    latent = (
+        Path(args.latent) if args.latent else settings.data_dir / "demo" / args.scale / LATENT_FILE
+    )
+    api_key = args.api_key or (settings.api_keys[0] if settings.api_keys else None)
+    try:
+        behaviour = Behaviour(
+            boost=args.boost,
+            new_share=args.new_share,
+            sessions=args.sessions,
+            max_sessions=args.max_sessions,
+            k=args.k,
+            session_requests=args.session_requests,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bounds = [f"{args.duration:g} s"]
+    if args.shoppers is not None:
+        bounds.append(f"{args.shoppers:,} shoppers")
+    if args.rate:
+        bounds.append(f"{args.rate:g} shoppers/s")
+    try:
+        shop = load_shop(latent)
+        _say(
+            f"simulating shoppers of {latent} ({len(shop.visitor_id):,} visitors, "
+            f"{len(shop.item_id):,} items) against {args.api_url}: at most {', '.join(bounds)}, "
+            f"{args.concurrency} threads, boost {behaviour.boost:g}, seed {args.seed}"
+        )
+        api = Api(args.api_url, api_key)
+        api.check()
+        with tqdm(total=args.shoppers, unit="shopper", disable=args.no_progress) as bar:
+            report = run(
+                shop,
+                api,
+                seed=args.seed,
+                behaviour=behaviour,
+                duration=args.duration,
+                shoppers=args.shoppers,
+                rate=args.rate,
+                concurrency=args.concurrency,
+                progress=bar.update,
+            )
+    except (LatentError, SimulateError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in report.lines():
+        _say(f"  {line}")
+    _say(f"[simulate] done in {report.seconds:.1f}s")
+    return 0
+
+
 REVISITS_HELP = (
     "how visitors come back to items in generated data: as in RetailRocket, or never "
     "(each visitor meets each item once)"
@@ -315,6 +372,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen on a non-local address without RECSYS_API_KEYS",
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "simulate", help="simulated shoppers act on the running API's recommendations"
+    )
+    p.add_argument("--api-url", default="http://127.0.0.1:8000", help="the running API")
+    p.add_argument("--api-key", help="X-API-Key (default: the first of RECSYS_API_KEYS)")
+    p.add_argument(
+        "--latent",
+        help="the generator's latent.npz (default: the demo data's, "
+        "$RECSYS_DATA_DIR/demo/<scale>/latent.npz)",
+    )
+    p.add_argument(
+        "--scale", choices=["tiny", "small", "full"], default="small", help="the demo data's"
+    )
+    p.add_argument("--seed", type=int, default=SEED, help="same seed, same shoppers")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    p.add_argument("--shoppers", type=int, help="stop after this many shoppers")
+    p.add_argument(
+        "--rate", type=float, default=0.0, help="shoppers started per second (0: as fast as can be)"
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="threads (default 4)")
+    p.add_argument(
+        "--boost",
+        type=float,
+        default=4.0,
+        help="a shown item at rank r gets 1 + boost/log2(r+1) times its organic attention "
+        "(default 4)",
+    )
+    p.add_argument(
+        "--new-share", type=float, default=0.2, help="share of new visitors (default 0.2)"
+    )
+    p.add_argument(
+        "--sessions", type=int, help="sessions per shopper (default: the generator's geometric)"
+    )
+    p.add_argument("--max-sessions", type=int, default=10, help="cap on the geometric (default 10)")
+    p.add_argument("--k", type=int, default=10, help="list length asked for (default 10)")
+    p.add_argument(
+        "--session-requests",
+        action="store_true",
+        help="after each view, ask again (POST /v1/recommendations with the session's items)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_simulate)
     return parser
 
 

@@ -14,10 +14,41 @@ Writes `events.csv`, `item_properties_part1.csv`, `item_properties_part2.csv` an
 
 Everything is vectorised with NumPy and written with Arrow's CSV writer; one seed gives the same
 bytes every time (one `numpy.random.Generator` per component, spawned from the seed).
+
+Beside the CSVs the generator writes its latent state, `latent.npz` (`LATENT_FILE`), so that the
+simulated shoppers of `recsys simulate` (`recsys.simulate`) behave as the shop's own visitors did:
+same tastes, same item popularity, same funnel. Writing it draws no random number, so the CSVs
+of a seed are the same bytes with or without it. It is a NumPy `.npz` (compressed, no pickles:
+`numpy.load(path, allow_pickle=False)` reads it), 2.4 MB at `small` scale, about 25 MB at `full`:
+
+- `meta`: a JSON string (0-d array): `format_version` (`LATENT_FORMAT_VERSION`), `scale`,
+  `seed`, `revisits`, `cart_bias` and `purchase_bias` (the biases b that calibrate the cart and
+  purchase Bernoullis, sigmoid(logit + b), to `CART_RATE` and `PURCHASE_RATE` on the data set's
+  own views), `n_transaction_ids`, `current_period` (the last weekly period: the shop as of the
+  data's end) and `constants` (every behaviour constant below, the funnel coefficients
+  included, by name);
+- per visitor (`visitor_*`, in the generator's visitor order): `id`, `primary` and `secondary`
+  (category ids of the two tastes), `propensity` (added to the cart logit, x0.5 to the purchase
+  logit), `loyal`, `sessions` (how many sessions the data holds), `last_item` (the item id the
+  visitor's last session opened on: where a returning session may open again);
+- per item (`item_*`, sorted by id): `id`, `category` (category id that views draw from;
+  the first `categoryid` property), `moved_category` and `moved_at` (the category the
+  properties move the item to and the snapshot week they do, `N_SNAPSHOTS` = never),
+  `base_weight` (lognormal popularity, 0 = never viewed), `trend` (log change of popularity
+  over the span), `quality` (the funnel's item term), `unavailable_from` (snapshot week it goes
+  out of stock, `N_SNAPSHOTS` = never), `price` (the first `790` value) and `price_last` (the
+  last one), `has_properties`;
+- per category (`category_*`, in the generator's order): `id`, `parent` (id, -1 for roots),
+  `weight` (the summed base weight of its items: how often a session that browses anywhere
+  lands on it).
+
+`weekly_weights` and `unavailable_in_period` are the popularity and availability of a week, used
+by the generator and the simulator alike.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +68,9 @@ N_DAYS = 139
 FIRST_SNAPSHOT_MS = START_MS + WEEK_MS
 N_SNAPSHOTS = 19
 N_PERIODS = (N_DAYS + 6) // 7  # weekly periods over the event span
+
+LATENT_FILE = "latent.npz"
+LATENT_FORMAT_VERSION = 1
 
 EVENTS_HEADER = b"timestamp,visitorid,event,itemid,transactionid\n"
 PROPERTIES_HEADER = b"timestamp,itemid,property,value\n"
@@ -77,14 +111,21 @@ OFF_CATEGORY_VIEW = 0.1  # a view inside a session that leaves the session's cat
 CART_RATE = 0.0242
 PURCHASE_RATE = 0.274
 EXTRA_ITEM_P = 0.787  # geometric parameter: items a transaction adds at checkout, plus one
+# the funnel's logits: cart = CART_QUALITY x quality + propensity + CART_REVISIT x (the view
+# reopens an earlier session's item); purchase = BUY_QUALITY x quality + BUY_PROPENSITY x propensity
+CART_QUALITY, CART_REVISIT = 1.1, 1.6
+BUY_QUALITY, BUY_PROPENSITY = 0.7, 0.5
+PROPENSITY_SD = 0.6  # visitors' propensity ~ Normal(0, PROPENSITY_SD)
+UNAVAILABLE_WEIGHT = 0.15  # an unavailable item keeps this share of its popularity (views only)
 UNAVAILABLE_SHARE = 0.15  # items that go out of stock at some week
 CATEGORY_CHANGE_SHARE = 0.02  # items moved to another category at some week
 
 
 def _calibrated_bernoulli(
     rng: np.random.Generator, logits: np.ndarray, target: float, mask: np.ndarray | None = None
-) -> np.ndarray:
-    """Draw Bernoulli(sigmoid(logits + b)) with b chosen so that the mean rate is `target`."""
+) -> tuple[np.ndarray, float]:
+    """Draw Bernoulli(sigmoid(logits + b)) with b chosen so that the mean rate is `target`;
+    the draws and b (the simulator reuses b on its own logits)."""
     b = 0.0
     for _ in range(30):  # Newton steps on the mean probability
         p = 1.0 / (1.0 + np.exp(-(logits + b)))
@@ -100,7 +141,25 @@ def _calibrated_bernoulli(
     p = 1.0 / (1.0 + np.exp(-(logits + b)))
     if mask is not None:
         p = p * mask
-    return rng.random(len(logits)) < p
+    return rng.random(len(logits)) < p, float(b)
+
+
+def weekly_weights(
+    base_weight: np.ndarray, trend: np.ndarray, unavailable_from: np.ndarray, periods: np.ndarray
+) -> np.ndarray:
+    """Item popularity in each of `periods` (rows): base x trend, x UNAVAILABLE_WEIGHT once the
+    item is out of stock. Period p covers week p of the span."""
+    x = (periods + 0.5) / N_PERIODS - 0.5
+    weights = base_weight[None, :] * np.exp(trend[None, :] * x[:, None])
+    unavailable = unavailable_in_period(unavailable_from, periods)
+    return np.where(unavailable, weights * UNAVAILABLE_WEIGHT, weights)
+
+
+def unavailable_in_period(unavailable_from: np.ndarray, periods: np.ndarray) -> np.ndarray:
+    """(periods x items) True where the item is out of stock in the period: from the snapshot
+    week before it (the snapshot at the start of week p is p - 1)."""
+    snapshot_of_period = np.clip(periods - 1, 0, N_SNAPSHOTS - 1)
+    return snapshot_of_period[:, None] >= unavailable_from[None, :]
 
 
 def _category_tree(rng: np.random.Generator, scale: Scale) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +207,39 @@ class _Writer:
     def close(self) -> None:
         self.writer.close()
         self.sink.close()
+
+
+def latent_constants() -> dict[str, float]:
+    """The behaviour constants, by name, as `latent.npz` records them."""
+    return {
+        "LOYAL_SHARE": LOYAL_SHARE,
+        "LOYAL_SESSIONS_P": LOYAL_SESSIONS_P,
+        "CASUAL_SESSIONS_P": CASUAL_SESSIONS_P,
+        "SESSION_VIEWS_P": SESSION_VIEWS_P,
+        "REPEAT_VIEW_PROB": REPEAT_VIEW_PROB,
+        "REVISIT_PROB": REVISIT_PROB,
+        "PRIMARY_TASTE": PRIMARY_TASTE,
+        "SECONDARY_TASTE": SECONDARY_TASTE,
+        "OFF_CATEGORY_VIEW": OFF_CATEGORY_VIEW,
+        "CART_RATE": CART_RATE,
+        "PURCHASE_RATE": PURCHASE_RATE,
+        "EXTRA_ITEM_P": EXTRA_ITEM_P,
+        "UNAVAILABLE_SHARE": UNAVAILABLE_SHARE,
+        "CATEGORY_CHANGE_SHARE": CATEGORY_CHANGE_SHARE,
+        "CART_QUALITY": CART_QUALITY,
+        "CART_REVISIT": CART_REVISIT,
+        "BUY_QUALITY": BUY_QUALITY,
+        "BUY_PROPENSITY": BUY_PROPENSITY,
+        "PROPENSITY_SD": PROPENSITY_SD,
+        "UNAVAILABLE_WEIGHT": UNAVAILABLE_WEIGHT,
+        "START_MS": START_MS,
+        "DAY_MS": DAY_MS,
+        "WEEK_MS": WEEK_MS,
+        "N_DAYS": N_DAYS,
+        "N_PERIODS": N_PERIODS,
+        "N_SNAPSHOTS": N_SNAPSHOTS,
+        "FIRST_SNAPSHOT_MS": FIRST_SNAPSHOT_MS,
+    }
 
 
 # How visitors come back to items they have met: `retailrocket` as in the real data (repeat
@@ -220,11 +312,8 @@ def generate(
 
     order = np.lexsort((np.arange(n_items), item_cat))  # items grouped by category
     # weekly popularity: base x trend x availability (period p covers week p)
-    x = (np.arange(N_PERIODS) + 0.5) / N_PERIODS - 0.5
-    period_weights = base_weight[None, :] * np.exp(trend[None, :] * x[:, None])
-    snapshot_of_period = np.clip(np.arange(N_PERIODS) - 1, 0, N_SNAPSHOTS - 1)
-    unavailable = snapshot_of_period[:, None] >= unavailable_from[None, :]
-    period_weights = np.where(unavailable, period_weights * 0.15, period_weights)
+    period_weights = weekly_weights(base_weight, trend, unavailable_from, np.arange(N_PERIODS))
+    unavailable = unavailable_in_period(unavailable_from, np.arange(N_PERIODS))
     cat_weight = np.bincount(item_cat, weights=base_weight, minlength=n_cat)
     say(f"categories and items ready ({time.perf_counter() - t0:.1f}s)")
 
@@ -237,7 +326,7 @@ def generate(
         rng_vis.geometric(LOYAL_SESSIONS_P, n_vis),
         rng_vis.geometric(CASUAL_SESSIONS_P, n_vis),
     )
-    propensity = rng_vis.normal(0.0, 0.6, n_vis)
+    propensity = rng_vis.normal(0.0, PROPENSITY_SD, n_vis)
     leaf_weight = cat_weight[leaves]
     primary = leaves[rng_vis.choice(len(leaves), n_vis, p=leaf_weight / leaf_weight.sum())]
     # the secondary taste is a sibling of the primary when there is one, else anything popular
@@ -328,6 +417,9 @@ def generate(
     view_item[first_view[returning]] = prev_first_item[returning]
     is_revisit = np.zeros(n_views, dtype=bool)
     is_revisit[first_view[returning]] = True
+    # the item each visitor's last session opened on (sessions are sorted by visitor, then time)
+    last_session = np.flatnonzero(np.append(sess_vis[1:] != sess_vis[:-1], True))
+    visitor_last_item = item_ids[view_item[first_view[last_session]]]
     if never:  # a visitor's later views of an item they already met are not made
         meeting = sess_vis[view_sess].astype(np.int64) * n_items + view_item
         by_time = np.argsort(view_t, kind="stable")
@@ -341,12 +433,14 @@ def generate(
     # --- funnel -----------------------------------------------------------------------------
     v_vis = sess_vis[view_sess]
     available_now = ~unavailable[period, view_item]
-    cart_logit = 1.1 * quality[view_item] + propensity[v_vis] + 1.6 * is_revisit
-    carted = _calibrated_bernoulli(rng_funnel, cart_logit, CART_RATE, available_now)
+    cart_logit = CART_QUALITY * quality[view_item] + propensity[v_vis] + CART_REVISIT * is_revisit
+    carted, cart_bias = _calibrated_bernoulli(rng_funnel, cart_logit, CART_RATE, available_now)
     cart_idx = np.flatnonzero(carted)
     cart_t = view_t[cart_idx] + rng_funnel.exponential(40_000.0, len(cart_idx)).astype(np.int64)
-    buy_logit = 0.7 * quality[view_item[cart_idx]] + 0.5 * propensity[v_vis[cart_idx]]
-    bought = _calibrated_bernoulli(rng_funnel, buy_logit, PURCHASE_RATE)
+    buy_logit = (
+        BUY_QUALITY * quality[view_item[cart_idx]] + BUY_PROPENSITY * propensity[v_vis[cart_idx]]
+    )
+    bought, purchase_bias = _calibrated_bernoulli(rng_funnel, buy_logit, PURCHASE_RATE)
     buy_idx = cart_idx[bought]
     # a transaction groups the session's purchased items plus, now and then, more items of the
     # session's category that went to the cart on the way to checkout
@@ -414,7 +508,7 @@ def generate(
     say(f"events.csv: {events.num_rows:,} rows ({time.perf_counter() - t0:.1f}s)")
 
     # --- item_properties_part{1,2}.csv ------------------------------------------------------
-    prop_rows = _write_properties(
+    prop_rows, price_last = _write_properties(
         out_dir,
         scale,
         rng_props,
@@ -428,6 +522,48 @@ def generate(
         price=price,
     )
     say(f"item properties: {prop_rows:,} rows ({time.perf_counter() - t0:.1f}s)")
+
+    # --- latent.npz: the state behind the data, for the simulator (draws no random number) ---
+    meta = {
+        "format_version": LATENT_FORMAT_VERSION,
+        "scale": scale_name,
+        "seed": seed,
+        "revisits": revisits,
+        "cart_bias": cart_bias,
+        "purchase_bias": purchase_bias,
+        "n_transaction_ids": len(tx_sessions),
+        "current_period": N_PERIODS - 1,
+        "constants": latent_constants(),
+    }
+    with open(out_dir / LATENT_FILE, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            meta=np.array(json.dumps(meta, sort_keys=True)),
+            visitor_id=visitor_ids,
+            visitor_primary=cat_ids[primary].astype(np.int32),
+            visitor_secondary=cat_ids[secondary].astype(np.int32),
+            visitor_propensity=propensity.astype(np.float32),
+            visitor_loyal=loyal,
+            visitor_sessions=n_sessions.astype(np.int32),
+            visitor_last_item=visitor_last_item,
+            item_id=item_ids,
+            item_category=cat_ids[item_cat].astype(np.int32),
+            item_moved_category=np.where(moved_at < N_SNAPSHOTS, cat_ids[new_cat], -1).astype(
+                np.int32
+            ),
+            item_moved_at=moved_at.astype(np.int8),
+            item_base_weight=base_weight.astype(np.float32),
+            item_trend=trend.astype(np.float32),
+            item_quality=quality.astype(np.float32),
+            item_unavailable_from=unavailable_from.astype(np.int8),
+            item_price=price,
+            item_price_last=price_last,
+            item_has_properties=~no_properties,
+            category_id=cat_ids.astype(np.int32),
+            category_parent=np.where(cat_parent >= 0, cat_ids[cat_parent], -1).astype(np.int32),
+            category_weight=cat_weight.astype(np.float32),
+        )
+    say(f"{LATENT_FILE}: the latent state ({time.perf_counter() - t0:.1f}s)")
 
     items_with_events = len(np.unique(np.concatenate([view_item, cart_item])))
     visitor_events = np.bincount(
@@ -462,8 +598,9 @@ def _write_properties(
     moved_at: np.ndarray,
     unavailable_from: np.ndarray,
     price: np.ndarray,
-) -> int:
-    """Weekly property snapshots: a row when a value is first seen and whenever it changes."""
+) -> tuple[int, np.ndarray]:
+    """Weekly property snapshots: a row when a value is first seen and whenever it changes.
+    The row count and each item's last price."""
     items = np.flatnonzero(has_properties)
     # hashed properties: ids as strings, popular ones shared by many items
     n_prop = scale.n_hashed_properties
@@ -559,4 +696,4 @@ def _write_properties(
         writer = _Writer(out_dir / f"item_properties_{name}.csv", PROPERTIES_HEADER, schema)
         writer.write(part)
         writer.close()
-    return int(everything.num_rows)
+    return int(everything.num_rows), price_now

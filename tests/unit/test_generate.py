@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
-from recsys.generate import N_DAYS, generate
+from recsys.generate import (
+    LATENT_FILE,
+    LATENT_FORMAT_VERSION,
+    N_DAYS,
+    N_SNAPSHOTS,
+    PRIMARY_TASTE,
+    generate,
+    latent_constants,
+)
 
 FILES = (
     "events.csv",
@@ -37,7 +47,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int
 
 def test_layout_is_retailrocket(tiny: tuple[Path, dict[str, int]]) -> None:
     out, _ = tiny
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, LATENT_FILE])
     first = {f: (out / f).read_text().splitlines()[:2] for f in FILES}
     assert first["events.csv"][0] == "timestamp,visitorid,event,itemid,transactionid"
     assert first["category_tree.csv"][0] == "categoryid,parentid"
@@ -150,3 +160,90 @@ def test_small_has_the_shape_of_real_data(small: tuple[Path, dict[str, int]]) ->
         """
     ).fetchone()
     assert revisit is not None and revisit[0] > 1_000
+
+
+def latent_of(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    with np.load(folder / LATENT_FILE, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    return arrays, json.loads(str(arrays.pop("meta")))
+
+
+def test_the_latent_state_matches_the_csvs(tiny: tuple[Path, dict[str, int]]) -> None:
+    out, counts = tiny
+    latent, meta = latent_of(out)
+    assert meta["format_version"] == LATENT_FORMAT_VERSION
+    assert (meta["scale"], meta["seed"], meta["revisits"]) == ("tiny", 7, "retailrocket")
+    assert meta["constants"] == latent_constants()
+    assert meta["constants"]["PRIMARY_TASTE"] == PRIMARY_TASTE  # type: ignore[index]
+    assert meta["n_transaction_ids"] == counts["transaction_ids"]
+    assert isinstance(meta["cart_bias"], float) and isinstance(meta["purchase_bias"], float)
+    con = duckdb.connect()
+    con.execute(
+        "create view props as select timestamp::bigint as ts, itemid::bigint as item, property, "
+        f"value from read_csv('{out}/item_properties_part*.csv', all_varchar=true)"
+    )
+
+    def first_and_last(prop: str) -> dict[int, tuple[str, str]]:
+        rows = con.execute(
+            "select item, arg_min(value, ts), arg_max(value, ts) from props "
+            "where property = ? group by item",
+            [prop],
+        ).fetchall()
+        return {int(r[0]): (r[1], r[2]) for r in rows}
+
+    items = latent["item_id"]
+    has = latent["item_has_properties"]
+    assert len(items) == len(np.unique(items)) and (np.diff(items) > 0).all()
+    categories = first_and_last("categoryid")
+    prices = first_and_last("790")
+    available = first_and_last("available")
+    assert set(categories) == set(items[has].tolist()) == set(prices)
+    for i in np.flatnonzero(has):
+        item = int(items[i])
+        assert categories[item][0] == str(latent["item_category"][i])
+        assert prices[item] == (
+            f"n{latent['item_price'][i]}.000",
+            f"n{latent['item_price_last'][i]}.000",
+        )
+        moved = latent["item_moved_at"][i] < N_SNAPSHOTS
+        assert categories[item][1] == str(
+            latent["item_moved_category"][i] if moved else latent["item_category"][i]
+        )
+        gone = latent["item_unavailable_from"][i] < N_SNAPSHOTS
+        assert available[item][1] == ("0" if gone else "1")
+    # categories: the tree's ids and parents
+    with open(out / "category_tree.csv", newline="") as fh:
+        tree = {int(r["categoryid"]): int(r["parentid"] or -1) for r in csv.DictReader(fh)}
+    assert (
+        dict(zip(latent["category_id"].tolist(), latent["category_parent"].tolist(), strict=True))
+        == tree
+    )
+    assert set(latent["item_category"].tolist()) <= set(tree)
+    assert set(latent["visitor_primary"].tolist()) | set(
+        latent["visitor_secondary"].tolist()
+    ) <= set(tree)
+    # visitors: every visitor of events.csv, and no other; items they were last seen opening on
+    visitors = {
+        r[0]
+        for r in con.execute(
+            f"select distinct visitorid from read_csv('{out}/events.csv')"
+        ).fetchall()
+    }
+    assert set(latent["visitor_id"].tolist()) == visitors
+    assert len(latent["visitor_id"]) == counts["visitors"]
+    viewed = {
+        r[0]
+        for r in con.execute(f"select distinct itemid from read_csv('{out}/events.csv')").fetchall()
+    }
+    assert set(latent["visitor_last_item"].tolist()) <= viewed
+    # items never viewed have no weight; loyal visitors have more sessions
+    assert (latent["item_base_weight"] >= 0).all()
+    assert (
+        latent["visitor_sessions"][latent["visitor_loyal"]].mean()
+        > 3 * latent["visitor_sessions"][~latent["visitor_loyal"]].mean()
+    )
+
+
+def test_the_latent_file_is_compact(small: tuple[Path, dict[str, int]]) -> None:
+    out, _ = small
+    assert (out / LATENT_FILE).stat().st_size < 5_000_000
