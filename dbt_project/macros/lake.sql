@@ -9,7 +9,7 @@
 #}
 
 {% macro lake_uri() -%}
-    {%- set prefix, suffix = "read_parquet('", "/raw/{name}/*.parquet')" -%}
+    {%- set prefix, suffix = "read_parquet('", "/raw/{name}/*.parquet', union_by_name = true)" -%}
     {%- set source = graph.sources.get('source.recsys.retailrocket.events') -%}
     {%- set location = (source.source_meta or {}).get('external_location', '') if source else '' -%}
     {%- if not (location.startswith(prefix) and location.endswith(suffix)) -%}
@@ -19,6 +19,46 @@
         ) -}}
     {%- endif -%}
     {{- return(location[prefix | length:(location | length) - (suffix | length)]) -}}
+{%- endmacro %}
+
+
+{#
+    Whether the lake holds any Parquet file of raw table `name` (raw/<name>/*.parquet), asked
+    when the model runs. read_parquet fails on a glob that matches nothing, so a model over a
+    table that may not exist yet (raw/impressions/ before the API's first ingested batch)
+    renders an empty branch instead. DuckDB's glob() lists through the same filesystems as
+    read_parquet, so an s3:// lake is listed through the profile's fsspec filesystem.
+    At parse time it says yes, so that the model's source() is called and lineage recorded.
+#}
+{% macro lake_table_has_files(name) -%}
+    {%- if not execute -%}
+        {{- return(true) -}}
+    {%- endif -%}
+    {{- return(adapter.dispatch('lake_table_has_files', 'recsys')(name)) -}}
+{%- endmacro %}
+
+{#- Other engines read the table through their catalog: taken as present. -#}
+{% macro default__lake_table_has_files(name) -%}
+    {{- return(true) -}}
+{%- endmacro %}
+
+{% macro duckdb__lake_table_has_files(name) -%}
+    {%- set pattern = lake_uri() ~ '/raw/' ~ name ~ '/*.parquet' -%}
+    {%- set found = run_query("select count(*) from glob('" ~ pattern ~ "')") -%}
+    {{- return(found.columns[0].values()[0] > 0) -}}
+{%- endmacro %}
+
+
+{#
+    The column names of a relation (a source read from the lake included), asked when the model
+    runs: a zero-row select, which reads Parquet footers only. At parse time: none.
+#}
+{% macro relation_column_names(relation) -%}
+    {%- if not execute -%}
+        {{- return([]) -}}
+    {%- endif -%}
+    {%- set found = run_query('select * from ' ~ relation ~ ' where 1 = 0') -%}
+    {{- return(found.column_names | map('lower') | list) -}}
 {%- endmacro %}
 
 

@@ -11,5 +11,10 @@
         ref('visitor_features'),
         ref('visitor_category_affinities'),
         ref('interactions'),
+        ref('recommendation_outcomes'),
+        ref('recommendation_metrics_daily'),
+        ref('business_metrics_daily'),
+        ref('experiment_results'),
+        ref('interleaving_results'),
     ]) -}}
 {%- endmacro %}

@@ -92,7 +92,8 @@ events_sessionized as (
         seconds_since_previous_event,
         event_type,
         item_id,
-        transaction_id
+        transaction_id,
+        impression_id
 
     from events_numbered
 

@@ -289,6 +289,11 @@ def test_a_build_stopped_part_way_is_refused_until_rebuilt(
     assert sorted(r[0] for r in query(settings, "select model from model_builds")) == sorted(
         [
             *MARTS,
+            "business_metrics_daily",
+            "experiment_results",
+            "interleaving_results",
+            "recommendation_metrics_daily",
+            "recommendation_outcomes",
             "feature_builds",
             "label_window_session_steps",
             "label_window_visitors",

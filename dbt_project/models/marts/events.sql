@@ -25,6 +25,7 @@ events_joined_to_items as (
         events.event_type,
         events.item_id,
         events.transaction_id,
+        events.impression_id,
         coalesce(items.category_id, -1) as category_id,
         coalesce(items.root_category_id, -1) as root_category_id
 
@@ -47,6 +48,7 @@ final as (
         cast(event_type as varchar) as event_type,
         cast(item_id as bigint) as item_id,
         cast(transaction_id as bigint) as transaction_id,
+        cast(impression_id as varchar) as impression_id,
         cast(category_id as bigint) as category_id,
         cast(root_category_id as bigint) as root_category_id
 

@@ -1,20 +1,47 @@
+{#
+    impression_id: lakes ingested before the API logged impressions have no such column in any
+    events file (union_by_name then has none to offer), so it is read as null there.
+    The event_id of an event without an impression id is the md5 of the same five columns as
+    before the column existed, so that ids stay stable across releases; an event with one adds it
+    to the key, so that the same click with and without an impression id are two events (the
+    ingest keeps both: they are not exact duplicates) without colliding.
+#}
+
+{%- set events_relation = source('retailrocket', 'events') -%}
+{%- set has_impression_id = not execute
+    or not lake_table_has_files('events')
+    or 'impression_id' in relation_column_names(events_relation) -%}
+
 with
 
 source as (
 
-    select * from {{ source('retailrocket', 'events') }}
+    select * from {{ events_relation }}
 
 ),
 
 renamed as (
 
     select
+        {% if has_impression_id -%}
+        case
+            when impression_id is null
+                then {{ surrogate_key(['timestamp', 'visitorid', 'event', 'itemid', 'transactionid']) }}
+            else {{ surrogate_key(['timestamp', 'visitorid', 'event', 'itemid', 'transactionid', 'impression_id']) }}
+        end as event_id,
+        {%- else -%}
         {{ surrogate_key(['timestamp', 'visitorid', 'event', 'itemid', 'transactionid']) }} as event_id,
+        {%- endif %}
         {{ epoch_ms_to_timestamp('timestamp') }} as event_at,
         cast(visitorid as bigint) as visitor_id,
         cast(event as varchar) as event_type,
         cast(itemid as bigint) as item_id,
-        cast(transactionid as bigint) as transaction_id
+        cast(transactionid as bigint) as transaction_id,
+        {% if has_impression_id -%}
+        cast(impression_id as varchar) as impression_id
+        {%- else -%}
+        cast(null as varchar) as impression_id
+        {%- endif %}
 
     from source
 
