@@ -32,12 +32,17 @@ affinities_shared as (
 
     select
         *,
-        {#- affinity_score is an exact decimal: the shares of a visitor add up to 1 -#}
-        affinity_score / nullif(sum(affinity_score) over (partition by visitor_id), 0)
-            as affinity_share,
+        {#- affinity_score is an exact decimal: the shares of a visitor add up to 1. A visitor
+            last seen more than ~50 half-lives before the cutoff (four years at the default
+            half-life of 30 days: a shop's long-gone visitors) has every weight decayed to 0: their shares
+            are then by events, so that a top category is still the one they used most -#}
+        coalesce(
+            affinity_score / nullif(sum(affinity_score) over (partition by visitor_id), 0),
+            cast(n_events as double) / sum(n_events) over (partition by visitor_id)
+        ) as affinity_share,
         row_number() over (
             partition by visitor_id
-            order by affinity_score desc, category_id asc
+            order by affinity_score desc, n_events desc, category_id asc
         ) as category_rank
 
     from affinities
