@@ -1,7 +1,7 @@
 """The closed loop's part of a request: which policy answers it (experiments) and what it
 showed (the impression log).
 
-`choose` looks the visitor up in the experiments file (`api.experiments`; nothing to do without
+`choose` looks the visitor up in the experiments file (`recsys.experiments`; nothing to do without
 one); `answer` runs the chosen policy (`api.recommend`); `log` records the impression
 (`api.impressions`). The routes call the three in that order, so that every recommendation
 answer, cached or not, is one impression with the experiment and variant that made it.
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from api import experiments, recommend
+from api import recommend
 from api.impressions import ImpressionLog, now_ms
 from api.snapshot import Snapshot
+from recsys import experiments
 
 
 @dataclass(frozen=True)

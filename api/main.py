@@ -30,7 +30,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.events import RecentBatches
-from api.experiments import ExperimentsFile
 from api.impressions import ImpressionLog
 from api.memory import tune_allocator
 from api.metrics import Metrics
@@ -39,6 +38,7 @@ from api.ratelimit import RateLimiter
 from api.routes import events, health, items, recommendations
 from api.schemas import MAX_ID, MAX_K, ApiError
 from api.store import SnapshotStore
+from recsys.experiments import ExperimentsFile
 from recsys.ingest import MAX_TIMESTAMP_MS
 from recsys.lake import Lake
 from recsys.settings import Settings, get_settings

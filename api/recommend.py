@@ -16,7 +16,7 @@ catalogue by popularity, so `k` items come back whenever the catalogue has them.
   the visitor has ALS candidates, `session` otherwise.
 - `similar_to` (similar items): the item's similar items, then popular items of its category.
 
-Experiments (`api.experiments`) choose a policy per visitor; `for_policy` answers with it:
+Experiments (`recsys.experiments`) choose a policy per visitor; `for_policy` answers with it:
 `ranker` is the two above, `als` the visitor's ALS candidates in ALS order without the ranker
 (then similar and popular items), `popularity` the popular list, and `interleaved` mixes two of
 them by team draft, recording which policy placed each item.
@@ -500,7 +500,7 @@ def interleaved(
     category_id: int | None = None,
     exclude: Sequence[int] = (),
 ) -> Answer:
-    """Two policies' lists mixed by `draft` (team draft, `api.experiments.team_draft` with its
+    """Two policies' lists mixed by `draft` (team draft, `recsys.experiments.team_draft` with its
     seed bound), each item keeping the score and source its own list gave it, and its team.
 
     Each side's list is asked for twice `k` items (at most 100): when the other team took a

@@ -77,10 +77,29 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _dbt_vars(text: str | None) -> dict[str, object] | None:
+    """`--vars` as dbt takes it (a YAML or JSON mapping); an error naming the problem."""
+    if not text:
+        return None
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"error: --vars is not YAML or JSON: {str(exc)[:200]}") from None
+    if not isinstance(value, dict):
+        raise SystemExit("error: --vars must be a mapping, e.g. '{experiment_weights: {}}'")
+    return value
+
+
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     from recsys.warehouse import build, summary
 
-    _timed("build", lambda: build(settings, cutoff_at=args.cutoff_at, select=args.select))
+    extra = _dbt_vars(args.vars)
+    _timed(
+        "build",
+        lambda: build(settings, cutoff_at=args.cutoff_at, select=args.select, extra_vars=extra),
+    )
     if not args.select:
         _say(summary(settings))
     return 0
@@ -280,6 +299,25 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
+    from recsys import loop
+
+    experiments = Path(args.experiments) if args.experiments else loop.DEMO_EXPERIMENTS
+    if not experiments.is_file():
+        print(f"error: no experiments file at {experiments}", file=sys.stderr)
+        return 2
+    data_dir = Path(args.data_dir) if args.data_dir else settings.data_dir / "loop"
+    phase = loop.Phase(
+        experiments.read_text(), seed=args.seed, shoppers=args.shoppers, duration=args.duration
+    )
+    warehouse = loop.run_loop(data_dir, [phase], scale=args.scale, say=_say)
+    for title, sql in loop.REPORTS:
+        names, rows = loop.query(warehouse, sql)
+        _say(f"\n{title}\n{loop.table(names, rows)}")
+    _say(f"\nthe warehouse: {warehouse} (see README, 'The closed loop', for the SQL)")
+    return 0
+
+
 REVISITS_HELP = (
     "how visitors come back to items in generated data: as in RetailRocket, or never "
     "(each visitor meets each item once)"
@@ -308,7 +346,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="dbt build with the project's profile and vars")
     p.add_argument("--cutoff-at", help="features as of this time (default: the latest event)")
     p.add_argument("--select", help="a dbt selection, e.g. 'marts'")
+    p.add_argument(
+        "--vars",
+        help="more dbt vars, YAML or JSON, e.g. "
+        "'{experiment_weights: {ab: {control: 60, popular: 40}}}'",
+    )
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser(
+        "loop",
+        help="the closed loop on this machine: serve, simulate shoppers, ingest, build, results",
+    )
+    p.add_argument(
+        "--experiments",
+        help="the experiments file for the run (default: recsys/loop_experiments.yaml, "
+        "ranker against popularity, and ranker against ALS interleaved)",
+    )
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of simulated traffic")
+    p.add_argument("--shoppers", type=int, help="stop after this many shoppers")
+    p.add_argument("--seed", type=int, default=1, help="the simulator's seed")
+    p.add_argument(
+        "--data-dir",
+        help="the loop's own data folder (default: $RECSYS_DATA_DIR/loop); its lake gets "
+        "events stamped today, so it is kept apart from the demo's",
+    )
+    p.add_argument("--scale", choices=["tiny", "small"], default="small")
+    p.set_defaults(func=cmd_loop)
 
     p = sub.add_parser("train", help="ALS candidates, ranking features, CatBoost ranker")
     p.add_argument(

@@ -85,7 +85,7 @@ from pydantic import (
     field_validator,
 )
 
-log = logging.getLogger("api.experiments")
+log = logging.getLogger("recsys.experiments")
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NAME = re.compile(NAME_PATTERN)  # experiment and variant names: safe in JSON and logs as is
@@ -699,3 +699,16 @@ def team_draft(
         teams.append(team)
         taken.add(item)
     return items, teams
+
+
+def declared_vars(experiments: Experiments) -> dict[str, dict[str, Any]]:
+    """What the warehouse cannot learn from the impressions, as dbt vars: each experiment's
+    control (its first variant) and declared weights (the sample-ratio check's expected
+    shares). `recsys build` passes them when `RECSYS_EXPERIMENTS_FILE` is set, so that the
+    analysis uses the file the service splits traffic by."""
+    return {
+        "experiment_controls": {e.name: e.variant_names[0] for e in experiments},
+        "experiment_weights": {
+            e.name: dict(zip(e.variant_names, e.weights, strict=True)) for e in experiments
+        },
+    }

@@ -186,6 +186,19 @@ def _raise(command: str, code: int, lines: list[str], exception: BaseException |
     raise BuildError(f"dbt {command} failed (exit {code}):{hint}\n{detail}")
 
 
+def _declared_experiments(settings: Settings) -> dict[str, object]:
+    """The experiments file's controls and weights as dbt vars (recsys.experiments
+    .declared_vars), when the settings name one; an unusable file is an error that says so."""
+    if settings.recsys_experiments_file is None:
+        return {}
+    from recsys import experiments
+
+    try:
+        return dict(experiments.declared_vars(experiments.load(settings.recsys_experiments_file)))
+    except experiments.ExperimentsError as exc:
+        raise BuildError(f"RECSYS_EXPERIMENTS_FILE: {exc}") from None
+
+
 def dbt_command(
     settings: Settings,
     args: list[str],
@@ -201,7 +214,7 @@ def dbt_command(
     has passed dbt's unit tests, later builds of the same project in this process skip them
     (`_Parsed.unit_tested`).
     """
-    dbt_vars: dict[str, object] = dict(extra_vars or {})
+    dbt_vars: dict[str, object] = {**_declared_experiments(settings), **(extra_vars or {})}
     if cutoff_at:
         dbt_vars["cutoff_at"] = cutoff_at
     project_dir = settings.dbt_project_dir

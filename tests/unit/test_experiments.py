@@ -1,4 +1,4 @@
-"""The experiments file, its reloads, assignment and team-draft interleaving (api.experiments)."""
+"""The experiments file (recsys.experiments): reloads, assignment, team-draft interleaving."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from api import experiments as ex
-from api.experiments import (
+from recsys import experiments as ex
+from recsys.experiments import (
     Assignment,
     Experiments,
     ExperimentsError,
@@ -835,3 +835,26 @@ def test_every_loaded_name_matches_the_exported_pattern() -> None:
         assert ex.NAME.fullmatch(experiment_.name)
         assert all(ex.NAME.fullmatch(name) for name in experiment_.variant_names)
     assert not ex.NAME.fullmatch('a"b')
+
+
+def test_the_warehouse_gets_controls_and_declared_weights(tmp_path: Path) -> None:
+    """`recsys build` passes the file's first variants and weights as dbt vars, so that the
+    analysis takes the control and the expected shares from the file traffic is split by."""
+    from recsys.settings import Settings
+    from recsys.warehouse import BuildError, _declared_experiments
+
+    path = tmp_path / "experiments.yaml"
+    path.write_text(
+        "version: 1\nexperiments:\n  - name: e\n    variants:\n"
+        "      - {name: base, weight: 60, policy: ranker}\n"
+        "      - {name: pop, weight: 40, policy: popularity}\n"
+    )
+    settings = Settings(_env_file=None, recsys_experiments_file=path)  # type: ignore[call-arg]
+    assert _declared_experiments(settings) == {
+        "experiment_controls": {"e": "base"},
+        "experiment_weights": {"e": {"base": 60.0, "pop": 40.0}},
+    }
+    assert _declared_experiments(Settings(_env_file=None)) == {}  # type: ignore[call-arg]
+    path.write_text("version: 1\nexperiments: [oops]\n")
+    with pytest.raises(BuildError, match="RECSYS_EXPERIMENTS_FILE"):
+        _declared_experiments(settings)

@@ -1,5 +1,5 @@
 """Experiments on the routes: the variant chooses the policy, the answer and its impression say
-which, and the file is reloaded when it changes (api.experiments, api.loop)."""
+which, and the file is reloaded when it changes (recsys.experiments, api.loop)."""
 
 from __future__ import annotations
 
