@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export OPENBLAS_NUM_THREADS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run test test-unit lint format bench-warehouse bench-ml bench-api docs airflow clean
+.PHONY: help install tools run demo-loop test test-unit lint format bench-warehouse bench-ml bench-api bench-loop docs airflow clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ $(PROMETHEUS):
 
 run: install ## demo data -> lake -> warehouse -> ALS + CatBoost -> evaluation -> snapshot
 	$(UV) run recsys run
+
+demo-loop: install ## the closed loop: serve, simulated shoppers, ingest, dbt build, business metrics and experiments (data/loop)
+	$(UV) run recsys loop
 
 test: install tools ## the whole test suite (real dbt / DuckDB / S3 server / Prometheus)
 	$(UV) run pytest -n 2 --dist loadfile
@@ -59,6 +62,9 @@ bench-ml: install ## recsys run end to end on full scale; ALS, ranker and total 
 bench-api: install ## recsys serve on the full-scale snapshot of bench-ml: throughput, p99, RSS, swaps
 	@test -f $(BENCH_ML)/data/lake/snapshots/LATEST || $(MAKE) bench-ml
 	$(UV) run python benchmarks/bench_api.py --data-dir $(BENCH_ML)/data
+
+bench-loop: install ## A/B, A/A x20, SRM and interleaving on simulated shoppers (data/bench/loop, ~30 min)
+	$(UV) run python benchmarks/bench_loop.py --work-dir data/bench/loop --fresh
 
 docs: install ## dbt docs (offline) into dbt_project/target
 	cd dbt_project && ../.venv/bin/dbt docs generate --profiles-dir .
