@@ -7,7 +7,9 @@ Targets (2 cores, server and load generator on this machine):
 - server resident memory <= 1.5 GB (sampled all along, swaps included);
 - a snapshot swap every few seconds during the same fixed-rate traffic: zero non-2xx answers
   (measured in a second round, whose latencies are printed too: loading a full snapshot
-  competes with requests for the two cores).
+  competes with requests for the two cores);
+- the impression log costs at most 5% of GET throughput: the server against a second one on
+  the same snapshot with `RECSYS_IMPRESSIONS_LOG=false`, measured in turns.
 
 The snapshot is the latest one published under `--data-dir` (a full-scale `recsys run`; `make
 bench-api` makes one with `benchmarks/bench_ml.py` when there is none). The server gets a lake
@@ -44,7 +46,13 @@ from recsys.lake import connect_duckdb
 from recsys.snapshots import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = {"ratio": 0.70, "get_p99_ms": 10.0, "post_p99_ms": 20.0, "rss_gb": 1.5}
+TARGETS = {
+    "ratio": 0.70,
+    "get_p99_ms": 10.0,
+    "post_p99_ms": 20.0,
+    "rss_gb": 1.5,
+    "log_cost_pct": 5.0,
+}
 
 
 def free_port() -> int:
@@ -195,6 +203,66 @@ def show(name: str, run: dict) -> None:
     )
 
 
+def counter(port: int, name: str) -> float:
+    """A counter's value from the server's own metrics (0 when absent)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def impression_cost(
+    client: Client, env: dict[str, str], work: Path, make, seconds: float, port: int
+) -> tuple[list[float], list[float], float]:
+    """GET throughput of the running server (impressions logged) and of a second one on the
+    same snapshot with the log off, measured in turns (one server loaded at a time, so the
+    machine's phases hit both alike): (logged req/s per turn, unlogged per turn, impressions
+    the first server wrote meanwhile)."""
+    other = free_port()
+    off_env = {
+        **env,
+        "RECSYS_IMPRESSIONS_LOG": "false",
+        "RECSYS_API_CACHE_DIR": str(work / "cache-unlogged"),
+        "RECSYS_API_POLL_SECONDS": "3600",
+    }
+    with open(work / "serve-unlogged.log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "recsys.cli", "serve", "--port", str(other)],
+            cwd=REPO,
+            env=off_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    unlogged_client = Client(other)
+    try:
+        t0 = time.perf_counter()
+        while unlogged_client.request("GET", "/readyz") != 200:
+            if server.poll() is not None or time.perf_counter() - t0 > 300:
+                raise SystemExit("the unlogged server did not become ready")
+            time.sleep(0.2)
+        for c in (client, unlogged_client):
+            closed_loop(c, make, 2.0, 4)
+        written = counter(port, "recsys_impressions_written_total")
+        logged, unlogged = [], []
+        for _ in range(4):
+            logged.append(closed_loop(client, make, seconds / 4, 4)[0])
+            unlogged.append(closed_loop(unlogged_client, make, seconds / 4, 4)[0])
+        time.sleep(6)  # one more flush of the log
+        written = counter(port, "recsys_impressions_written_total") - written
+        assert counter(other, "recsys_impressions_logged_total") == 0
+        return logged, unlogged, written
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 def swap_counts(port: int) -> tuple[float, float]:
     """(snapshots swapped in, snapshots refused) from the server's own metrics."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -332,6 +400,21 @@ def main() -> int:
         )
         show("GET  /v1/recommendations/{id} @200/s", swap_get)
         show("POST /v1/recommendations    @100/s", swap_post)
+        sampling.set()  # the second server below is not this one's memory
+
+        logged_rps, unlogged_rps, written = impression_cost(
+            client, env, work, get_recs, args.seconds, port
+        )
+        cost = 1 - float(np.median(logged_rps)) / float(np.median(unlogged_rps))
+        print(
+            f"\nimpression logging, GET /v1/recommendations/{{id}} back to back, the same server "
+            f"with and without the log (RECSYS_IMPRESSIONS_LOG=false), alternating "
+            f"{len(logged_rps)} x {args.seconds / 4:g} s:\n"
+            f"  logged   {' '.join(f'{r:6.0f}' for r in logged_rps)} req/s "
+            f"({written:,.0f} impressions written to the lake)\n"
+            f"  unlogged {' '.join(f'{r:6.0f}' for r in unlogged_rps)} req/s\n"
+            f"  cost of the log (medians): {cost * 100:.1f}%"
+        )
     finally:
         sampling.set()
         server.terminate()
@@ -356,6 +439,12 @@ def main() -> int:
             post_run["p99_ms"] <= TARGETS["post_p99_ms"],
         ),
         ("server peak RSS (GB)", rss_gb, TARGETS["rss_gb"], rss_gb <= TARGETS["rss_gb"]),
+        (
+            "impression log cost of GET (%)",
+            cost * 100,
+            TARGETS["log_cost_pct"],
+            cost * 100 <= TARGETS["log_cost_pct"],
+        ),
         (
             "non-2xx during swaps",
             swap_get["non_2xx"] + swap_post["non_2xx"],
