@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from recsys.atomic import write_atomic
+from recsys.lake import connect_duckdb
 from recsys.settings import REPO_ROOT
 
 Say = Callable[[str], None]
@@ -252,7 +251,7 @@ def run_loop(
 
 
 def query(warehouse: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    with duckdb.connect(str(warehouse), read_only=True) as con:
+    with connect_duckdb(warehouse, read_only=True) as con:
         cursor = con.execute(sql)
         names = [d[0] for d in cursor.description]
         return names, cursor.fetchall()
