@@ -23,20 +23,34 @@ recorded per table, and the same input again changes nothing (so a row rejected 
 the future" stays rejected until its file changes).
 
 Events the API accepted wait in the lake's `landing/events/` as small files in the `events.csv`
-layout (`api/events.py`). Every ingest also picks them up, exactly once (`ingest_landing`). Each
-file is first claimed: moved to `landing/events/_claimed/` (one atomic rename on a local lake; a
-copy then a delete on S3). Only the claimed copy is read, so an API retry that lands a file of the
-same name meanwhile is a new file in `landing/events/`, left for the next ingest, instead of being
-removed unread. The claimed file is checked with the same rules, its rows written as a Parquet part
-of their own, `raw/events/landed-<file>.parquet` (rejected rows:
-`raw/rejected/landed-<file>.parquet`), and only then is it moved to `landing/events/_ingested/`. A
-claim that a stopped run left behind is picked up by the next ingest. The part is named after the
-file, so a run that stops before the last move writes the same part again on the next run instead
-of a second copy, and a retry's file replaces the part of the file it repeats. A reload of
-`events.csv` replaces `raw/events/events.parquet` only: landed parts stay. (Exactly once from
-landing to raw; a client that posts the same events twice without an Idempotency-Key sends two
-batches. One ingest at a time: a second one running at once would take the first one's claims for
-left-overs.)
+layout (`api/events.py`), one per request. Every ingest also picks them up, exactly once
+(`ingest_landing`), in chunks of up to `CHUNK_FILES` files or `CHUNK_BYTES` (`_pick_up`): one
+Parquet part per chunk, `raw/events/landed-<chunk id>.parquet` (rejected rows:
+`raw/rejected/landed-<chunk id>.parquet`), not one per file, which left an hour of traffic as
+hundreds of thousands of tiny parts for every build to list. Each file is first claimed: moved to
+`landing/events/_claimed/<file>` (one atomic rename on a local lake; a copy then a delete on S3),
+under its own name, where the API's Idempotency-Key look-up finds it. Only the claimed copy is
+read, so an API retry that lands a file of the same name meanwhile is a new file in
+`landing/events/`, left for the next ingest, instead of being removed unread. The chunk's
+identity is fixed once its files are claimed: a manifest `landing/events/_chunks/<chunk id>.json`
+names them. Then the files are checked, each with the same rules as `events.csv` and as if on its
+own (its header, its line numbers in rejected rows, an exact duplicate only within the file: two
+requests with the same events both land), their parts written, the manifest marked written, and
+only then are the files moved to `landing/events/_ingested/<file>` and the manifest removed. A
+stopped run is finished by the next ingest, first: a chunk not yet written is written again under
+its own id (the same parts, replaced, never a second copy), a written one only moved; claims no
+manifest names (stopped before the manifest, or left by an ingest from before chunks, whose
+`landed-<file>.parquet` parts are then removed) go into a new chunk. An Idempotency-Key's file
+that lands again with the same bytes as the one already ingested (two retries racing on S3, which
+has no lock) is moved without being read again. A reload of `events.csv` replaces
+`raw/events/events.parquet` only: landed parts stay. (Exactly once from landing to raw; a client
+that posts the same events twice without an Idempotency-Key sends two batches. One ingest at a
+time: a second one running at once would take the first one's claims for left-overs.)
+
+Fast: a chunk's files with one header are parsed in one pass, their bodies joined (each ends
+with a newline) and the line numbers mapped back to files; the file's index is part of the
+duplicate key. Rows are in the order of the files' names, then of their lines, so the same files
+give the same bytes.
 
 A landed events file has the header `LANDED_EVENTS` (the `events.csv` columns and
 `impression_id`, empty or 32 hex characters: the answer the event came from) or, from an older
@@ -46,14 +60,14 @@ has one schema; an `events.parquet` written before the column is written again f
 input by the next ingest.
 
 Impressions (what the API showed) wait in `landing/impressions/` as JSON-lines files, one
-impression per line (`ingest_landing_impressions`, same claim, `_claimed/` then `_ingested/`).
-A line is untrusted: it must be UTF-8 JSON, one object with exactly the contract's keys and
-types (`impression_problem`), at most `MAX_LINE_BYTES` long. Good lines become
-`raw/impressions/landed-<file>.parquet` (`IMPRESSIONS_SCHEMA`, one row per impression, its items
-nested), the others `raw/rejected/impressions-landed-<file>.parquet` with their reason and the
-line as written. An impression id seen before, in the file or in `raw/impressions/` (a batch
-sent twice), is rejected as a duplicate: the ids already ingested are read once per run, one
-column, with DuckDB.
+impression per line (`ingest_landing_impressions`, the same chunks, `_claimed/`, `_chunks/` then
+`_ingested/`). A line is untrusted: it must be UTF-8 JSON, one object with exactly the contract's
+keys and types (`impression_problem`), at most `MAX_LINE_BYTES` long. Good lines become
+`raw/impressions/landed-<chunk id>.parquet` (`IMPRESSIONS_SCHEMA`, one row per impression, its
+items nested), the others `raw/rejected/impressions-landed-<chunk id>.parquet` with their reason
+and the line as written. An impression id seen before, in the file, in an earlier file of the
+run or in `raw/impressions/` (a batch sent twice), is rejected as a duplicate: the ids already
+ingested are read once per run, one column, with DuckDB.
 
 Events later than `max_timestamp_ms` (by default now plus five minutes of clock skew) are rejected
 as "timestamp in the future": one event stamped 2099 would otherwise move every later training
@@ -63,14 +77,18 @@ the category tree has no time.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -298,15 +316,19 @@ class _Rejects:
 
 
 def _read_body(path: Path) -> bytes:
+    """The data lines of a CSV file (`_body_of`)."""
+    return _body_of(path.read_bytes())
+
+
+def _body_of(data: bytes) -> bytes:
     """The data lines of a CSV (all after the header line), the last one ended by a newline.
 
     The added newline makes a quote left open on the last line show as a value holding a
     newline (see `_read_csv`), as on every other line; line numbers and texts are unchanged.
+    It also lets the bodies of many files be joined and still split into the same lines.
     """
-    data = path.read_bytes()
     header_end = data.find(b"\n")
     body = data[header_end + 1 :] if header_end >= 0 else b""
-    del data
     if body and not body.endswith(b"\n"):
         body += b"\n"
     return body
@@ -622,7 +644,13 @@ def _check_fields(
 
 def _parse_file(spec: TableSpec, path: Path, max_timestamp_ms: int) -> tuple[pa.Table, pa.Table]:
     """(accepted rows with `_line_number`, rejected rows) of one CSV."""
-    body = _read_body(path)
+    accepted, rejects = _parse_body(spec, _read_body(path), max_timestamp_ms)
+    return accepted, rejects.table(path.name)
+
+
+def _parse_body(spec: TableSpec, body: bytes, max_timestamp_ms: int) -> tuple[pa.Table, _Rejects]:
+    """(accepted rows with `_line_number`, rejected lines) of data lines as `_body_of` gives
+    them; the first line is numbered 2 (the header is line 1)."""
     n_fields = len(spec.columns)
     rejects = _Rejects()
     n_lines = body.count(b"\n")
@@ -641,14 +669,19 @@ def _parse_file(spec: TableSpec, path: Path, max_timestamp_ms: int) -> tuple[pa.
     if table is None:
         table = pa.table({f"f{i}": pa.array([], pa.string()) for i in range(n_fields)})
     accepted = _check_fields(spec, table, line_numbers, rejects, _Lines(body), max_timestamp_ms)
-    return accepted, rejects.table(path.name)
+    return accepted, rejects
 
 
 def _find_duplicates(
-    con: duckdb.DuckDBPyConnection, spec: TableSpec, accepted: pa.Table, files: list[str]
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    accepted: pa.Table,
+    files: list[str],
+    per_file: bool = False,
 ) -> tuple[np.ndarray, pa.Array]:
-    """Rows that repeat an earlier row exactly: (their indices, the reason for each)."""
-    cols = ", ".join(spec.names)
+    """Rows that repeat an earlier row exactly: (their indices, the reason for each). With
+    `per_file`, only an earlier row of the same file (`_file_index`) counts."""
+    cols = ", ".join(spec.names) + (", _file_index" if per_file else "")
     con.register("accepted_rows", accepted)
     hashes = con.execute(f"select hash({cols}) as h from accepted_rows").fetchnumpy()["h"]
     con.unregister("accepted_rows")
@@ -918,8 +951,15 @@ def ingest(
 
 
 # what a landing file's name may be before its suffix: the API writes `<UTC time>-<hex>` or
-# `key-<hex>`. It names the file's parts in raw/, so anything else is refused, not used as a path
+# `key-<hex>`. It names the file in rejected rows and in `_ingested/`, so anything else is
+# refused, not used as a path; so is a name starting with CHUNK_PREFIX, which parts are named by
 LANDING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# landed files are picked up in chunks, one Parquet part per chunk (not per file: an hour of
+# requests would leave raw/ hundreds of thousands of tiny parts for every build to list)
+CHUNK_FILES = 5_000  # files per chunk at most
+CHUNK_BYTES = 64 << 20  # bytes per chunk at most (the file that crosses it is the chunk's last)
+CHUNK_PREFIX = "chunk-"  # chunk ids: `chunk-<UTC time>-<random>`, in the order they were made
+REPEATABLE_PREFIX = "key-"  # the names the API may land twice (an Idempotency-Key's batch)
 
 
 def _landing_stem(lake: Lake, rel: str, suffix: str) -> str:
@@ -927,7 +967,7 @@ def _landing_stem(lake: Lake, rel: str, suffix: str) -> str:
     when it is not a name the API writes."""
     folder, _, name = rel.rpartition("/")
     stem = name.removesuffix(suffix)
-    if not LANDING_NAME.fullmatch(stem):
+    if not LANDING_NAME.fullmatch(stem) or stem.startswith(CHUNK_PREFIX):
         raise IngestError(
             f"{lake.url(folder)}: a landing file named {shown(name)}, which the API never "
             "writes (letters, digits, '.', '_', '-'): nothing was written from it, and it stays "
@@ -951,6 +991,362 @@ def _claim(lake: Lake, rel: str, claimed_dir: str = CLAIMED_DIR) -> str | None:
     return claimed
 
 
+def new_chunk_id(now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{CHUNK_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class _Landing:
+    """Where one kind of landed file waits, is claimed, ends, and where its rows go."""
+
+    kind: str  # "events" or "impressions"
+    folder: str
+    suffix: str
+    raw_dir: str
+    rejected_prefix: str  # raw/rejected/<prefix><part id>.parquet
+    # the reason of a rejected row without its details (which line), for the counts
+    reason_key: Callable[[str], str]
+    repeatable: bool  # whether the API may land a name twice (an Idempotency-Key's batch)
+
+    @property
+    def claimed_dir(self) -> str:
+        return f"{self.folder}/_claimed"
+
+    @property
+    def ingested_dir(self) -> str:
+        return f"{self.folder}/_ingested"
+
+    @property
+    def chunks_dir(self) -> str:
+        return f"{self.folder}/_chunks"
+
+    def parts(self, part_id: str) -> tuple[str, str]:
+        """(accepted, rejected) part of a chunk id, or of a file's stem in the per-file layout
+        that ingest wrote before chunks."""
+        return (
+            f"{self.raw_dir}/{LANDED_PREFIX}{part_id}.parquet",
+            f"raw/rejected/{self.rejected_prefix}{part_id}.parquet",
+        )
+
+
+@dataclass
+class _Chunk:
+    """Landing files claimed together (`names`, sorted): their rows are written as one part
+    named after `id`. Its manifest, `<chunks_dir>/<id>.json`, is written once they are claimed
+    and removed once they are all in `_ingested/`."""
+
+    id: str
+    names: list[str]
+    state: str = "claimed"  # "written": its parts are in raw/, only the moves are left
+    repeats: list[str] = field(default_factory=list)  # landed again, byte for byte: not read
+    accepted: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+CHUNK_ID = re.compile(rf"{CHUNK_PREFIX}[0-9]{{8}}T[0-9]{{12}}Z-[0-9a-f]{{8}}")
+
+
+def _read_manifest(lake: Lake, rel: str) -> _Chunk:
+    """A chunk's manifest; IngestError when it is not one ingest writes (its names become
+    paths)."""
+    try:
+        chunk = _Chunk(**json.loads(lake.read_text(rel)))
+        if not CHUNK_ID.fullmatch(chunk.id) or rel.rsplit("/", 1)[-1] != f"{chunk.id}.json":
+            raise ValueError("a bad chunk id")
+        if chunk.state not in ("claimed", "written"):
+            raise ValueError("a bad state")
+        for name in chunk.names + chunk.repeats:
+            if not isinstance(name, str) or not LANDING_NAME.fullmatch(name):
+                raise ValueError("a bad file name")
+    except (ValueError, TypeError) as exc:
+        raise IngestError(
+            f"{lake.url(rel)}: not a chunk manifest ingest writes ({exc}); nothing was written"
+        ) from exc
+    return chunk
+
+
+# (chunk, [(file name, bytes)] sorted by name, repeats left out) -> (accepted, rejected rows)
+ChunkParser = Callable[[_Chunk, list[tuple[str, bytes]]], tuple[pa.Table, pa.Table]]
+
+
+def _pick_up(
+    lake: Lake,
+    landing: _Landing,
+    work_dir: Path,
+    say: Callable[[str], None],
+    parse: ChunkParser,
+    start: Callable[[set[str]], None] | None = None,
+) -> TableReport | None:
+    """Move the landed files of one kind into raw/, exactly once, a chunk at a time.
+
+    1. Claim up to CHUNK_FILES files (or CHUNK_BYTES) and read them; 2. write the chunk's
+    manifest under a new chunk id; 3. parse them and write the chunk's parts (or remove them
+    when empty); 4. mark the manifest written; 5. move the files to `_ingested/`; 6. remove the
+    manifest. A run stopped anywhere is finished by the next one, first: a manifest still
+    `claimed` is parsed and written again under its own id (the same parts, replaced), a
+    `written` one only moved; claimed files no manifest names (stopped before 2, or claimed
+    by an ingest from before chunks) go into the next new chunk. A file's part from the
+    per-file layout (`landed-<stem>.parquet`) is removed when the file is written again.
+
+    `start` gets the accepted parts this run will write again or remove, before any parse.
+    """
+    chunks = [_read_manifest(lake, rel) for rel in lake.glob(f"{landing.chunks_dir}/*.json")]
+    in_chunks = {name for chunk in chunks for name in chunk.names}
+    left_over = [
+        rel
+        for rel in lake.glob(f"{landing.claimed_dir}/*{landing.suffix}")
+        if rel.rsplit("/", 1)[-1] not in in_chunks
+    ]
+    waiting = lake.glob(f"{landing.folder}/*{landing.suffix}")
+    if not chunks and not left_over and not waiting:
+        return None
+    t0 = time.perf_counter()
+    # names first: a name the API never writes stops the ingest before anything is claimed
+    for rel in left_over + waiting:
+        _landing_stem(lake, rel, landing.suffix)
+    # the per-file layout's parts (listed once: removed when their file is written again)
+    accepted_part, rejected_part = landing.parts("*")
+    per_file_parts = set(lake.glob(accepted_part)) | set(lake.glob(rejected_part))
+
+    def per_file(names: list[str]) -> list[str]:
+        return [
+            rel
+            for name in names
+            for rel in landing.parts(name.removesuffix(landing.suffix))
+            if rel in per_file_parts
+        ]
+
+    if start is not None:
+        to_read = [c.names for c in chunks if c.state == "claimed"] + [
+            [rel.rsplit("/", 1)[-1] for rel in left_over + waiting]
+        ]
+        start(
+            {landing.parts(c.id)[0] for c in chunks if c.state == "claimed"}
+            | {rel for names in to_read for rel in per_file(names)}
+        )
+    report = TableReport(table=f"landed_{landing.kind}", files=[])
+    counts: dict[str, int] = {}
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    def finish(chunk: _Chunk) -> None:
+        """Steps 5 and 6: the rows are in raw/; only now do the files leave `_claimed/`."""
+        for name in chunk.names:
+            with contextlib.suppress(FileNotFoundError):  # moved before a stop
+                lake.move(f"{landing.claimed_dir}/{name}", f"{landing.ingested_dir}/{name}")
+        lake.remove(f"{landing.chunks_dir}/{chunk.id}.json")
+        report.files += chunk.names
+        report.accepted += chunk.accepted
+        report.rejected += chunk.rejected
+        for reason, count in chunk.reasons.items():
+            counts[reason] = counts.get(reason, 0) + count
+        repeated = (
+            f", {len(chunk.repeats):,} landed again (already in raw/)" if chunk.repeats else ""
+        )
+        say(
+            f"  {chunk.id}: {len(chunk.names):,} files{repeated}, "
+            f"{chunk.accepted:,} accepted + {chunk.rejected:,} rejected"
+        )
+
+    def write(chunk: _Chunk, files: list[tuple[str, bytes]]) -> None:
+        """Steps 3 and 4, then `finish`."""
+        files.sort()
+        chunk.names = [name for name, _ in files]
+        if landing.repeatable:
+            # an Idempotency-Key's file can land again when two retries race on S3 (no lock
+            # there): the same bytes as the file already ingested are a retry, not new events
+            chunk.repeats = []
+            for name, data in files:
+                if name.startswith(REPEATABLE_PREFIX):
+                    try:
+                        if lake.read_bytes(f"{landing.ingested_dir}/{name}") == data:
+                            chunk.repeats.append(name)
+                    except FileNotFoundError:
+                        pass
+        fresh = [(name, data) for name, data in files if name not in chunk.repeats]
+        accepted, rejected = parse(chunk, fresh)
+        for rel in per_file([name for name, _ in fresh]):
+            lake.remove(rel)
+        folder = work_dir / chunk.id
+        folder.mkdir(parents=True, exist_ok=True)
+        # written, or removed when empty, so that a chunk written again ends as the first time
+        for table, target in zip((accepted, rejected), landing.parts(chunk.id), strict=True):
+            if table.num_rows:
+                local = folder / "part.parquet"
+                pq.write_table(
+                    table, local, compression="zstd", compression_level=1, row_group_size=1_000_000
+                )
+                lake.put(local, target)
+            else:
+                lake.remove(target)
+        shutil.rmtree(folder, ignore_errors=True)
+        chunk.state = "written"
+        chunk.accepted, chunk.rejected = accepted.num_rows, rejected.num_rows
+        reasons: dict[str, int] = {}
+        for text in rejected.column("reason").to_pylist():
+            key = landing.reason_key(text)
+            reasons[key] = reasons.get(key, 0) + 1
+        chunk.reasons = reasons
+        lake.write_text(f"{landing.chunks_dir}/{chunk.id}.json", json.dumps(asdict(chunk)))
+        finish(chunk)
+
+    for chunk in chunks:  # a stopped run's, in the order they were made
+        if chunk.state == "written":
+            finish(chunk)
+            continue
+        files = []
+        for name in chunk.names:
+            try:
+                files.append((name, lake.read_bytes(f"{landing.claimed_dir}/{name}")))
+            except FileNotFoundError:
+                say(f"  {name}: taken by another ingest, skipped")
+        write(chunk, files)
+    queue = left_over + waiting
+    i = 0
+    while i < len(queue):
+        files, size = [], 0
+        while i < len(queue) and len(files) < CHUNK_FILES and size < CHUNK_BYTES:
+            rel, i = queue[i], i + 1
+            name = rel.rsplit("/", 1)[-1]
+            if rel.startswith(f"{landing.claimed_dir}/"):
+                claimed: str | None = rel
+            else:
+                claimed = _claim(lake, rel, landing.claimed_dir)
+            if claimed is None:
+                say(f"  {name}: taken by another ingest, skipped")
+                continue
+            try:
+                data = lake.read_bytes(claimed)
+            except FileNotFoundError:  # a claim another ingest finished meanwhile
+                say(f"  {name}: taken by another ingest, skipped")
+                continue
+            files.append((name, data))
+            size += len(data)
+        if files:
+            chunk = _Chunk(new_chunk_id(), sorted(name for name, _ in files))
+            lake.write_text(f"{landing.chunks_dir}/{chunk.id}.json", json.dumps(asdict(chunk)))
+            write(chunk, files)
+    if not report.files:
+        return None
+    report.raw_rows = report.accepted + report.rejected
+    report.reasons = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    say(
+        f"landed {landing.kind}: {len(report.files):,} files, {report.raw_rows:,} rows = "
+        f"{report.accepted:,} accepted + {report.rejected:,} rejected "
+        f"({time.perf_counter() - t0:.1f}s)"
+    )
+    return report
+
+
+def _events_reason_key(reason: str) -> str:
+    return reason.split(" of line ")[0].split(" got ")[0]
+
+
+EVENTS_LANDING = _Landing(
+    "events", LANDING_DIR, ".csv", "raw/events", LANDED_PREFIX, _events_reason_key, True
+)
+
+
+def _parse_events_chunk(
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    files: list[tuple[str, bytes]],
+    max_timestamp_ms: int,
+) -> tuple[pa.Table, pa.Table]:
+    """(accepted, rejected rows) of landed events files, each checked as on its own: its header,
+    its lines numbered from 2, an exact duplicate only of a line of its own file.
+
+    Fast for many small files: the bodies of the files with one header are joined (each ends
+    with a newline) and parsed in one pass, the line numbers mapped back to files after.
+    Accepted rows are in the order of the files, then of their lines.
+    """
+    # the header names the layout: the API's (with impression_id) or an older API's
+    specs = {",".join(spec.names): spec for spec in (LANDED_EVENTS, EVENTS)}
+    names = [name for name, _ in files]
+    groups: dict[str, list[int]] = {}
+    for index, (name, data) in enumerate(files):
+        first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip("\r\n")
+        if first not in specs:
+            raise IngestError(
+                f"{lake.url(f'{CLAIMED_DIR}/{name}')}: unexpected header {shown(first)}; "
+                f"expected {' or '.join(specs)} (landing files are written by the API; nothing "
+                "was written, and the file stays where it is)"
+            )
+        groups.setdefault(first, []).append(index)
+    schema = raw_schema(EVENTS)
+    accepted_parts: list[pa.Table] = []
+    rejected_parts: list[pa.Table] = []
+    for header, indices in groups.items():
+        spec = specs[header]
+        bodies = [_body_of(files[i][1]) for i in indices]
+        first_line = np.cumsum([0] + [body.count(b"\n") for body in bodies[:-1]])
+        body = b"".join(bodies)
+        del bodies
+        file_of = np.asarray(indices, dtype=np.int32)
+
+        def locate(
+            numbers: np.ndarray, first_line: np.ndarray = first_line, file_of: np.ndarray = file_of
+        ) -> tuple[np.ndarray, np.ndarray]:
+            """(file index, line number in the file) of line numbers in the joined bodies."""
+            at = numbers - 2
+            k = np.searchsorted(first_line, at, side="right") - 1
+            return file_of[k], at - first_line[k] + 2
+
+        table, rejects = _parse_body(spec, body, max_timestamp_ms)
+        joined_lines = table.column("_line_number").to_numpy()
+        file_index, line_number = locate(joined_lines)
+        table = table.set_column(
+            table.schema.get_field_index("_line_number"), "_line_number", pa.array(line_number)
+        ).append_column("_file_index", pa.array(file_index))
+        dup_index, dup_reasons = _find_duplicates(con, spec, table, names, per_file=True)
+        if len(dup_index):
+            numbers = joined_lines[dup_index]
+            rejects.add(numbers, dup_reasons, _Lines(body).text(numbers))
+            keep = np.ones(table.num_rows, dtype=bool)
+            keep[dup_index] = False
+            table = table.filter(pa.array(keep))
+        accepted = table.select(list(spec.names)).cast(accepted_schema(spec))
+        for name in schema.names[accepted.num_columns :]:  # an older API's: no impression_id
+            accepted = accepted.append_column(
+                schema.field(name), pa.nulls(accepted.num_rows, schema.field(name).type)
+            )
+        accepted_parts.append(
+            accepted.append_column("_file_index", table.column("_file_index")).append_column(
+                "_line_number", table.column("_line_number")
+            )
+        )
+        if rejects.line_numbers:
+            at_file, at_line = locate(np.concatenate(rejects.line_numbers))
+            rejected_parts.append(
+                pa.table(
+                    {
+                        "source_file": pa.array(names, pa.string()).take(pa.array(at_file)),
+                        "line_number": pa.array(at_line, pa.int64()),
+                        "reason": pa.concat_arrays(rejects.reasons),
+                        "raw_line": pa.concat_arrays(rejects.raw_lines),
+                    },
+                    schema=REJECTED_SCHEMA,
+                )
+            )
+    if accepted_parts:
+        accepted = (
+            pa.concat_tables(accepted_parts)
+            .sort_by([("_file_index", "ascending"), ("_line_number", "ascending")])
+            .select(schema.names)
+        )
+    else:
+        accepted = schema.empty_table()
+    rejected = (
+        pa.concat_tables(rejected_parts).sort_by(
+            [("source_file", "ascending"), ("line_number", "ascending")]
+        )
+        if rejected_parts
+        else REJECTED_SCHEMA.empty_table()
+    )
+    return accepted, rejected
+
+
 def ingest_landing(
     lake: Lake,
     work_dir: Path,
@@ -959,83 +1355,23 @@ def ingest_landing(
 ) -> TableReport | None:
     """Move the API's landed event files into `raw/events/`, exactly once (see the module doc).
 
-    Claims a stopped run left in `CLAIMED_DIR` come first, then the files waiting in
-    `LANDING_DIR`, each claimed before it is read. Returns one report over all the files picked
-    up, or None when there were none.
+    A stopped run's chunks and claims come first, then the files waiting in `LANDING_DIR`, each
+    claimed before it is read, in chunks (`_pick_up`). Returns one report over all the files
+    picked up, or None when there were none.
     """
     say = say or (lambda _msg: None)
-    if max_timestamp_ms is None:
-        max_timestamp_ms = default_max_timestamp_ms()
-    left_over = lake.glob(f"{CLAIMED_DIR}/*.csv")
-    waiting = lake.glob(f"{LANDING_DIR}/*.csv")
-    if not left_over and not waiting:
-        return None
-    t0 = time.perf_counter()
-    report = TableReport(table="landed_events", files=[])
-    counts: dict[str, int] = {}
-    # the header names the layout: the API's (with impression_id) or an older API's
-    specs = {",".join(spec.names): spec for spec in (LANDED_EVENTS, EVENTS)}
+    limit = default_max_timestamp_ms() if max_timestamp_ms is None else max_timestamp_ms
     con = connect_duckdb()
     try:
-        for rel in left_over + waiting:
-            name = rel.rsplit("/", 1)[-1]
-            stem = _landing_stem(lake, rel, ".csv")
-            claimed = rel if rel.startswith(f"{CLAIMED_DIR}/") else _claim(lake, rel)
-            if claimed is None:
-                say(f"  {name}: taken by another ingest, skipped")
-                continue
-            folder = work_dir / stem
-            folder.mkdir(parents=True, exist_ok=True)
-            local = folder / name
-            try:
-                local.write_bytes(lake.read_bytes(claimed))
-            except FileNotFoundError:  # a claim another ingest finished meanwhile
-                say(f"  {name}: taken by another ingest, skipped")
-                continue
-            first = _read_header(local).decode("utf-8", errors="replace").strip("\r\n")
-            spec = specs.get(first)
-            if spec is None:
-                raise IngestError(
-                    f"{lake.url(claimed)}: unexpected header {shown(first)}; expected "
-                    f"{' or '.join(specs)} (landing files are written by the API; nothing was "
-                    "written, and the file stays where it is)"
-                )
-            part = _ingest_table(con, spec, [local], folder, lambda _msg: None, max_timestamp_ms)
-            # written, or removed when empty: a retry's file replaces the parts of the one before
-            for count, local_part, target in (
-                (part.accepted, "events.parquet", f"raw/events/{LANDED_PREFIX}{stem}.parquet"),
-                (
-                    part.rejected,
-                    "rejected_events.parquet",
-                    f"raw/rejected/{LANDED_PREFIX}{stem}.parquet",
-                ),
-            ):
-                if count:
-                    lake.put(folder / local_part, target)
-                else:
-                    lake.remove(target)
-            # the rows are in raw/ now: only then does the claim leave for `_ingested/`
-            try:
-                lake.move(claimed, f"{INGESTED_DIR}/{name}")
-            except FileNotFoundError:  # another ingest took the same claim; the rows are in raw/
-                say(f"  {name}: moved by another ingest")
-            report.files.append(name)
-            report.raw_rows += part.raw_rows
-            report.accepted += part.accepted
-            report.rejected += part.rejected
-            for reason, count in part.reasons.items():
-                counts[reason] = counts.get(reason, 0) + count
+        return _pick_up(
+            lake,
+            EVENTS_LANDING,
+            work_dir,
+            say,
+            lambda _chunk, files: _parse_events_chunk(con, lake, files, limit),
+        )
     finally:
         con.close()
-    if not report.files:
-        return None
-    report.reasons = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    say(
-        f"landed events: {len(report.files):,} files, {report.raw_rows:,} rows = "
-        f"{report.accepted:,} accepted + {report.rejected:,} rejected "
-        f"({time.perf_counter() - t0:.1f}s)"
-    )
-    return report
 
 
 # --- impressions the API logged (landing/impressions/*.jsonl) ----------------------------------
@@ -1242,12 +1578,12 @@ class _ImpressionFile:
     texts: list[str] = field(default_factory=list)  # as written, in case they are rejected yet
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason, text)
 
-    def reject_ingested(self, found: dict[int, str]) -> None:
-        """Reject the lines whose impression id is in raw/ already: {line number: part}."""
+    def reject_duplicates(self, found: dict[int, str]) -> None:
+        """Reject the lines whose impression id was seen before: {line number: where}."""
         kept = _ImpressionFile(rejected=self.rejected)
         for obj, number, text in zip(self.impressions, self.line_numbers, self.texts, strict=True):
             if number in found:
-                reason = f"duplicate impression_id (already in {shown(found[number])})"
+                reason = f"duplicate impression_id ({found[number]})"
                 self.rejected.append((number, reason, text))
             else:
                 kept.impressions.append(obj)
@@ -1331,6 +1667,22 @@ def _reason_key(reason: str) -> str:
     return reason.split(" (", 1)[0]
 
 
+IMPRESSIONS_LANDING = _Landing(
+    "impressions",
+    IMPRESSIONS_LANDING_DIR,
+    ".jsonl",
+    RAW_IMPRESSIONS_DIR,
+    REJECTED_IMPRESSIONS_PREFIX,
+    _reason_key,
+    False,
+)
+
+
+def landing_part_name(landing: _Landing, part_id: str) -> str:
+    """The file name of a chunk's accepted part (as `parse_filename` gives it)."""
+    return landing.parts(part_id)[0].rsplit("/", 1)[-1]
+
+
 def ingest_landing_impressions(
     lake: Lake,
     work_dir: Path,
@@ -1338,35 +1690,27 @@ def ingest_landing_impressions(
     max_timestamp_ms: int | None = None,
 ) -> TableReport | None:
     """Move the API's impression files (`landing/impressions/*.jsonl`) into `raw/impressions/`,
-    exactly once, as `ingest_landing` moves events (see the module doc).
+    exactly once, in chunks, as `ingest_landing` moves events (`_pick_up`, the module doc).
 
-    Each file gives `raw/impressions/landed-<stem>.parquet` (IMPRESSIONS_SCHEMA, one row per
-    impression) and `raw/rejected/impressions-landed-<stem>.parquet` (REJECTED_SCHEMA). An
-    impression id already in `raw/impressions/` (a retried batch) or earlier in the run is
-    rejected as a duplicate, except in the file's own part, which a stopped run may have written
-    and which this run writes again. Returns one report over the files picked up, or None when
-    there were none. `max_timestamp_ms` is the events' limit: `served_at` later is refused.
+    Each chunk gives `raw/impressions/landed-<chunk id>.parquet` (IMPRESSIONS_SCHEMA, one row
+    per impression) and `raw/rejected/impressions-landed-<chunk id>.parquet` (REJECTED_SCHEMA).
+    An impression id already in `raw/impressions/` (a retried batch) or earlier in the run is
+    rejected as a duplicate, except in the parts this run writes again (a stopped run's).
+    Returns one report over the files picked up, or None when there were none.
+    `max_timestamp_ms` is the events' limit: `served_at` later is refused.
     """
     say = say or (lambda _msg: None)
-    if max_timestamp_ms is None:
-        max_timestamp_ms = default_max_timestamp_ms()
-    left_over = lake.glob(f"{IMPRESSIONS_CLAIMED_DIR}/*.jsonl")
-    waiting = lake.glob(f"{IMPRESSIONS_LANDING_DIR}/*.jsonl")
-    if not left_over and not waiting:
-        return None
-    t0 = time.perf_counter()
-    # names first: a name the API never writes stops the ingest before anything is claimed
-    stems = {rel: _landing_stem(lake, rel, ".jsonl") for rel in left_over + waiting}
-    report = TableReport(table="landed_impressions", files=[])
-    counts: dict[str, int] = {}
+    limit = default_max_timestamp_ms() if max_timestamp_ms is None else max_timestamp_ms
     work_dir.mkdir(parents=True, exist_ok=True)
     con = connect_duckdb(lake=lake, config={"temp_directory": str(work_dir / "spill")})
-    try:
+
+    def start(rewritten: set[str]) -> None:
         # the impression ids in raw/ already, one column read once per run, except the parts
-        # of the files about to be read (a stopped run's, written again from the same lines)
-        own = {f"{RAW_IMPRESSIONS_DIR}/{LANDED_PREFIX}{stem}.parquet" for stem in stems.values()}
+        # about to be written again from the same lines (a stopped run's)
         parts = [
-            lake.url(rel) for rel in lake.glob(f"{RAW_IMPRESSIONS_DIR}/*.parquet") if rel not in own
+            lake.url(rel)
+            for rel in lake.glob(f"{RAW_IMPRESSIONS_DIR}/*.parquet")
+            if rel not in rewritten
         ]
         if parts:
             con.execute(
@@ -1376,85 +1720,62 @@ def ingest_landing_impressions(
             )
         else:
             con.execute("create temp table seen (impression_id varchar, part varchar)")
-        for rel in left_over + waiting:
-            name, stem = rel.rsplit("/", 1)[-1], stems[rel]
-            if rel.startswith(f"{IMPRESSIONS_CLAIMED_DIR}/"):
-                claimed: str | None = rel
-            else:
-                claimed = _claim(lake, rel, IMPRESSIONS_CLAIMED_DIR)
-            if claimed is None:
-                say(f"  {name}: taken by another ingest, skipped")
-                continue
-            try:
-                data = lake.read_bytes(claimed)
-            except FileNotFoundError:  # a claim another ingest finished meanwhile
-                say(f"  {name}: taken by another ingest, skipped")
-                continue
-            read = _read_impressions(data, max_timestamp_ms)
-            del data
-            part_name = f"{LANDED_PREFIX}{stem}.parquet"
-            if read.impressions:
-                ids = pa.table(
-                    {
-                        "impression_id": [obj["impression_id"] for obj in read.impressions],
-                        "line_number": read.line_numbers,
-                    }
-                )
-                con.register("file_ids", ids)
-                found = dict(
-                    con.execute(
-                        "select f.line_number, min(s.part) from file_ids as f inner join seen as s "
-                        "using (impression_id) group by f.line_number"
-                    ).fetchall()
-                )
-                con.unregister("file_ids")
-                if found:
-                    read.reject_ingested(found)
-            accepted = _impressions_table(read.impressions)
-            rejected = _rejected_table(name, read.rejected)
-            folder = work_dir / stem
-            folder.mkdir(parents=True, exist_ok=True)
-            # written, or removed when empty, so that a file read again ends as it did the first
-            # time; only then does the claim leave for `_ingested/`
-            for table, local_name, target in (
-                (accepted, "impressions.parquet", f"{RAW_IMPRESSIONS_DIR}/{part_name}"),
-                (
-                    rejected,
-                    "rejected.parquet",
-                    f"raw/rejected/{REJECTED_IMPRESSIONS_PREFIX}{stem}.parquet",
-                ),
-            ):
-                if table.num_rows:
-                    pq.write_table(table, folder / local_name, compression="zstd")
-                    lake.put(folder / local_name, target)
-                else:
-                    lake.remove(target)
-            if accepted.num_rows:
-                con.register("file_ids", accepted.select(["impression_id"]))
-                con.execute("insert into seen select impression_id, ? from file_ids", [part_name])
-                con.unregister("file_ids")
-            try:
-                lake.move(claimed, f"{IMPRESSIONS_INGESTED_DIR}/{name}")
-            except FileNotFoundError:  # another ingest took the same claim; the rows are in raw/
-                say(f"  {name}: moved by another ingest")
-            report.files.append(name)
-            report.accepted += accepted.num_rows
-            report.rejected += rejected.num_rows
-            for reason in rejected.column("reason").to_pylist():
-                key = _reason_key(reason)
-                counts[key] = counts.get(key, 0) + 1
+
+    def parse(chunk: _Chunk, files: list[tuple[str, bytes]]) -> tuple[pa.Table, pa.Table]:
+        reads = [(name, _read_impressions(data, limit)) for name, data in files]
+        ids = pa.table(
+            {
+                "impression_id": [
+                    obj["impression_id"] for _, read in reads for obj in read.impressions
+                ],
+                "file_index": [k for k, (_, read) in enumerate(reads) for _ in read.impressions],
+                "line_number": [n for _, read in reads for n in read.line_numbers],
+            },
+            schema=pa.schema(
+                [
+                    ("impression_id", pa.string()),
+                    ("file_index", pa.int64()),
+                    ("line_number", pa.int64()),
+                ]
+            ),
+        )
+        con.register("chunk_ids", ids)
+        in_raw = {
+            (k, n): part
+            for k, n, part in con.execute(
+                "select c.file_index, c.line_number, min(s.part) from chunk_ids as c inner join "
+                "seen as s using (impression_id) group by c.file_index, c.line_number"
+            ).fetchall()
+        }
+        con.unregister("chunk_ids")
+        first_seen: dict[object, str] = {}  # in the chunk: id -> `line N of <file>`
+        for k, (name, read) in enumerate(reads):
+            found = {}
+            for obj, number in zip(read.impressions, read.line_numbers, strict=True):
+                if (k, number) in in_raw:
+                    found[number] = f"already in {shown(in_raw[k, number])}"
+                elif obj["impression_id"] in first_seen:
+                    found[number] = first_seen[obj["impression_id"]]
+            if found:
+                read.reject_duplicates(found)
+            for obj, number in zip(read.impressions, read.line_numbers, strict=True):
+                first_seen[obj["impression_id"]] = f"line {number} of {name}"
+        accepted = _impressions_table([obj for _, read in reads for obj in read.impressions])
+        rejected = pa.concat_tables(
+            [REJECTED_SCHEMA.empty_table()]
+            + [_rejected_table(name, read.rejected) for name, read in reads]
+        )
+        if accepted.num_rows:
+            part = landing_part_name(IMPRESSIONS_LANDING, chunk.id)
+            con.register("chunk_ids", accepted.select(["impression_id"]))
+            con.execute("insert into seen select impression_id, ? from chunk_ids", [part])
+            con.unregister("chunk_ids")
+        return accepted, rejected
+
+    try:
+        return _pick_up(lake, IMPRESSIONS_LANDING, work_dir, say, parse, start)
     finally:
         con.close()
-    if not report.files:
-        return None
-    report.raw_rows = report.accepted + report.rejected
-    report.reasons = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    say(
-        f"landed impressions: {len(report.files):,} files, {report.raw_rows:,} rows = "
-        f"{report.accepted:,} accepted + {report.rejected:,} rejected "
-        f"({time.perf_counter() - t0:.1f}s)"
-    )
-    return report
 
 
 def ingest_all_landing(

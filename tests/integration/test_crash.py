@@ -22,6 +22,7 @@ After every kill:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -371,64 +372,103 @@ def test_event_posting_killed_mid_write(base: Path, tmp_path: Path) -> None:
     assert not [p for p in (base / "lake").rglob("*") if is_temporary(p)]
 
 
-def test_impression_ingest_killed_at_each_write(tiny_raw: Path, tmp_path: Path) -> None:
-    """`recsys ingest` killed while it takes the impressions the API landed: at a claim, mid-put
-    of a part, after a part, after the rejected lines, after a move to `_ingested/`. The
-    uninterrupted re-run must end as an ingest never killed: the same raw/ bytes (every
-    impression once, no impression of a half-done file taken for a batch sent twice), nothing
-    left waiting."""
+def impression_line(n: int) -> str:
     import json
 
-    def line(n: int) -> str:
-        return json.dumps(
-            {
-                "impression_id": f"{n:032x}",
-                "served_at": 1_700_000_000_000 + n,
-                "visitor_id": n,
-                "route": "visitor",
-                "strategy": "personalized",
-                "policy": "interleave:ranker,als",
-                "experiment": "e",
-                "variant": "v",
-                "snapshot_version": "20260101T000000Z-0123abcd",
-                "model_version": "m1",
-                "anchor_item_id": None,
-                "items": [{"item_id": n, "rank": 1, "source": "ranker", "team": "als"}],
-            }
-        )
+    return json.dumps(
+        {
+            "impression_id": f"{n:032x}",
+            "served_at": 1_700_000_000_000 + n,
+            "visitor_id": n,
+            "route": "visitor",
+            "strategy": "personalized",
+            "policy": "interleave:ranker,als",
+            "experiment": "e",
+            "variant": "v",
+            "snapshot_version": "20260101T000000Z-0123abcd",
+            "model_version": "m1",
+            "anchor_item_id": None,
+            "items": [{"item_id": n, "rank": 1, "source": "ranker", "team": "als"}],
+        }
+    )
 
-    files = {  # two batches, each with a bad line; the second repeats one of the first
-        "20260101T000000000000Z-000000000000000a": [line(1), line(2), "{}"],
-        "20260101T000001000000Z-000000000000000b": [line(2), line(3), "not json"],
-    }
+
+EVENTS_HEADER = "timestamp,visitorid,event,itemid,transactionid,impression_id"
+LANDED = {  # what the API may land: two files each with a bad line; the second repeats the first
+    "impressions": {
+        "20260101T000000000000Z-000000000000000a.jsonl": [
+            impression_line(1),
+            impression_line(2),
+            "{}",
+        ],
+        "20260101T000001000000Z-000000000000000b.jsonl": [
+            impression_line(2),
+            impression_line(3),
+            "not json",
+        ],
+    },
+    "events": {
+        "20260101T000000000000Z-000000000000000a.csv": [
+            EVENTS_HEADER,
+            "1442000000000,9000001,view,1,,",
+            "1442000000001,9000001,view,1,,",
+            "1442000000001,9000001,view,1,,",  # an exact duplicate, in its own file
+        ],
+        "key-0000000000000000000000000000000b.csv": [
+            "timestamp,visitorid,event,itemid,transactionid",  # an older API's header
+            "1442000000000,9000001,view,1,",  # the same event as another file's: both kept
+            "1442000000002,9000001,transaction,2,",
+        ],
+    },
+}
+
+
+def chunks_named_alike(image: dict[str, bytes]) -> dict[str, bytes]:
+    """`raw_bytes` with every chunk id (new on each run) spelt the same."""
+    return {re.sub(r"chunk-[0-9TZ]+-[0-9a-f]+", "chunk", k): v for k, v in image.items()}
+
+
+@pytest.mark.parametrize("kind", ["impressions", "events"])
+def test_landing_ingest_killed_at_each_write(tiny_raw: Path, tmp_path: Path, kind: str) -> None:
+    """`recsys ingest` killed while it takes the files the API landed: at a claim, mid-write of
+    the chunk's manifest, mid-put of its part, after the part, after the rejected lines (the
+    part written, nothing moved yet), after a move to `_ingested/`. The uninterrupted re-run
+    must end as an ingest never killed: the same raw/ bytes (every row once, none of a
+    half-done chunk taken for a batch sent twice), nothing left waiting."""
+    files = LANDED[kind]
+    raw_dir = {"events": "raw/events", "impressions": "raw/impressions"}[kind]
+    rejected = {"events": "raw/rejected/landed-", "impressions": "raw/rejected/impressions-landed-"}
 
     def prepared(name: str) -> Path:
-        data = tmp_path / name / "data"
+        data = tmp_path / kind / name / "data"
         lake = Lake(str(data / "lake"))
         ingest(tiny_raw, lake)
-        landing = data / "lake" / "landing" / "impressions"
+        landing = data / "lake" / "landing" / kind
         landing.mkdir(parents=True)
-        for stem, lines in files.items():
-            (landing / f"{stem}.jsonl").write_text("\n".join(lines) + "\n")
+        for file_name, lines in files.items():
+            (landing / file_name).write_text("\n".join(lines) + "\n")
         return data
 
     reference = prepared("reference")
     ingest(tiny_raw, Lake(str(reference / "lake")))
-    expected = raw_bytes(reference / "lake")
-    assert any(k.startswith("impressions/landed-") for k in expected)
+    expected = chunks_named_alike(raw_bytes(reference / "lake"))
+    assert f"{raw_dir.removeprefix('raw/')}/landed-chunk.parquet" in expected
+    assert f"{rejected[kind].removeprefix('raw/')}chunk.parquet" in expected
     points = {
-        "a claim": created("lake/landing/impressions/_claimed/"),
-        "mid-put of a part": hidden_in("lake/raw/impressions/"),
-        "a part": created("lake/raw/impressions/landed-"),
-        "the rejected lines": created("lake/raw/rejected/impressions-landed-"),
-        "a move": created("lake/landing/impressions/_ingested/"),
+        "a claim": created(f"lake/landing/{kind}/_claimed/"),
+        "the manifest": created(f"lake/landing/{kind}/_chunks/"),
+        "mid-put of a part": hidden_in(f"lake/{raw_dir}/"),
+        "a part": created(f"lake/{raw_dir}/landed-"),
+        "the rejected lines": created(f"lake/{rejected[kind]}"),
+        "a move": created(f"lake/landing/{kind}/_ingested/"),
     }
     for name, point in points.items():
         data = prepared(name)
         Writer(data, tmp_path / f"{name}-work").kill_at(point, "ingest", "--raw-dir", str(tiny_raw))
         check_parquet_reads(data / "lake")
         ingest(tiny_raw, Lake(str(data / "lake")))
-        assert raw_bytes(data / "lake") == expected, name
-        landing = data / "lake" / "landing" / "impressions"
-        assert not list(landing.glob("*.jsonl")) and not list(landing.glob("_claimed/*")), name
-        assert len(list(landing.glob("_ingested/*.jsonl"))) == len(files), name
+        assert chunks_named_alike(raw_bytes(data / "lake")) == expected, name
+        landing = data / "lake" / "landing" / kind
+        assert not list(landing.glob("*.*")) and not list(landing.glob("_claimed/*")), name
+        assert not [p for p in landing.glob("_chunks/*") if not is_temporary(p)], name
+        assert len(list(landing.glob("_ingested/*.*"))) == len(files), name

@@ -116,6 +116,7 @@ def test_retries_during_ingest_land_every_acknowledged_event_once(tmp_path: Path
             expected = Counter({(v, i): 1 for v in acknowledged for i in range(1, 4)})
             assert raw_events(lake) == expected, f"round {round_number}"
             assert not list(landing.glob("*.csv")) and not list(landing.glob("_claimed/*.csv"))
+            assert not list(landing.glob("_chunks/*"))
         assert len(acknowledged) == ROUNDS * (KEYS + PLAIN)  # one body per key, every plain one
 
 
@@ -181,4 +182,5 @@ def test_impressions_landed_during_ingest_reach_raw_once(tmp_path: Path) -> None
     ).fetchall()
     assert sorted(i for (i,) in ids) == [f"{n:032x}" for n in range(files * per_file)]
     assert not list(landing.glob("*.jsonl")) and not list(landing.glob("_claimed/*"))
+    assert not list(landing.glob("_chunks/*"))
     assert len(list(landing.glob("_ingested/*.jsonl"))) == files

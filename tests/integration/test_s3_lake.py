@@ -118,17 +118,21 @@ def test_landed_events_are_claimed_and_moved_on_s3(
     with pytest.raises(FileNotFoundError):
         lake.read_bytes(f"{LANDING_DIR}/a.csv")
 
-    # a claim a stopped ingest left, and a file waiting: both end in raw/ and `_ingested/`
+    # a claim a stopped ingest from before chunks left, with the part it wrote for it, and a
+    # file waiting: both end in raw/ once, in one chunk's part, and in `_ingested/`
     rows = [
         (1430622700000, 5, "view", 12, None, "0123456789abcdef0123456789abcdef"),
         (1430622720000, 5, "transaction", 12, 99, None),
     ]
     land(lake, "key-a", to_csv(rows[:1]))
     lake.write_text(f"{CLAIMED_DIR}/key-b.csv", to_csv(rows[1:]))
+    old_part = tmp_path / "old.parquet"
+    duckdb.sql(f"copy (select 1430622720000 as timestamp) to '{old_part}' (format parquet)")
+    lake.put(old_part, "raw/events/landed-key-b.parquet")
     assert lake.glob(f"{LANDING_DIR}/*.csv") == [f"{LANDING_DIR}/key-a.csv"]
     report = ingest_landing(lake, tmp_path / "work")
     assert report is not None
-    assert (report.files, report.accepted, report.rejected) == (["key-b.csv", "key-a.csv"], 2, 0)
+    assert (report.files, report.accepted, report.rejected) == (["key-a.csv", "key-b.csv"], 2, 0)
     fs = s3fs.S3FileSystem(**seaweed_s3.s3fs_options(), use_listings_cache=False)
     root = s3_settings.lake_uri.removeprefix("s3://")
     assert sorted(p.removeprefix(f"{root}/") for p in fs.find(f"{root}/landing")) == [
@@ -136,12 +140,17 @@ def test_landed_events_are_claimed_and_moved_on_s3(
         f"{INGESTED_DIR}/key-a.csv",
         f"{INGESTED_DIR}/key-b.csv",
     ]
-    assert fs.exists(f"{root}/raw/events/landed-key-a.parquet")
-    assert fs.exists(f"{root}/raw/events/landed-key-b.parquet")
+    parts = [p.rsplit("/", 1)[-1] for p in fs.find(f"{root}/raw/events")]
+    assert len(parts) == 1 and parts[0].startswith("landed-chunk-"), parts
     landed = lake.duckdb().execute(
         f"select * from read_parquet('{lake.url('raw/events/landed-*.parquet')}') order by 1"
     )
     assert landed.fetchall() == rows  # the impression id kept
+    # the same bytes landed again under the key (two retries racing: S3 has no lock): once
+    land(lake, "key-a", to_csv(rows[:1]))
+    again = ingest_landing(lake, tmp_path / "again")
+    assert again is not None and (again.files, again.accepted) == (["key-a.csv"], 0)
+    assert len(lake.glob("raw/events/*.parquet")) == 1
 
 
 def test_landed_impressions_are_claimed_checked_and_moved_on_s3(

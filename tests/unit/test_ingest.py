@@ -399,6 +399,12 @@ def count_events(lake: Lake) -> int:
     return len(read(lake, "raw/events/*.parquet"))
 
 
+def chunk_part(lake: Lake, folder: str = "raw/events") -> str:
+    """The one chunk part in `folder` (`landed-chunk-<id>.parquet`)."""
+    (rel,) = lake.glob(f"{folder}/landed-chunk-*.parquet")
+    return rel
+
+
 def test_landed_events_are_ingested_exactly_once(tmp_path: Path, lake: Lake) -> None:
     raw = write_events(tmp_path / "raw", GOOD)
     land(lake, "20260101T000000000000Z-a", landed_rows())
@@ -417,12 +423,14 @@ def test_landed_events_are_ingested_exactly_once(tmp_path: Path, lake: Lake) -> 
     assert landed.reasons == {"exact duplicate": 1, "transaction without transactionid": 1}
     assert count_events(lake) == len(GOOD) + 4
     root = Path(lake.root)
+    # both files in one part, named after their chunk; their rejected rows name each file
+    part = chunk_part(lake).rsplit("/", 1)[-1]
     assert sorted(p.name for p in (root / "raw/events").glob("*.parquet")) == [
         "events.parquet",
-        "landed-20260101T000000000000Z-a.parquet",
-        "landed-20260101T000001000000Z-b.parquet",
+        part,
     ]
-    rejected = read(lake, "raw/rejected/landed-20260101T000001000000Z-b.parquet")
+    assert read(lake, f"raw/events/{part}")[: len(LANDED)] == LANDED  # in file, then line order
+    rejected = read(lake, chunk_part(lake, "raw/rejected"))
     assert [(r[0], r[1], r[2]) for r in rejected] == [
         ("20260101T000001000000Z-b.csv", 3, "transaction without transactionid"),
         (
@@ -437,9 +445,7 @@ def test_landed_events_are_ingested_exactly_once(tmp_path: Path, lake: Lake) -> 
     reports = {r.table: r for r in ingest(raw, lake)}
     assert "landed_events" not in reports
     assert count_events(lake) == len(GOOD) + 4
-    assert sorted(read(lake, "raw/events/landed-20260101T000000000000Z-a.parquet")) == sorted(
-        LANDED
-    )
+    assert read(lake, f"raw/events/{part}")[: len(LANDED)] == LANDED
 
 
 def test_a_crash_between_part_and_move_duplicates_nothing(
@@ -513,26 +519,27 @@ def test_a_claim_left_by_a_stopped_ingest_is_picked_up(
     monkeypatch.setattr(Lake, "put", put)
     reports = {r.table: r for r in ingest(raw, lake)}
     assert reports["landed_events"].files == ["20260101T000000000000Z-a.csv"]
-    assert sorted(read(lake, "raw/events/landed-20260101T000000000000Z-a.parquet")) == sorted(
-        LANDED
-    )
+    assert sorted(read(lake, chunk_part(lake))) == sorted(LANDED)
     assert list((root / "landing/events").rglob("*.csv")) == [
         root / "landing/events/_ingested/20260101T000000000000Z-a.csv"
     ]
 
 
+@pytest.mark.parametrize("same_body", [True, False])
 def test_a_file_landed_again_while_its_claim_is_read_is_kept(
-    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch, same_body: bool
 ) -> None:
-    # an Idempotency-Key retry lands under the same name while ingest works on the first copy
+    """An Idempotency-Key's file lands again under the same name while ingest works on the
+    first copy (two retries racing on S3, which has no lock): kept for the next ingest, which
+    ingests it unless it is the same bytes as the file already ingested (a retry)."""
     raw = write_events(tmp_path / "raw", GOOD)
     land(lake, "key-abc", landed_rows())
-    retry = [(1430622730000, 5, "view", 13, None, None)]
+    retry = LANDED if same_body else [(1430622730000, 5, "view", 13, None, None)]
     put = Lake.put
     retried: list[str] = []
 
     def retry_meanwhile(self: Lake, local: Path, rel: str) -> None:
-        if rel == "raw/events/landed-key-abc.parquet" and not retried:
+        if rel.startswith("raw/events/landed-") and not retried:
             retried.append(land(lake, "key-abc", to_csv(retry)))
         put(self, local, rel)
 
@@ -546,9 +553,17 @@ def test_a_file_landed_again_while_its_claim_is_read_is_kept(
     monkeypatch.setattr(Lake, "put", put)
     reports = {r.table: r for r in ingest(raw, lake)}
     assert reports["landed_events"].files == ["key-abc.csv"]
-    assert read(lake, "raw/events/landed-key-abc.parquet") == retry  # the last body sent
+    assert reports["landed_events"].accepted == (0 if same_body else len(retry))
+    # the same bytes again are the same events: once in raw/; another body under the key (two
+    # racing retries on S3 both acknowledged) is ingested too
+    assert sorted(read(lake, "raw/events/landed-*.parquet")) == sorted(
+        LANDED if same_body else LANDED + retry
+    )
     assert (root / "landing/events/_ingested/key-abc.csv").read_text() == to_csv(retry)
-    assert not list((root / "landing/events").glob("*.csv"))
+    assert list((root / "landing/events").rglob("*.csv")) == [
+        root / "landing/events/_ingested/key-abc.csv"
+    ]
+    assert not list((root / "landing/events/_chunks").iterdir())
 
 
 def test_a_landing_file_gone_before_its_claim_is_skipped(
@@ -663,14 +678,13 @@ def test_landed_events_with_either_header_share_one_raw_schema(tmp_path: Path, l
         "bad impression_id": 2,
         "wrong number of fields: expected 6,": 1,
     }
-    assert read(lake, "raw/events/landed-20260101T000000000000Z-old.parquet") == [
-        (1430622800000, 6, "view", 13, None, None)
-    ]
-    assert read(lake, "raw/events/landed-20260101T000001000000Z-new.parquet") == [
+    assert read(lake, chunk_part(lake)) == [  # one part, in file then line order
+        (1430622800000, 6, "view", 13, None, None),
         (1430622800000, 7, "view", 13, None, IMPRESSION),
         (1430622801000, 7, "view", 14, None, None),  # empty: null, as for events.csv rows
     ]
-    rejected = read(lake, "raw/rejected/landed-20260101T000001000000Z-new.parquet")
+    rejected = read(lake, chunk_part(lake, "raw/rejected"))
+    assert {r[0] for r in rejected} == {"20260101T000001000000Z-new.csv"}
     assert [(r[1], r[2], r[3]) for r in rejected] == [
         (4, "bad impression_id", "1430622802000,7,view,15,,ABCDEF"),
         (5, "bad impression_id", f"1430622803000,7,view,16,,{IMPRESSION[:-1]}"),
@@ -697,7 +711,7 @@ def test_an_exact_duplicate_of_a_landed_event_includes_its_impression(
     report = ingest_landing(lake, tmp_path / "work")
     assert report is not None
     assert (report.accepted, report.rejected) == (2, 1)
-    rejected = read(lake, "raw/rejected/landed-20260101T000000000000Z-a.parquet")
+    rejected = read(lake, chunk_part(lake, "raw/rejected"))
     assert [(r[1], r[2]) for r in rejected] == [
         (4, "exact duplicate of line 2 of 20260101T000000000000Z-a.csv")
     ]
@@ -736,3 +750,163 @@ def test_a_landing_file_with_a_name_the_api_never_writes_is_refused(
     with pytest.raises(IngestError, match=r"a landing file named \"a b'\.csv\""):
         ingest_landing(lake, tmp_path / "work")
     assert target.exists()  # not claimed: it waits until someone looks
+
+
+# --- landing files are picked up in chunks: one part per chunk, each file judged on its own
+
+
+def test_many_landing_files_make_few_parts_and_rejects_name_their_file(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_module, "CHUNK_FILES", 4)
+    for n in range(10):
+        # each file: a good event, a bad one, and on the last file a quote left open on its
+        # last line, which must not swallow the first line of the next file
+        quote = '\n1430622900000,8,"view,14,,' if n == 3 else ""
+        land(
+            lake,
+            f"20260101T0000{n:02d}000000Z-x",
+            NEW_HEADER + f"14306228{n:02d}000,{n},view,13,,\n1430622800000,{n},buy,13,,{quote}",
+        )
+    report = ingest_landing(lake, tmp_path / "work")
+    assert report is not None
+    assert (report.raw_rows, report.accepted, report.rejected) == (21, 10, 11)
+    parts = lake.glob("raw/events/*.parquet")
+    assert len(parts) == 3 and all(p.startswith("raw/events/landed-chunk-") for p in parts)
+    assert [r[1] for r in read(lake, "raw/events/*.parquet")] == list(range(10))  # file order
+    rejected = sorted(read(lake, "raw/rejected/*.parquet"))
+    assert [(r[0], r[1], r[2]) for r in rejected] == sorted(
+        [(f"20260101T0000{n:02d}000000Z-x.csv", 3, "unknown event type") for n in range(10)]
+        + [
+            (
+                "20260101T000003000000Z-x.csv",
+                4,
+                "unterminated quote (newlines inside a quoted value are not supported)",
+            )
+        ]
+    )
+    assert rejected[3][3] == "1430622800000,3,buy,13,,"  # the line as written
+    assert not list((Path(lake.root) / "landing/events/_chunks").iterdir())
+
+
+def test_a_duplicate_is_judged_within_its_own_file(tmp_path: Path, lake: Lake) -> None:
+    """Two requests with the same event both land (without a key that is what was sent); the
+    same line twice in one request is a duplicate."""
+    event = "1430622800000,7,view,13,,"
+    land(lake, "20260101T000000000000Z-a", NEW_HEADER + f"{event}\n")
+    land(lake, "20260101T000001000000Z-b", NEW_HEADER + f"{event}\n{event}\n")
+    report = ingest_landing(lake, tmp_path / "work")
+    assert report is not None
+    assert (report.accepted, report.rejected) == (2, 1)
+    assert read(lake, chunk_part(lake, "raw/rejected")) == [
+        (
+            "20260101T000001000000Z-b.csv",
+            3,
+            "exact duplicate of line 2 of 20260101T000001000000Z-b.csv",
+            event,
+        )
+    ]
+
+
+def test_a_chunk_stopped_between_its_moves_is_finished_once(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after its part was written and one file moved to `_ingested/`: the next run
+    moves the rest under the same chunk, writes nothing again, and reports the chunk's rows."""
+    for n in range(3):
+        land(
+            lake,
+            f"20260101T00000{n}000000Z-x",
+            to_csv([(1430622800000 + n, n, "view", 1, None, None)]),
+        )
+    move = Lake.move
+    moved: list[str] = []
+
+    def stopped_after_one_move(self: Lake, src_rel: str, dst_rel: str) -> None:
+        if dst_rel.startswith("landing/events/_ingested/"):
+            if moved:
+                raise KeyboardInterrupt("killed")
+            moved.append(dst_rel)
+        move(self, src_rel, dst_rel)
+
+    monkeypatch.setattr(Lake, "move", stopped_after_one_move)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_landing(lake, tmp_path / "one")
+    monkeypatch.undo()
+    part = chunk_part(lake)
+    written = (Path(lake.root) / part).read_bytes()
+    assert len(lake.glob("landing/events/_claimed/*.csv")) == 2
+    (manifest,) = lake.glob("landing/events/_chunks/*.json")
+    assert json.loads(lake.read_text(manifest))["state"] == "written"
+    land(lake, "20260101T000009000000Z-y", to_csv([(1430622809000, 9, "view", 1, None, None)]))
+    report = ingest_landing(lake, tmp_path / "two")
+    assert report is not None
+    assert report.files[:3] == [f"20260101T00000{n}000000Z-x.csv" for n in range(3)]
+    assert report.accepted == 4  # the stopped chunk's three and the new file
+    assert (Path(lake.root) / part).read_bytes() == written  # finished, not written again
+    assert sorted(r[1] for r in read(lake, "raw/events/*.parquet")) == [0, 1, 2, 9]
+    assert len(lake.glob("landing/events/_ingested/*.csv")) == 4
+    assert not lake.glob("landing/events/_claimed/*") and not lake.glob("landing/events/_chunks/*")
+
+
+def test_a_claim_and_part_left_by_an_ingest_from_before_chunks_count_once(
+    tmp_path: Path, lake: Lake
+) -> None:
+    """An ingest that wrote a part per file (`landed-<file>.parquet`) stopped before moving its
+    claim: the claim goes into a chunk, and the old part is removed, so its rows count once."""
+    land(lake, "20260101T000000000000Z-a", landed_rows())
+    os.renames(
+        Path(lake.root) / LANDING_DIR / "20260101T000000000000Z-a.csv",
+        Path(lake.root) / CLAIMED_DIR / "20260101T000000000000Z-a.csv",
+    )
+    old_part = tmp_path / "old.parquet"
+    duckdb.sql(
+        f"copy (select * from (values (1430622700000, 5)) t(timestamp, visitorid)) to '{old_part}'"
+    )
+    lake.put(old_part, "raw/events/landed-20260101T000000000000Z-a.parquet")
+    lake.put(old_part, "raw/rejected/landed-20260101T000000000000Z-a.parquet")
+    report = ingest_landing(lake, tmp_path / "work")
+    assert report is not None and report.accepted == len(LANDED)
+    assert lake.glob("raw/events/*.parquet") == [chunk_part(lake)]
+    assert not lake.glob("raw/rejected/*.parquet")
+    assert count_events(lake) == len(LANDED)
+
+
+def test_the_api_finds_a_keyed_file_wherever_ingest_holds_it(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry under an Idempotency-Key, at every step of an ingest (before and after each of
+    its writes, moves and removals): the same body is found and not landed again, another body
+    is a conflict; so the key's events reach raw/ once."""
+    from api.events import IdempotencyConflict, land_once, landed_bytes
+
+    body = landed_rows()
+    assert land_once(lake, "key-abc", body)
+    land(lake, "20260101T000000000000Z-a", landed_rows())  # company in the chunk
+    seen: list[str] = []
+
+    def retried(where: str) -> None:
+        assert landed_bytes(lake, "key-abc") == body.encode(), where
+        assert not land_once(lake, "key-abc", body), where
+        with pytest.raises(IdempotencyConflict):
+            land_once(lake, "key-abc", to_csv(LANDED[:1]))
+        seen.append(where)
+
+    for method in ("move", "put", "write_text", "remove"):
+        real = getattr(Lake, method)
+
+        def step(self: Lake, *args: object, _real: object = real, _name: str = method) -> None:
+            retried(f"before {_name}{args}")
+            _real(self, *args)  # type: ignore[operator]
+            retried(f"after {_name}{args}")
+
+        monkeypatch.setattr(Lake, method, step)
+    report = ingest_landing(lake, tmp_path / "work")
+    monkeypatch.undo()
+    retried("after the ingest")
+    assert report is not None and report.accepted == 2 * len(LANDED)
+    moves = [w for w in seen if w.startswith("after move")]
+    assert len(moves) == 4  # two claims, two moves to `_ingested/`
+    assert any("_chunks" in w for w in seen)  # the manifest's writes and removal
+    assert count_events(lake) == 2 * len(LANDED)
+    assert ingest_landing(lake, tmp_path / "again") is None  # the retries landed nothing

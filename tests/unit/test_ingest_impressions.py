@@ -4,6 +4,7 @@ every rejection reason, nested items read back, raw = accepted + rejected, exact
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,14 @@ def read(lake: Lake, rel: str) -> list[tuple[Any, ...]]:
     return duckdb.sql(f"select * from read_parquet('{lake.url(rel)}')").fetchall()
 
 
+def chunk_parts(lake: Lake) -> tuple[str, str]:
+    """The (accepted, rejected) parts of the one chunk ingested: landing files are written a
+    chunk at a time, `landed-<chunk id>.parquet`."""
+    (accepted,) = lake.glob("raw/impressions/landed-chunk-*.parquet")
+    chunk_id = accepted.rsplit("/", 1)[-1].removeprefix("landed-")
+    return accepted, f"raw/rejected/impressions-landed-{chunk_id}"
+
+
 @pytest.fixture
 def lake(tmp_path: Path) -> Lake:
     return Lake(str(tmp_path / "lake"))
@@ -99,7 +108,7 @@ def test_impressions_land_in_raw_with_their_items_nested(tmp_path: Path, lake: L
         3,
         0,
     )
-    part = lake.url(f"raw/impressions/landed-{STEM}.parquet")
+    part = lake.url(chunk_parts(lake)[0])
     columns = duckdb.sql(f"describe select * from read_parquet('{part}')").fetchall()
     assert [(c[0], c[1]) for c in columns] == [
         ("impression_id", "VARCHAR"),
@@ -137,7 +146,7 @@ def test_impressions_land_in_raw_with_their_items_nested(tmp_path: Path, lake: L
     root = Path(lake.root)
     assert not list((root / IMPRESSIONS_LANDING_DIR).glob("*.jsonl"))
     assert [p.name for p in (root / IMPRESSIONS_INGESTED_DIR).iterdir()] == [f"{STEM}.jsonl"]
-    assert not (root / "raw/rejected" / f"impressions-landed-{STEM}.parquet").exists()
+    assert not lake.glob("raw/rejected/*.parquet")
 
 
 def test_the_api_s_own_lines_are_accepted(tmp_path: Path, lake: Lake) -> None:
@@ -274,7 +283,7 @@ def test_every_bad_line_is_kept_with_its_reason(tmp_path: Path, lake: Lake) -> N
     report = run(lake, tmp_path / "work")
     assert report.raw_rows == len(good) + len(BAD)
     assert (report.accepted, report.rejected) == (len(good), len(BAD))
-    rejected = read(lake, f"raw/rejected/impressions-landed-{STEM}.parquet")
+    rejected = read(lake, chunk_parts(lake)[1])
     assert [r[0] for r in rejected] == [f"{STEM}.jsonl"] * len(BAD)
     assert [r[1] for r in rejected] == list(range(len(good) + 1, len(good) + len(BAD) + 1))
     for (number, reason, raw_line), (raw, expected) in zip(
@@ -289,7 +298,7 @@ def test_every_bad_line_is_kept_with_its_reason(tmp_path: Path, lake: Lake) -> N
     assert report.reasons["not JSON"] == 3
     assert report.reasons["duplicate impression_id"] == 1
     assert sum(report.reasons.values()) == report.rejected
-    assert [r[0] for r in read(lake, f"raw/impressions/landed-{STEM}.parquet")] == [
+    assert [r[0] for r in read(lake, chunk_parts(lake)[0])] == [
         f"{1:032x}",
         f"{2:032x}",
     ]
@@ -315,6 +324,7 @@ def test_a_batch_sent_twice_is_ingested_once(tmp_path: Path, lake: Lake) -> None
     lines = [line(impression(n)) for n in range(1, 4)]
     land(lake, STEM, lines)
     assert run(lake, tmp_path / "one").accepted == 3
+    first = chunk_parts(lake)[0].rsplit("/", 1)[-1]
     assert run(lake, tmp_path / "two") is None  # the same files again: nothing to pick up
     # the API sent the batch again under another name, with one new impression
     other = "20260101T000001000000Z-0123456789abcdef"
@@ -322,10 +332,11 @@ def test_a_batch_sent_twice_is_ingested_once(tmp_path: Path, lake: Lake) -> None
     report = run(lake, tmp_path / "three")
     assert (report.accepted, report.rejected) == (1, 2)
     assert report.reasons == {"duplicate impression_id": 2}
-    rejected = read(lake, f"raw/rejected/impressions-landed-{other}.parquet")
-    assert [(r[1], r[2], r[3]) for r in rejected] == [
-        (1, f"duplicate impression_id (already in 'landed-{STEM}.parquet')", lines[0].decode()),
-        (3, f"duplicate impression_id (already in 'landed-{STEM}.parquet')", lines[2].decode()),
+    (rejected_part,) = lake.glob("raw/rejected/*.parquet")
+    rejected = read(lake, rejected_part)
+    assert [(r[0], r[1], r[2], r[3]) for r in rejected] == [
+        (f"{other}.jsonl", 1, f"duplicate impression_id (already in '{first}')", lines[0].decode()),
+        (f"{other}.jsonl", 3, f"duplicate impression_id (already in '{first}')", lines[2].decode()),
     ]
     ids = duckdb.sql(
         f"select impression_id from read_parquet('{lake.url('raw/impressions/*.parquet')}')"
@@ -338,9 +349,15 @@ def test_a_duplicate_across_files_of_one_run_is_kept_once(tmp_path: Path, lake: 
     land(lake, "20260101T000001000000Z-b", [line(impression(1)), line(impression(2))])
     report = run(lake, tmp_path / "work")
     assert (report.raw_rows, report.accepted, report.rejected) == (3, 2, 1)
-    assert read(lake, "raw/rejected/impressions-landed-20260101T000001000000Z-b.parquet")[0][2] == (
-        "duplicate impression_id (already in 'landed-20260101T000000000000Z-a.parquet')"
-    )
+    # both files in one chunk: the reason names the file and line the id was first seen on
+    assert read(lake, chunk_parts(lake)[1]) == [
+        (
+            "20260101T000001000000Z-b.jsonl",
+            1,
+            "duplicate impression_id (line 1 of 20260101T000000000000Z-a.jsonl)",
+            line(impression(1)).decode(),
+        )
+    ]
 
 
 @pytest.mark.parametrize("stop_at", ["part", "move"])
@@ -425,7 +442,15 @@ def test_the_same_lines_give_the_same_bytes(tmp_path: Path) -> None:
         land(lake, STEM, [line(impression(1)), line(impression(2)), b"{}"])
         run(lake, tmp_path / f"work-{name}")
         root = Path(lake.root) / "raw"
-        images.append({p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()})
+        images.append(
+            {  # the parts are named after their chunk, a new id each run
+                re.sub(
+                    r"chunk-[0-9TZ]+-[0-9a-f]+", "chunk", str(p.relative_to(root))
+                ): p.read_bytes()
+                for p in root.rglob("*")
+                if p.is_file()
+            }
+        )
     assert images[0] == images[1]
     assert len(images[0]) == 2  # the part and the rejected lines
 
