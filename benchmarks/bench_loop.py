@@ -55,36 +55,45 @@ def experiment(name: str, variants: list[tuple[str, float, object]]) -> str:
 
 
 def phases(args: argparse.Namespace) -> list[Phase]:
-    out = [
-        Phase(
-            experiment("ab_popularity", [("control", 50, "ranker"), ("popular", 50, "popularity")]),
-            seed=101,
-            shoppers=args.ab_shoppers,
-            duration=args.max_seconds,
-        ),
-        Phase(
-            experiment("ab_als", [("control", 50, "ranker"), ("als", 50, "als")]),
-            seed=102,
-            shoppers=args.ab_shoppers,
-            duration=args.max_seconds,
-        ),
-        Phase(
-            experiment(
-                "il_als",
-                [("control", 0, "ranker"), ("interleaved", 1, {"interleave": ["ranker", "als"]})],
+    out = (
+        []
+        if args.aa_only
+        else [
+            Phase(
+                experiment(
+                    "ab_popularity", [("control", 50, "ranker"), ("popular", 50, "popularity")]
+                ),
+                seed=101,
+                shoppers=args.ab_shoppers,
+                duration=args.max_seconds,
             ),
-            seed=103,
-            shoppers=args.il_shoppers,
-            duration=args.max_seconds,
-        ),
-        Phase(
-            experiment("srm_60_40", [("control", 60, "ranker"), ("twin", 40, "ranker")]),
-            seed=104,
-            shoppers=args.aa_shoppers * 2,
-            duration=args.max_seconds,
-        ),
-    ]
-    for i in range(args.aa_runs):
+            Phase(
+                experiment("ab_als", [("control", 50, "ranker"), ("als", 50, "als")]),
+                seed=102,
+                shoppers=args.ab_shoppers,
+                duration=args.max_seconds,
+            ),
+            Phase(
+                experiment(
+                    "il_als",
+                    [
+                        ("control", 0, "ranker"),
+                        ("interleaved", 1, {"interleave": ["ranker", "als"]}),
+                    ],
+                ),
+                seed=103,
+                shoppers=args.il_shoppers,
+                duration=args.max_seconds,
+            ),
+            Phase(
+                experiment("srm_60_40", [("control", 60, "ranker"), ("twin", 40, "ranker")]),
+                seed=104,
+                shoppers=args.aa_shoppers * 2,
+                duration=args.max_seconds,
+            ),
+        ]
+    )
+    for i in range(args.aa_first, args.aa_first + args.aa_runs):
         out.append(
             Phase(
                 experiment(f"aa_{i:02d}", [("control", 50, "ranker"), ("twin", 50, "ranker")]),
@@ -112,7 +121,8 @@ def ab_visitors_needed(warehouse: Path, name: str, step: int) -> tuple[int, int 
     """Visitors of an A/B test (both arms) before its CTR difference held at p < 0.05."""
     _, rows = query(
         warehouse,
-        f"""select variant, n_attributed_views, n_impressed_items from int_experiment_visitors
+        f"""select variant, n_attributed_views, n_impressed_items
+            from intermediate.int_experiment_visitors
             where experiment = '{name}' and n_variants = 1""",
     )
     rng = np.random.default_rng(0)
@@ -121,7 +131,7 @@ def ab_visitors_needed(warehouse: Path, name: str, step: int) -> tuple[int, int 
     views = np.array([r[1] for r in rows], dtype=float)[order]
     items = np.array([r[2] for r in rows], dtype=float)[order]
     ns, ps = [], []
-    for n in range(step, len(rows) + 1, step):
+    for n in [*range(step, len(rows), step), len(rows)]:
         z = _delta_z(variant[:n], views[:n], items[:n])
         ns.append(n)
         ps.append(2 * stats.norm.sf(abs(z)))
@@ -159,7 +169,7 @@ def il_visitors_needed(warehouse: Path, name: str, step: int) -> tuple[int, int 
     a = np.array([r[1] for r in rows])[order]
     b = np.array([r[2] for r in rows])[order]
     ns, ps = [], []
-    for n in range(step, len(rows) + 1, step):
+    for n in [*range(step, len(rows), step), len(rows)]:
         wins, losses = int((a[:n] > b[:n]).sum()), int((a[:n] < b[:n]).sum())
         ns.append(n)
         ps.append(stats.binomtest(wins, wins + losses).pvalue if wins + losses else 1.0)
@@ -174,9 +184,21 @@ def main() -> None:
     parser.add_argument("--il-shoppers", type=int, default=4_000)
     parser.add_argument("--aa-shoppers", type=int, default=1_500)
     parser.add_argument("--aa-runs", type=int, default=20)
+    parser.add_argument(
+        "--aa-first", type=int, default=0, help="number of the first A/A test (and its seed)"
+    )
+    parser.add_argument("--aa-only", action="store_true", help="only the A/A tests")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="per phase")
     parser.add_argument("--fresh", action="store_true", help="start from an empty work dir")
+    parser.add_argument(
+        "--analyse-only",
+        action="store_true",
+        help="read the results of an earlier run's warehouse (no traffic, no build)",
+    )
     args = parser.parse_args()
+    if args.analyse_only:
+        analyse(args.work_dir.resolve() / "warehouse.duckdb")
+        return
     if args.fresh and args.work_dir.exists():
         shutil.rmtree(args.work_dir)
     if (args.work_dir / "lake" / "landing").exists() or (
@@ -202,6 +224,11 @@ def main() -> None:
         dbt_vars={"experiment_weights": weights},
     )
     print(f"\n[bench-loop] {time.perf_counter() - t0:.0f}s in all\n")
+    analyse(warehouse)
+
+
+def analyse(warehouse: Path) -> None:
+    """The tables and figures of the module doc, from a built warehouse."""
 
     def show(title: str, sql: str) -> list[tuple]:
         names, rows = query(warehouse, sql)
@@ -249,6 +276,9 @@ def main() -> None:
                   n_prefer_a, n_prefer_b, n_ties, share_prefer_a, sign_test_p_value
            from interleaving_results where experiment = 'il_als'""",
     )
+    _, ab_rows = query(warehouse, "select * from experiment_results where experiment = 'ab_als'")
+    if not ab_rows:
+        return  # an A/A-only run
     ab_n, ab_needed, ab_p = ab_visitors_needed(warehouse, "ab_als", 100)
     il_n, il_needed, il_p = il_visitors_needed(warehouse, "il_als", 100)
     print(
