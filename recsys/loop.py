@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.atomic import write_atomic
+from recsys.generate import LATENT_FILE
 from recsys.lake import connect_duckdb
 from recsys.settings import REPO_ROOT
 
@@ -193,18 +194,21 @@ def run_loop(
     say: Say = print,
     quiet_simulator: bool = False,
     dbt_vars: dict[str, Any] | None = None,
+    raw_dir: Path | None = None,
 ) -> Path:
-    """Every step of the loop (see the module doc) in `data_dir`; returns the warehouse's path."""
+    """Every step of the loop (see the module doc) in `data_dir`; returns the warehouse's path.
+    `raw_dir`: the shop's CSVs and latent state (default: the demo data `recsys run` makes)."""
     data_dir = data_dir.resolve()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "AWS_"))} | {
         "RECSYS_DATA_DIR": str(data_dir),
         "OPENBLAS_NUM_THREADS": "1",
     }
-    raw_dir = data_dir / "demo" / scale
+    run = ["run", "--raw-dir", str(raw_dir)] if raw_dir else ["run", "--scale", scale]
+    raw_dir = (raw_dir or data_dir / "demo" / scale).resolve()
     t0 = time.perf_counter()
     if not (data_dir / "lake" / "snapshots" / "LATEST").exists():
         say(f"[loop] no snapshot in {data_dir} yet: the whole pipeline first")
-        recsys(["run", "--scale", scale, "--seed", str(seed)], env, say)
+        recsys([*run, "--seed", str(seed)], env, say)
     experiments_file = data_dir / "experiments.yaml"
     write_atomic(
         experiments_file, phases[0].experiments if phases else "version: 1\nexperiments: []\n"
@@ -219,15 +223,8 @@ def run_loop(
         for phase in phases:
             write_atomic(experiments_file, phase.experiments)
             wait_for_experiment(service.url, 1, first_experiment(phase.experiments))
-            args = [
-                "simulate",
-                "--api-url",
-                service.url,
-                "--scale",
-                scale,
-                "--seed",
-                str(phase.seed),
-            ]
+            args = ["simulate", "--api-url", service.url, "--latent", str(raw_dir / LATENT_FILE)]
+            args += ["--seed", str(phase.seed)]
             args += ["--duration", f"{phase.duration:g}"]
             if phase.shoppers is not None:
                 args += ["--shoppers", str(phase.shoppers)]
