@@ -243,8 +243,8 @@ def analyse(warehouse: Path) -> None:
            from experiment_results where experiment in ('ab_popularity', 'ab_als')
            order by experiment, metric, is_control desc""",
     )
-    aa = show(
-        "A/A: share of p < 0.05 over the twenty experiments, per metric",
+    show(
+        "A/A: share of p < 0.05 over the A/A experiments, per metric",
         """select metric, count(*) as n_experiments,
                   sum(case when p_value < 0.05 then 1 else 0 end) as n_below_005,
                   avg(case when p_value < 0.05 then 1.0 else 0.0 end) as share_below_005,
@@ -253,15 +253,25 @@ def analyse(warehouse: Path) -> None:
            from experiment_results where experiment like 'aa\\_%' escape '\\' and not is_control
            group by metric order by metric""",
     )
-    total = sum(r[1] for r in aa)
-    below = sum(r[2] for r in aa)
-    if total:
-        ci = stats.binomtest(below, total).proportion_ci(0.95)
+    # per metric: the metrics of one experiment are correlated (conversion and revenue most),
+    # so their p-values are not pooled
+    _, rows = query(
+        warehouse,
+        """select metric, p_value from experiment_results
+           where experiment like 'aa\\_%' escape '\\' and not is_control""",
+    )
+    for metric in sorted({m for m, _ in rows}):
+        ps = np.array([p for m, p in rows if m == metric], dtype=float)
+        below = int((ps < 0.05).sum())
+        ci = stats.binomtest(below, len(ps)).proportion_ci(0.95)
+        uniform = stats.kstest(ps, "uniform").pvalue
         print(
-            f"A/A over all metrics: {below} of {total} p-values below 0.05 = {below / total:.3f}"
-            f" (95% interval {ci.low:.3f}-{ci.high:.3f}; 0.05 is "
-            f"{'inside' if ci.low <= 0.05 <= ci.high else 'OUTSIDE'} it)\n"
+            f"A/A {metric}: {below} of {len(ps)} p-values below 0.05 = {below / len(ps):.3f} "
+            f"(95% interval {ci.low:.3f}-{ci.high:.3f}: 0.05 "
+            f"{'inside' if ci.low <= 0.05 <= ci.high else 'OUTSIDE'}); p-values against the "
+            f"uniform distribution (KS): p = {uniform:.3f}"
         )
+    print()
     show(
         "SRM: 60/40 split analysed as 50/50, and the A/B tests",
         """select distinct experiment, sample_ratio_chi_squared, sample_ratio_p_value,
