@@ -8,9 +8,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 
-# (strategy, the rendered `items` array, item ids, sources, teams or None): what an answer's
-# response and its impression need (api.routes.recommendations.to_cached)
-CachedAnswer = tuple[str, bytes, tuple[int, ...], tuple[str, ...], tuple[str, ...] | None]
+# (strategy, the rendered `items` array of the response, the same items as the impression log
+# writes them): what an answer's response and its impression need
+# (api.routes.recommendations.to_cached)
+CachedAnswer = tuple[str, bytes, str]
 
 
 class AnswerCache:
@@ -37,10 +38,9 @@ class AnswerCache:
 
     @classmethod
     def size_of(cls, key: Hashable, value: CachedAnswer) -> int:
-        """The bytes an entry is counted for: the rendered answer, its ids (a tuple slot and an
-        int object each; sources and teams are shared strings, a slot each) and the key."""
-        per_item = 8 + 32 + 8 + (8 if value[4] is not None else 0)
-        return cls.ENTRY_OVERHEAD + len(value[1]) + per_item * len(value[2]) + _key_bytes(key)
+        """The bytes an entry is counted for: the rendered answer, its impression items (ASCII:
+        a byte a character, plus the string's header) and the key."""
+        return cls.ENTRY_OVERHEAD + len(value[1]) + 49 + len(value[2]) + _key_bytes(key)
 
     def get(self, key: Hashable) -> CachedAnswer | None:
         with self._lock:

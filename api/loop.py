@@ -115,12 +115,11 @@ def log(
     route: str,
     visitor_id: int | None,
     strategy: str,
-    item_ids: Sequence[int],
-    sources: Sequence[str],
-    teams: Sequence[str] | None,
+    items: str,
     anchor_item_id: int | None = None,
 ) -> None:
-    """Keep the impression for the lake (never blocks: see api.impressions)."""
+    """Keep the impression for the lake (never blocks: see api.impressions); `items` as
+    `api.impressions.items_json` renders them."""
     impressions: ImpressionLog = request.app.state.impressions
     impressions.record(
         (
@@ -135,8 +134,6 @@ def log(
             snapshot.version,
             snapshot.model_version,
             anchor_item_id,
-            item_ids,
-            sources,
-            teams,
+            items,
         )
     )

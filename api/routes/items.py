@@ -41,14 +41,21 @@ async def similar_items(request: Request) -> Response:
     if cached is None:
         cached = to_cached(recommend.similar_to(snapshot, item_id, k), snapshot)
         snapshot.similar_cache.put(key, cached)
-    strategy, items, item_ids, sources, _ = cached
+    strategy, items, logged_items = cached
     metrics.count_answer("similar", strategy)
     impression_id = request.app.state.impressions.ids.new()
     # similar items are never split by an experiment: the control's policy, no experiment
     loop.log(
-        request, impression_id, snapshot, loop.CONTROL, "similar", None, strategy, item_ids,
-        sources, None, anchor_item_id=item_id,
-    )  # fmt: skip
+        request,
+        impression_id,
+        snapshot,
+        loop.CONTROL,
+        "similar",
+        None,
+        strategy,
+        logged_items,
+        anchor_item_id=item_id,
+    )
     return cached_item_list(
         request,
         snapshot,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from api import loop, recommend
 from api.cache import CachedAnswer
 from api.deps import AppMetrics, VisitorParams, snapshot_of
+from api.impressions import items_json
 from api.metrics import Metrics
 from api.responses import CACHE_CONTROL_POST, cached_item_list, item_list, version_headers
 from api.schemas import ApiError, RecommendationList, RecommendationRequest
@@ -101,13 +102,12 @@ async def recommendations_for_visitor(request: Request) -> Response:
         answer = loop.answer(snapshot, choice, "visitor", visitor_id, (), k, category_id, excluded)
         cached = to_cached(answer, snapshot)
         snapshot.cache.put(key, cached)
-    strategy, items, item_ids, sources, teams = cached
+    strategy, items, logged_items = cached
     metrics.count_answer("visitor", strategy)
     impression_id = request.app.state.impressions.ids.new()
     loop.log(
-        request, impression_id, snapshot, choice, "visitor", visitor_id, strategy, item_ids,
-        sources, teams,
-    )  # fmt: skip
+        request, impression_id, snapshot, choice, "visitor", visitor_id, strategy, logged_items
+    )
     return cached_item_list(
         request,
         snapshot,
@@ -157,9 +157,15 @@ def recommendations_for_session(
     metrics.count_answer("session", answer.strategy)
     impression_id = http.app.state.impressions.ids.new()
     loop.log(
-        http, impression_id, snapshot, choice, "session", request.visitor_id, answer.strategy,
-        answer.item_ids, answer.sources, answer.teams,
-    )  # fmt: skip
+        http,
+        impression_id,
+        snapshot,
+        choice,
+        "session",
+        request.visitor_id,
+        answer.strategy,
+        items_json(answer.item_ids, answer.sources, answer.teams),
+    )
     return item_list(
         snapshot,
         "visitor_id",
@@ -174,11 +180,10 @@ def recommendations_for_session(
 
 def to_cached(answer: recommend.Answer, snapshot: Snapshot) -> CachedAnswer:
     """What the answer cache keeps of an answer: what the response needs (strategy, the
-    rendered items) and what its impression records (items, sources, teams)."""
+    rendered items) and what its impressions record (the items with rank, source and team,
+    rendered once here rather than once per impression)."""
     return (
         answer.strategy,
         answer.items_json(snapshot),
-        tuple(answer.item_ids),
-        tuple(answer.sources),
-        None if answer.teams is None else tuple(answer.teams),
+        items_json(answer.item_ids, answer.sources, answer.teams),
     )

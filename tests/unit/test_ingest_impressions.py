@@ -151,7 +151,7 @@ def test_impressions_land_in_raw_with_their_items_nested(tmp_path: Path, lake: L
 
 def test_the_api_s_own_lines_are_accepted(tmp_path: Path, lake: Lake) -> None:
     """The writer (api.impressions.to_line) and the checker agree on the line format."""
-    from api.impressions import to_line
+    from api.impressions import items_json, to_line
 
     record = (
         NOW_MS,
@@ -165,9 +165,7 @@ def test_the_api_s_own_lines_are_accepted(tmp_path: Path, lake: Lake) -> None:
         "20260101T000000Z-0123abcd",
         "fv1_20150918T025947-catboost-42",
         None,
-        [5, 6],
-        ["ranker", "popular"],
-        ["ranker", "popularity"],
+        items_json([5, 6], ["ranker", "popular"], ["ranker", "popularity"]),
     )
     land(lake, STEM, [to_line(record).encode()])
     report = run(lake, tmp_path / "work")
