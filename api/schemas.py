@@ -64,6 +64,20 @@ class Recommendation(BaseModel):
     category_id: int = Field(description="-1 when unknown")
 
 
+# what every recommendation answer says of itself for the closed loop (api.loop)
+AnswerImpressionId = Annotated[
+    ImpressionId,
+    Field(
+        description="this answer's id: send it with the events it leads to (POST /v1/events) "
+        "for exact attribution; also in the X-Impression-Id header"
+    ),
+]
+ExperimentName = Annotated[
+    str | None, Field(description="the experiment the visitor is in, when there is one")
+]
+VariantName = Annotated[str | None, Field(description="the visitor's variant in it")]
+
+
 class RecommendationList(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -85,14 +99,9 @@ class RecommendationList(BaseModel):
     visitor_id: int | None
     items: list[Recommendation]
     strategy: Strategy
-    impression_id: ImpressionId = Field(
-        description="this answer's id: send it with the events it leads to (POST /v1/events) "
-        "for exact attribution; also in the X-Impression-Id header"
-    )
-    experiment: str | None = Field(
-        default=None, description="the experiment the visitor is in, when there is one"
-    )
-    variant: str | None = Field(default=None, description="the visitor's variant in it")
+    impression_id: AnswerImpressionId
+    experiment: ExperimentName = None
+    variant: VariantName = None
     snapshot_version: str
     model_version: str
 
@@ -118,14 +127,9 @@ class SimilarItems(BaseModel):
     item_id: int
     items: list[Recommendation]
     strategy: Literal["similar", "popular"]
-    impression_id: ImpressionId = Field(
-        description="this answer's id: send it with the events it leads to (POST /v1/events) "
-        "for exact attribution; also in the X-Impression-Id header"
-    )
-    experiment: str | None = Field(
-        default=None, description="the experiment the visitor is in, when there is one"
-    )
-    variant: str | None = Field(default=None, description="the visitor's variant in it")
+    impression_id: AnswerImpressionId
+    experiment: ExperimentName = None
+    variant: VariantName = None
     snapshot_version: str
     model_version: str
 
