@@ -419,9 +419,6 @@ def similar_to(snapshot: Snapshot, item_id: int, k: int) -> Answer:
     return picker.answer
 
 
-POLICIES = ("ranker", "als", "popularity")
-
-
 def als_order(
     snapshot: Snapshot,
     visitor_id: int | None,
@@ -475,8 +472,8 @@ def for_policy(
     category_id: int | None = None,
     exclude: Sequence[int] = (),
 ) -> Answer:
-    """The answer of one plain policy (`POLICIES`) on `route` (`visitor`: GET, `session`:
-    POST, which ranks now)."""
+    """The answer of one plain policy (`recsys.experiments.PLAIN_POLICIES`) on `route`
+    (`visitor`: GET, `session`: POST, which ranks now)."""
     if policy == "ranker":
         if route == "session":
             return for_session(snapshot, visitor_id, session_item_ids, k, category_id, exclude)

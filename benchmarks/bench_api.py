@@ -215,20 +215,40 @@ def counter(port: int, name: str) -> float:
     return 0.0
 
 
+def start_server(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """`recsys serve` on 127.0.0.1:`port` with `env`, its output in `log_path`."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "recsys.cli", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_ready(client: Client, server: subprocess.Popen[bytes], log_path: Path) -> float:
+    """Seconds until the server's /readyz answers 200; SystemExit when it stops or takes
+    over 300 s."""
+    t0 = time.perf_counter()
+    while client.request("GET", "/readyz") != 200:
+        if server.poll() is not None or time.perf_counter() - t0 > 300:
+            raise SystemExit(f"server did not become ready: see {log_path}")
+        time.sleep(0.2)
+    return time.perf_counter() - t0
+
+
 TURNS = 10  # alternating turns per server: the machine's speed drifts within seconds
 
 
-def server_pid(port: int) -> int:
-    """The pid of the process listening on 127.0.0.1:`port`."""
-    for conn in psutil.net_connections("tcp"):
-        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-            assert conn.pid is not None
-            return conn.pid
-    raise SystemExit(f"nothing listens on port {port}")
-
-
 def impression_cost(
-    client: Client, env: dict[str, str], work: Path, make, seconds: float, port: int
+    client: Client,
+    env: dict[str, str],
+    work: Path,
+    make,
+    seconds: float,
+    port: int,
+    logged_pid: int,
 ) -> tuple[list[float], list[float], float]:
     """GET throughput of the running server (impressions logged) and of a second one on the
     same snapshot with the log off, measured in turns (one server loaded at a time, so the
@@ -241,25 +261,14 @@ def impression_cost(
         "RECSYS_API_CACHE_DIR": str(work / "cache-unlogged"),
         "RECSYS_API_POLL_SECONDS": "3600",
     }
-    with open(work / "serve-unlogged.log", "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "recsys.cli", "serve", "--port", str(other)],
-            cwd=REPO,
-            env=off_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = start_server(off_env, other, work / "serve-unlogged.log")
     unlogged_client = Client(other)
     try:
-        t0 = time.perf_counter()
-        while unlogged_client.request("GET", "/readyz") != 200:
-            if server.poll() is not None or time.perf_counter() - t0 > 300:
-                raise SystemExit("the unlogged server did not become ready")
-            time.sleep(0.2)
+        wait_ready(unlogged_client, server, work / "serve-unlogged.log")
         for c in (client, unlogged_client):
             closed_loop(c, make, 2.0, 4)
         written = counter(port, "recsys_impressions_written_total")
-        logged_proc, unlogged_proc = psutil.Process(server_pid(port)), psutil.Process(server.pid)
+        logged_proc, unlogged_proc = psutil.Process(logged_pid), psutil.Process(server.pid)
         logged, unlogged = [], []
         cpu = {"logged": [0.0, 0], "unlogged": [0.0, 0]}
         for _ in range(TURNS):
@@ -341,14 +350,7 @@ def main() -> int:
         "RECSYS_DATA_DIR": str(work),
         "RECSYS_API_POLL_SECONDS": "0.5",
     }
-    with open(work / "serve.log", "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "recsys.cli", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = start_server(env, port, work / "serve.log")
     proc = psutil.Process(server.pid)
     peak = {"rss": 0}
     sampling = threading.Event()
@@ -365,12 +367,7 @@ def main() -> int:
     threading.Thread(target=sample, daemon=True).start()
     client = Client(port)
     try:
-        t0 = time.perf_counter()
-        while client.request("GET", "/readyz") != 200:
-            if server.poll() is not None or time.perf_counter() - t0 > 300:
-                raise SystemExit("server did not become ready: see " + str(work / "serve.log"))
-            time.sleep(0.2)
-        print(f"server ready in {time.perf_counter() - t0:.1f} s")
+        print(f"server ready in {wait_ready(client, server, work / 'serve.log'):.1f} s")
 
         def healthz(rng: random.Random) -> tuple[str, str]:
             return "GET", "/healthz"
@@ -426,7 +423,7 @@ def main() -> int:
         sampling.set()  # the second server below is not this one's memory
 
         logged_rps, unlogged_rps, written = impression_cost(
-            client, env, work, get_recs, args.seconds, port
+            client, env, work, get_recs, args.seconds, port, server.pid
         )
         # each turn against the other server's turn right after it: the machine's speed
         # drifts by tens of percent within a minute, a pair sees the same phase

@@ -99,6 +99,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from recsys.experiments import PLAIN_POLICIES
 from recsys.lake import TEMP_PREFIX, Lake, LakeError, connect_duckdb
 from recsys.settings import Settings
 from recsys.snapshots import VERSION_PATTERN, shown
@@ -1388,7 +1389,7 @@ MIN_SERVED_AT_MS = 946_684_800_000  # 2000-01-01: anything earlier is seconds ta
 ROUTES = frozenset({"visitor", "session", "similar"})
 STRATEGIES = frozenset({"personalized", "session", "popular", "similar"})
 SOURCES = frozenset({"ranker", "als", "similar", "popular"})
-POLICIES = frozenset({"ranker", "als", "popularity"})  # plain policies; `team` names one
+POLICIES = frozenset(PLAIN_POLICIES)  # the experiments file's plain policies; `team` names one
 INTERLEAVE_PREFIX = "interleave:"  # `interleave:<a>,<b>`, a and b plain policies
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # experiment, variant, model
 IMPRESSION_FIELDS = (

@@ -18,6 +18,7 @@ into its windows.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recsys import experiments
 from recsys.atomic import write_atomic
 from recsys.generate import LATENT_FILE
 from recsys.lake import connect_duckdb
@@ -165,8 +167,6 @@ def wait_for_experiment(
 ) -> None:
     """Until the service answers with `expected` as its experiment (the file is reloaded when
     it changes, looked at once a second)."""
-    import json
-
     deadline = time.monotonic() + seconds
     while True:
         status, body = _get(f"{url}/v1/recommendations/{visitor_id}?k=1")
@@ -178,11 +178,10 @@ def wait_for_experiment(
 
 
 def first_experiment(text: str) -> str | None:
-    import yaml
-
-    data = yaml.safe_load(text) or {}
-    running = [e for e in data.get("experiments") or [] if e.get("status", "running") == "running"]
-    return str(running[0]["name"]) if running else None
+    """The experiment the service answers the visitor route with, under this file (the file's
+    own parser and rule: the first running experiment covering the route)."""
+    experiment = experiments.loads(text).by_route.get("visitor")
+    return experiment.name if experiment is not None else None
 
 
 def run_loop(
@@ -239,8 +238,6 @@ def run_loop(
     recsys(["ingest", "--raw-dir", str(raw_dir)], env, say, quiet=quiet_simulator)
     build = ["build"]
     if dbt_vars:
-        import json
-
         build += ["--vars", json.dumps(dbt_vars)]
     recsys(build, env, say, quiet=quiet_simulator)
     say(f"[loop] done in {time.perf_counter() - t0:.1f}s")
