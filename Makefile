@@ -14,18 +14,27 @@ install: ## install uv if missing and sync the locked environment (.venv), every
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@$(UV) sync --frozen --all-extras --quiet
 
-# Prometheus and promtool 2.42 from Debian's package, unpacked into .tools/ (no system install,
-# none of the package's dependencies): the monitoring tests start the real server.
+# Prometheus and promtool 2.42, Alertmanager and amtool 0.25 from Debian's packages, unpacked into
+# .tools/ (no system install, none of the packages' dependencies): the monitoring tests start the
+# real servers and check the project's configs with the real tools.
 PROMETHEUS := .tools/prometheus/usr/bin/prometheus
+ALERTMANAGER := .tools/alertmanager/usr/bin/prometheus-alertmanager
 APT_GET := apt-get -qq -o APT::Sandbox::User=root
-tools: $(PROMETHEUS) ## fetch the test tools that PyPI does not carry (Prometheus, promtool)
+tools: $(PROMETHEUS) $(ALERTMANAGER) ## fetch the test tools that PyPI does not carry (Prometheus, promtool, Alertmanager, amtool)
 
 $(PROMETHEUS):
-	@mkdir -p .tools/deb
-	@cd .tools/deb && { $(APT_GET) download prometheus || { $(APT_GET) update && $(APT_GET) download prometheus; }; }
-	@dpkg -x .tools/deb/prometheus_*.deb .tools/prometheus
-	@rm -rf .tools/deb
+	@mkdir -p .tools/deb-prometheus
+	@cd .tools/deb-prometheus && { $(APT_GET) download prometheus || { $(APT_GET) update && $(APT_GET) download prometheus; }; }
+	@dpkg -x .tools/deb-prometheus/prometheus_*.deb .tools/prometheus
+	@rm -rf .tools/deb-prometheus
 	@$(PROMETHEUS) --version | head -1
+
+$(ALERTMANAGER):
+	@mkdir -p .tools/deb-alertmanager
+	@cd .tools/deb-alertmanager && { $(APT_GET) download prometheus-alertmanager || { $(APT_GET) update && $(APT_GET) download prometheus-alertmanager; }; }
+	@dpkg -x .tools/deb-alertmanager/prometheus-alertmanager_*.deb .tools/alertmanager
+	@rm -rf .tools/deb-alertmanager
+	@$(ALERTMANAGER) --version 2>&1 | head -1
 
 run: install ## demo data -> lake -> warehouse -> ALS + CatBoost -> evaluation -> snapshot
 	$(UV) run recsys run
