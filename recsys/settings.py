@@ -80,6 +80,21 @@ class Settings(BaseSettings):
     recsys_impressions_buffer: int = Field(default=100_000, ge=0, le=10_000_000)
     recsys_impressions_flush_seconds: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
     recsys_experiments_file: Path | None = None  # YAML; unset: no experiments
+    # monitoring (README, "Monitoring"): the service, dbt's source freshness, the retraining
+    # policy (monitoring/policy.py)
+    recsys_monitoring_poll_seconds: float = Field(
+        default=30.0, ge=0.05, le=3600, allow_inf_nan=False
+    )
+    recsys_monitoring_webhook_token: SecretStr | None = None  # Alertmanager's bearer token
+    recsys_freshness_warn_hours: float = Field(default=6.0, gt=0, le=24 * 365, allow_inf_nan=False)
+    recsys_freshness_error_hours: float = Field(
+        default=24.0, gt=0, le=24 * 365, allow_inf_nan=False
+    )
+    recsys_retrain_ndcg_drop: float = Field(default=0.2, gt=0, lt=1, allow_inf_nan=False)
+    recsys_retrain_min_live_visitors: int = Field(default=100, ge=1)
+    recsys_retrain_max_snapshot_age_days: float = Field(default=14.0, gt=0, allow_inf_nan=False)
+    recsys_retrain_every_days: float = Field(default=7.0, gt=0, allow_inf_nan=False)
+    recsys_retrain_cooldown_hours: float = Field(default=24.0, ge=0, allow_inf_nan=False)
     # how far ahead of this machine's clock an event may be (the API refuses, ingest rejects)
     recsys_max_clock_skew_seconds: int = Field(default=300, ge=0, le=7 * 86_400)
 
@@ -201,7 +216,13 @@ class Settings(BaseSettings):
         """Environment for dbt: absolute paths so dbt's cwd does not matter, and the S3
         credentials wherever they came from (s3fs inside dbt reads only the AWS variables, and
         a `*_FILE` secret is not one)."""
-        env = {"RECSYS_DATA_DIR": str(self.data_dir), "RECSYS_LAKE_URI": self.lake_uri}
+        env = {
+            "RECSYS_DATA_DIR": str(self.data_dir),
+            "RECSYS_LAKE_URI": self.lake_uri,
+            # dbt's source freshness (models/staging/*sources.yml) reads its ages from these
+            "RECSYS_FRESHNESS_WARN_HOURS": f"{self.recsys_freshness_warn_hours:g}",
+            "RECSYS_FRESHNESS_ERROR_HOURS": f"{self.recsys_freshness_error_hours:g}",
+        }
         if self.aws_access_key_id:
             env["AWS_ACCESS_KEY_ID"] = self.aws_access_key_id
         if self.aws_secret_access_key:
@@ -228,12 +249,18 @@ class Settings(BaseSettings):
 
 # settings that may come from a file named by `<NAME>_FILE` (how Docker and Kubernetes mount
 # secrets) instead of the variable itself
-SECRET_FILE_SETTINGS = ("recsys_api_keys", "aws_access_key_id", "aws_secret_access_key")
+SECRET_FILE_SETTINGS = (
+    "recsys_api_keys",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "recsys_monitoring_webhook_token",
+)
 MAX_SECRET_FILE_BYTES = 65_536
 
 
 class SecretFiles(PydanticBaseSettingsSource):
-    """`RECSYS_API_KEYS_FILE`, `AWS_ACCESS_KEY_ID_FILE`, `AWS_SECRET_ACCESS_KEY_FILE`: the
+    """`RECSYS_API_KEYS_FILE`, `AWS_ACCESS_KEY_ID_FILE`, `AWS_SECRET_ACCESS_KEY_FILE`,
+    `RECSYS_MONITORING_WEBHOOK_TOKEN_FILE`: the
     setting is the file's content (surrounding whitespace stripped). Setting both a variable
     and its `_FILE` is an error, not a silent choice."""
 
