@@ -1,1 +1,1 @@
-"""The monitoring service, drift and retraining policy, Prometheus / Alertmanager / Grafana as code."""
+"""The monitoring service, drift and retraining policy; Prometheus, Alertmanager, Grafana."""
