@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export OPENBLAS_NUM_THREADS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run demo-loop test test-unit lint format bench-warehouse bench-ml bench-api bench-loop docs airflow clean
+.PHONY: help install tools run demo-loop test test-unit lint format bench-warehouse bench-ml bench-api bench-loop docs dashboards airflow clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ bench-loop: install ## A/B, A/A x20, SRM and interleaving on simulated shoppers 
 
 docs: install ## dbt docs (offline) into dbt_project/target
 	cd dbt_project && ../.venv/bin/dbt docs generate --profiles-dir .
+
+dashboards: install ## Grafana's dashboards as JSON (grafana-foundation-sdk) into monitoring/grafana/dashboards
+	$(UV) run python -m monitoring.grafana.dashboards
 
 # Airflow's home, the dbt manifest the DAGs render from and the warehouse lease live under
 # RECSYS_DATA_DIR (default ./data); the UI listens on 127.0.0.1 only (AIRFLOW_PORT, default 8080).

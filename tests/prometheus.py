@@ -28,6 +28,10 @@ from tests.service import free_port
 TOOLS_BIN = REPO_ROOT / ".tools" / "prometheus" / "usr" / "bin"
 PROMETHEUS = TOOLS_BIN / "prometheus"
 PROMTOOL = TOOLS_BIN / "promtool"
+# Alertmanager 0.25 and amtool, unpacked beside Prometheus by `make tools` (tests/alertmanager.py)
+ALERTMANAGER_BIN = REPO_ROOT / ".tools" / "alertmanager" / "usr" / "bin"
+ALERTMANAGER = ALERTMANAGER_BIN / "prometheus-alertmanager"
+AMTOOL = ALERTMANAGER_BIN / "amtool"
 
 
 def require(binary: Path) -> Path:
@@ -37,7 +41,9 @@ def require(binary: Path) -> Path:
 
 
 class PrometheusServer:
-    """Prometheus on 127.0.0.1 (free port), scraping `targets` every `scrape_interval`."""
+    """Prometheus on 127.0.0.1 (free port), scraping `targets` every `scrape_interval`; or,
+    given `config_text`, running that configuration instead (the other arguments unused), e.g.
+    the project's own from `tests.alertmanager.render_prometheus_config`."""
 
     def __init__(
         self,
@@ -46,23 +52,27 @@ class PrometheusServer:
         scrape_interval: str = "1s",
         metrics_path: str = "/metrics",
         rule_files: list[Path] | None = None,
+        *,
+        config_text: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / "prometheus.yml"
-        rules = "".join(f"  - {path}\n" for path in rule_files or [])
-        self.config.write_text(
-            "global:\n"
-            f"  scrape_interval: {scrape_interval}\n"
-            f"  evaluation_interval: {scrape_interval}\n"
-            + (f"rule_files:\n{rules}" if rules else "")
-            + "scrape_configs:\n"
-            "  - job_name: recsys\n"
-            f"    metrics_path: {metrics_path}\n"
-            "    static_configs:\n"
-            f"      - targets: {json.dumps(targets)}\n"
-        )
+        if config_text is None:
+            rules = "".join(f"  - {path}\n" for path in rule_files or [])
+            config_text = (
+                "global:\n"
+                f"  scrape_interval: {scrape_interval}\n"
+                f"  evaluation_interval: {scrape_interval}\n"
+                + (f"rule_files:\n{rules}" if rules else "")
+                + "scrape_configs:\n"
+                "  - job_name: recsys\n"
+                f"    metrics_path: {metrics_path}\n"
+                "    static_configs:\n"
+                f"      - targets: {json.dumps(targets)}\n"
+            )
+        self.config.write_text(config_text)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = workdir / "prometheus.log"
 

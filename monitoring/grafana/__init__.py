@@ -1,0 +1,1 @@
+"""Grafana as code: provisioning files and the dashboards built by `dashboards.py`."""
