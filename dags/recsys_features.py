@@ -17,7 +17,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, chain, task
 from recsys_airflow import common
 from recsys_airflow.common import SETTINGS, say
-from recsys_airflow.dbt_graph import RANKING_MODELS, dbt_group
+from recsys_airflow.dbt_graph import FEATURE_GRAPH_EXCLUDES, dbt_group
 
 with DAG(
     dag_id="recsys_features",
@@ -44,5 +44,5 @@ with DAG(
         return text
 
     claim, release = common.warehouse_lease()  # every other task runs between these two
-    features = dbt_group("features", exclude=RANKING_MODELS)
+    features = dbt_group("features", exclude=FEATURE_GRAPH_EXCLUDES)
     chain(claim, common.ingest(), features, summary(), release)

@@ -28,7 +28,7 @@ from typing import Any
 from airflow.sdk import DAG, Param, chain, get_current_context, task
 from recsys_airflow import common, gate
 from recsys_airflow.common import METRICS, RANKER, SETTINGS, SNAPSHOT, say
-from recsys_airflow.dbt_graph import RANKING_MODELS, dbt_group, mart_names
+from recsys_airflow.dbt_graph import FEATURE_GRAPH_EXCLUDES, RANKING_MODELS, dbt_group, mart_names
 
 from recsys.settings import DEFAULT_SEARCH_BUDGET_S
 
@@ -127,7 +127,7 @@ with DAG(
 
     claim, release = common.warehouse_lease()  # every other task runs between these two
     windows = training_windows()
-    features = dbt_group("features", exclude=RANKING_MODELS, dbt_vars=TRAINING_DBT_VARS)
+    features = dbt_group("features", exclude=FEATURE_GRAPH_EXCLUDES, dbt_vars=TRAINING_DBT_VARS)
     als = als_candidates(windows)
     ranking = dbt_group("ranking", select=RANKING_MODELS, dbt_vars=TRAINING_DBT_VARS)
     branch = quality_gate()

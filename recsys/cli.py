@@ -242,6 +242,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "serve":
+        from monitoring.service import serve
+
+        _say(
+            f"monitoring service on http://{args.host}:{args.port}, exports from "
+            f"{settings.lake_uri}/monitoring"
+        )
+        serve(settings, host=args.host, port=args.port)
+        return 0
+    from monitoring.run import monitor
+
+    result = monitor(settings, ingest=not args.no_ingest, say=_say)
+    return 3 if args.exit_code and result.decision.retrain else 0
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
@@ -435,6 +451,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen on a non-local address without RECSYS_API_KEYS",
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "monitor",
+        help="drift, live performance, freshness, the retraining decision; `monitor serve` "
+        "starts the monitoring service",
+    )
+    p.add_argument("action", nargs="?", choices=["serve"], help="start the monitoring service")
+    p.add_argument("--host", default="127.0.0.1", help="serve: address to listen on")
+    p.add_argument("--port", type=int, default=8001, help="serve: port (default 8001)")
+    p.add_argument(
+        "--no-ingest",
+        action="store_true",
+        help="leave the events and impressions the API landed for the next ingest",
+    )
+    p.add_argument(
+        "--exit-code",
+        action="store_true",
+        help="exit with 3 when the policy decides to retrain (for schedulers other than Airflow)",
+    )
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser(
         "simulate", help="simulated shoppers act on the running API's recommendations"

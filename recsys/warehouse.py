@@ -239,7 +239,8 @@ def dbt_command(
         if args[0] in _REUSES_MANIFEST:
             key = (str(project_dir), json.dumps(env, sort_keys=True))
             parsed = _manifest(base_args, key, project_dir)
-        complete = args == ["build"]  # every node: every unit test among them
+        # every node but the monitoring models: every unit test of the feature graph
+        complete = args[0] == "build" and "--select" not in args
         if args[0] == "build" and parsed is not None and parsed.unit_tested:
             args = [*args, "--exclude-resource-type", "unit_test"]
         result = _invoke([*args, *base_args, *var_args], parsed and parsed.manifest, on_line)
@@ -250,6 +251,52 @@ def dbt_command(
     return "".join(lines)
 
 
+@dataclass(frozen=True)
+class Freshness:
+    """One source's freshness as `dbt source freshness` judged it."""
+
+    source: str  # <source>.<table>
+    status: str  # pass | warn | error | runtime error
+    age_seconds: float | None  # now - the newest loaded_at_field value
+    max_loaded_at: str | None
+    message: str = ""
+
+
+def source_freshness(settings: Settings, select: list[str] | None = None) -> list[Freshness]:
+    """`dbt source freshness` on the sources with a freshness config (or `select`), one
+    result per source. A stale source is a result (`warn`, `error`), not an exception; dbt
+    failing to run at all is a BuildError."""
+    project_dir = settings.dbt_project_dir
+    base_args = ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir)]
+    args = ["source", "freshness", *base_args]
+    if select:
+        args += ["--select", *select]
+    lines: list[str] = []
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with _LOCK, _environment(settings.dbt_env()):
+        result = _invoke(args, None, lambda line: lines.append(line + "\n"))
+    found = getattr(result.result, "results", None)
+    if found is None:
+        _raise("source freshness", 2, lines, result.exception)
+    out = []
+    for item in found or []:
+        node = getattr(item, "node", None)
+        name = getattr(node, "unique_id", "") or ""
+        if not name.startswith("source."):  # the project's on-run-start hooks report too
+            continue
+        status = getattr(item, "status", "")
+        out.append(
+            Freshness(
+                source=".".join(name.split(".")[-2:]),
+                status=str(getattr(status, "value", status)),
+                age_seconds=getattr(item, "age", None),
+                max_loaded_at=str(getattr(item, "max_loaded_at", "") or "") or None,
+                message=str(getattr(item, "message", "") or ""),
+            )
+        )
+    return out
+
+
 def build(
     settings: Settings,
     cutoff_at: str | None = None,
@@ -257,7 +304,8 @@ def build(
     extra_vars: dict[str, object] | None = None,
     echo: bool = True,
 ) -> str:
-    """`dbt build`: every model and test, as of `cutoff_at` (default: the latest event).
+    """`dbt build`: every model and test, as of `cutoff_at` (default: the latest event), but
+    the monitoring models (`recsys monitor` builds those).
     NoEvents (before dbt starts) when the lake has no raw events yet, IncompleteIngest when an
     ingest stopped half-way."""
     from recsys.ingest import check_raw, require_events
@@ -269,8 +317,12 @@ def build(
     args = ["build"]
     if select:
         args += ["--select", select]
+    else:  # the monitoring models are `recsys monitor`'s, as of the served snapshot
+        args += ["--exclude", f"tag:{MONITORING_TAG}"]
     return dbt_command(settings, args, cutoff_at=cutoff_at, extra_vars=extra_vars, echo=echo)
 
+
+MONITORING_TAG = "monitoring"  # dbt_project.yml: models/monitoring/
 
 SUMMARY_TABLES = (
     "events",

@@ -22,16 +22,19 @@ import pytest
 from recsys.settings import REPO_ROOT
 
 DAGS_DIR = REPO_ROOT / "dags"
-DAG_IDS = ("recsys_features", "recsys_training")
+DAG_IDS = ("recsys_features", "recsys_training", "recsys_monitoring")
 POOL = "recsys_warehouse"
 TEST_TASK = "dbt_project_test"  # Cosmos's name for a group's test task (after the project folder)
 MAX_PARSE_SECONDS = 5.0
-# dbt groups: (dag, group) -> selects the ranking models (else: everything but them)
+# dbt groups: (dag, group) -> the models' tag it selects (None: the feature graph, every model
+# but the ranking and monitoring ones)
 GROUPS = {
-    ("recsys_training", "features"): False,
-    ("recsys_training", "ranking"): True,
-    ("recsys_features", "features"): False,
+    ("recsys_training", "features"): None,
+    ("recsys_training", "ranking"): "ranking",
+    ("recsys_features", "features"): None,
+    ("recsys_monitoring", "monitoring"): "monitoring",
 }
+SELECTED_TAGS = ("ranking", "monitoring")
 LANDED_CSV = (
     "timestamp,visitorid,event,itemid,transactionid\n"
     "1442004589439,1,view,10,\n"
@@ -275,12 +278,13 @@ def test_each_dag_file_parses_fast(probe: dict[str, Any]) -> None:
     assert not slow, f"DAG files parsing in {MAX_PARSE_SECONDS}s or more: {slow}"
 
 
-def _manifest_models(manifest: Path, ranking: bool) -> dict[str, dict[str, Any]]:
+def _manifest_models(manifest: Path, tag: str | None) -> dict[str, dict[str, Any]]:
     nodes = json.loads(manifest.read_text())["nodes"]
     return {
         uid: node
         for uid, node in nodes.items()
-        if node["resource_type"] == "model" and ("ranking" in node["tags"]) == ranking
+        if node["resource_type"] == "model"
+        and (tag in node["tags"] if tag is not None else not set(SELECTED_TAGS) & set(node["tags"]))
     }
 
 
@@ -302,7 +306,7 @@ def test_dbt_tasks_match_the_manifest(
     """One task per model of the group, the manifest's dependencies as its edges; then one task
     for the group's tests, which everything after the group waits for."""
     tasks = probe["dags"][dag_id]["tasks"]
-    models = _manifest_models(manifest, ranking=GROUPS[(dag_id, group)])
+    models = _manifest_models(manifest, GROUPS[(dag_id, group)])
     task_of = {uid: f"{group}.{node['name']}_run" for uid, node in models.items()}
 
     rendered = {tid for tid in tasks if tid.startswith(f"{group}.") and tid.endswith("_run")}
@@ -410,7 +414,7 @@ def test_lineage_from_raw_events_to_the_snapshot(probe: dict[str, Any], manifest
     }
     marts = [
         node["name"]
-        for node in _manifest_models(manifest, ranking=False).values()
+        for node in _manifest_models(manifest, None).values()
         if node["fqn"][1] == "marts"
     ]
     assert marts
@@ -424,6 +428,23 @@ def test_lineage_from_raw_events_to_the_snapshot(probe: dict[str, Any], manifest
     assert tasks["publish"]["outlets"] == ["recsys.snapshots"]
     daily = probe["dags"]["recsys_features"]["tasks"]
     assert daily["features.interactions_run"]["outlets"] == ["recsys.features.interactions"]
+
+
+def test_monitoring_triggers_training_only_through_the_policy(probe: dict[str, Any]) -> None:
+    """Hourly: ingest, the monitoring models with the vars `prepare` found, the decision; the
+    trigger of recsys_training waits for the short-circuit on the decision, inside the lease."""
+    tasks = probe["dags"]["recsys_monitoring"]["tasks"]
+    model_tasks = [t for tid, t in tasks.items() if tid.startswith("monitoring.")]
+    assert model_tasks
+    for task in model_tasks:
+        if task["vars"] is None:  # the group's test task
+            continue
+        assert set(task["vars"]) == {"cutoff_at", "monitoring_reference_version"}
+        assert all("xcom_pull(task_ids='prepare')" in v for v in task["vars"].values())
+    assert {"ingest", "prepare", f"monitoring.{TEST_TASK}"} <= _ancestors(tasks, "decide")
+    assert tasks["should_retrain"]["upstream"] == ["decide"]
+    assert tasks["trigger_training"]["upstream"] == ["should_retrain"]
+    assert "trigger_training" in tasks["release_warehouse"]["upstream"]
 
 
 def test_quality_gate_branches_on_the_gate(probe: dict[str, Any]) -> None:
