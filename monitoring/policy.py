@@ -108,9 +108,8 @@ class Decision:
             return "retrain: " + "; ".join(r.detail for r in self.reasons)
         if self.held:
             until = self.cooldown_until.isoformat() if self.cooldown_until else "?"
-            return (
-                f"no retrain: cool-down until {until} holds back "
-                + "; ".join(r.detail for r in self.held)
+            return f"no retrain: cool-down until {until} holds back " + "; ".join(
+                r.detail for r in self.held
             )
         return "no retrain: no drift, no decay, the snapshot is recent"
 
