@@ -27,12 +27,18 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, chain, task
 from recsys_airflow import common
 from recsys_airflow.common import SETTINGS, say
-from recsys_airflow.dbt_graph import MONITORING_MODELS, dbt_group
+from recsys_airflow.dbt_graph import MONITORING_GROUP, dbt_group
 
 PREPARED = "{{{{ ti.xcom_pull(task_ids='prepare')['dbt_vars']['{name}'] }}}}"
 MONITORING_DBT_VARS = {
     name: PREPARED.format(name=name) for name in ("cutoff_at", "monitoring_reference_version")
 }
+
+# the triggered run's conf: {"reasons": [...], "details": [...]}, the decision's own lists
+TRIGGER_CONF = (
+    "{% set decision = ti.xcom_pull(task_ids='decide') %}"
+    "{{ {'reasons': decision['reasons'], 'details': decision['details']} | tojson }}"
+)
 
 with DAG(
     dag_id="recsys_monitoring",
@@ -76,16 +82,15 @@ with DAG(
     trigger = TriggerDagRunOperator(
         task_id="trigger_training",
         trigger_dag_id="recsys_training",
-        conf={
-            "reasons": "{{ ti.xcom_pull(task_ids='decide')['reasons'] | tojson }}",
-            "details": "{{ ti.xcom_pull(task_ids='decide')['details'] | tojson }}",
-        },
+        # one template rendering the whole conf as JSON, which the operator parses: a dict of
+        # templates would render each list as a string ('["drift"]'), not a list
+        conf=TRIGGER_CONF,  # type: ignore[arg-type]
         wait_for_completion=False,
         doc_md="A training run, with the policy's reasons in its conf.",
     )
 
     claim, release = common.warehouse_lease()  # every other task runs between these two
-    monitoring = dbt_group("monitoring", select=MONITORING_MODELS, dbt_vars=MONITORING_DBT_VARS)
+    monitoring = dbt_group("monitoring", select=MONITORING_GROUP, dbt_vars=MONITORING_DBT_VARS)
     prepared = prepare()
     decision = decide(prepared)
     retrain = should_retrain(decision)

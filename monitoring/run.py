@@ -141,7 +141,7 @@ def publish_lists(lake: Lake, say: Callable[[str], None]) -> list[str]:
             # the snapshot file is opened so that it can touch nothing else: its rows come
             # out as Arrow, written here
             with open_snapshot(local, threads=1, memory_limit="1GB") as con:
-                table = con.execute(
+                table = con.sql(
                     f"""
                     select
                         cast(? as varchar) as snapshot_version,
@@ -154,7 +154,7 @@ def publish_lists(lake: Lake, say: Callable[[str], None]) -> list[str]:
                     from main.recommendations
                     where "rank" <= {PUBLISHED_DEPTH}
                     """,
-                    [
+                    params=[
                         version,
                         cutoff.replace(tzinfo=None) if cutoff else None,
                         figures["ndcg@10"],
@@ -420,11 +420,11 @@ def prepare(settings: Settings, say: Callable[[str], None] = print) -> Prepared:
 
 def build_models(settings: Settings, prepared: Prepared) -> None:
     """The monitoring models and their tests (which warn, never fail the build)."""
-    from recsys.warehouse import MONITORING_TAG, dbt_command
+    from recsys.warehouse import MONITORING_SELECT, dbt_command
 
     dbt_command(
         settings,
-        ["build", "--select", f"tag:{MONITORING_TAG}"],
+        ["build", "--select", *MONITORING_SELECT],
         extra_vars=prepared.dbt_vars(),
     )
 

@@ -323,6 +323,9 @@ def build(
 
 
 MONITORING_TAG = "monitoring"  # dbt_project.yml: models/monitoring/
+# what a monitoring build selects: the monitoring models, and the views of the feature graph
+# they read that must name the lake as it is now (a view stores the lake's path when built)
+MONITORING_SELECT = (f"tag:{MONITORING_TAG}", "tag:monitoring_input")
 
 SUMMARY_TABLES = (
     "events",

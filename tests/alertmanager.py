@@ -163,6 +163,7 @@ class AlertmanagerServer:
         token_file: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / "alertmanager.yml"

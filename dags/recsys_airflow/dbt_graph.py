@@ -54,8 +54,10 @@ MANIFEST_PATH = Path(
 # The ranking models (built after ALS has written the ml source) carry the tag `ranking`, as
 # `steps.build_ranking` selects them; their tests carry no tag, so the folder selects those.
 RANKING_MODELS = ["tag:ranking", "path:models/ranking"]
-# `recsys monitor`'s models (the monitoring DAG), never in a features build
+# `recsys monitor`'s models (the monitoring DAG), never in a features build; the monitoring
+# group also rebuilds the views they read (recsys.warehouse.MONITORING_SELECT)
 MONITORING_MODELS = ["tag:monitoring", "path:models/monitoring"]
+MONITORING_GROUP = [*MONITORING_MODELS, "tag:monitoring_input"]
 FEATURE_GRAPH_EXCLUDES = [*RANKING_MODELS, *MONITORING_MODELS]
 MARTS_FOLDER = "marts"  # models exported to the lake as feature marts (dbt_project.yml)
 # what the manifest depends on: a change to any of these makes it stale

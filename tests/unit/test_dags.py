@@ -26,8 +26,8 @@ DAG_IDS = ("recsys_features", "recsys_training", "recsys_monitoring")
 POOL = "recsys_warehouse"
 TEST_TASK = "dbt_project_test"  # Cosmos's name for a group's test task (after the project folder)
 MAX_PARSE_SECONDS = 5.0
-# dbt groups: (dag, group) -> the models' tag it selects (None: the feature graph, every model
-# but the ranking and monitoring ones)
+# dbt groups: (dag, group) -> the models' tag it selects, and `<tag>_input` (None: the feature
+# graph, every model but the ranking and monitoring ones)
 GROUPS = {
     ("recsys_training", "features"): None,
     ("recsys_training", "ranking"): "ranking",
@@ -284,7 +284,11 @@ def _manifest_models(manifest: Path, tag: str | None) -> dict[str, dict[str, Any
         uid: node
         for uid, node in nodes.items()
         if node["resource_type"] == "model"
-        and (tag in node["tags"] if tag is not None else not set(SELECTED_TAGS) & set(node["tags"]))
+        and (
+            bool({tag, f"{tag}_input"} & set(node["tags"]))
+            if tag is not None
+            else not set(SELECTED_TAGS) & set(node["tags"])
+        )
     }
 
 
