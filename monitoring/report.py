@@ -44,10 +44,7 @@ def plot_drift(report: dict[str, Any], path: Path) -> None:
         for limit, style in ((0.1, ":"), (0.25, "--")):  # the vars' defaults, before sample size
             ax.axvline(limit, color="grey", linestyle=style, linewidth=1)
         ax.set_xlim(0, top * 1.1)
-        ax.set_xlabel(
-            "PSI, reference -> current (colour: status, by the sample-size-aware limits; "
-            "lines: 0.1 and 0.25)"
-        )
+        ax.set_xlabel("PSI (colour: status by the sample-size-aware limits; lines: 0.1, 0.25)")
     else:
         ax.text(0.5, 0.5, "no reference: drift not measured", ha="center", va="center")
         ax.set_axis_off()

@@ -249,10 +249,13 @@ def assemble(
             }
     business = None
     if _table_exists(con, "business_metrics_daily"):
+        # the last complete day: the build's cutoff falls inside the last day of the mart
         found = _rows(
             con,
             "select metric_date, recommendation_ctr, conversion_rate, revenue "
-            "from business_metrics_daily order by metric_date desc limit 1",
+            "from business_metrics_daily "
+            "where metric_date < (select cast(max(cutoff_at) as date) from feature_builds) "
+            "order by metric_date desc limit 1",
         )
         if found:
             business = {
