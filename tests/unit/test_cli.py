@@ -62,3 +62,11 @@ def test_a_step_before_its_inputs_names_the_step_to_run(
     assert main(["evaluate"]) == 2
     err = capsys.readouterr().err
     assert "does not exist yet: run `recsys train` first" in err and "Traceback" not in err
+
+
+def test_monitor_before_any_build_names_the_step_to_run(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["monitor"]) == 2
+    err = capsys.readouterr().err
+    assert "error: no warehouse" in err and "recsys build" in err
