@@ -24,7 +24,7 @@ import dataclasses
 from typing import Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import DAG, chain, task
+from airflow.sdk import DAG, chain, get_current_context, task
 from recsys_airflow import common
 from recsys_airflow.common import SETTINGS, say
 from recsys_airflow.dbt_graph import MONITORING_GROUP, dbt_group
@@ -69,7 +69,11 @@ with DAG(
         """Freshness, the decision (recorded with its reasons), the report and its export."""
         from monitoring import run
 
-        result = run.conclude(SETTINGS, run.Prepared(**prepared["prepared"]), say=say)
+        context = get_current_context()
+        run_id = f"{context['dag'].dag_id}/{context['run_id']}"  # a cleared task: the same run
+        result = run.conclude(
+            SETTINGS, run.Prepared(**prepared["prepared"]), run_id=run_id, say=say
+        )
         return result.decision.record()
 
     # only the trigger is skipped when not: the lease's teardown still runs

@@ -61,7 +61,7 @@ def plot_live(report: dict[str, Any], path: Path) -> None:
     for row in report["live_performance"]:
         if row.get("ndcg@10") is not None:
             by_version.setdefault(row["snapshot_version"], []).append((row["day"], row["ndcg@10"]))
-    for i, (version, points) in enumerate(sorted(by_version.items())):
+    for version, points in sorted(by_version.items())[-8:]:  # the newest snapshots
         points.sort()
         line = ax.plot(
             [p[0] for p in points], [p[1] for p in points], marker="o", label=f"{version} live"
@@ -69,8 +69,6 @@ def plot_live(report: dict[str, Any], path: Path) -> None:
         offline = (report.get("offline") or {}).get(version, {}).get("ndcg@10")
         if offline is not None:
             ax.axhline(offline, color=line[0].get_color(), linestyle="--", linewidth=1)
-        if i > 6:
-            break
     if by_version:
         ax.set_xlabel("days since the snapshot's cutoff")
         ax.set_ylabel("NDCG@10 (dashed: offline)")

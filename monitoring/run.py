@@ -57,7 +57,9 @@ PUBLISHED_DEPTH = 20  # recall@20 needs the top 20 of each list
 # dbt source -> its folder under the lake's raw/
 FRESHNESS_SOURCES = {"retailrocket.events": "events", "api.impressions": "impressions"}
 # a feature version names a folder of the lake: only the pipeline's own characters
-FEATURE_VERSION = r"[A-Za-z0-9_.-]{1,128}"
+FEATURE_VERSION = r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+# the decisions read back for the cool-down and the weekly cadence: an hourly run's eight days
+DECISIONS_READ = 200
 
 
 @dataclass(frozen=True)
@@ -89,24 +91,31 @@ def _parse_time(text: Any) -> datetime | None:
 def reference_version(lake: Lake, manifest: dict[str, Any] | None) -> str | None:
     """The reference of the drift models: the feature version of the served snapshot (the
     features its lists and request-time ranking were computed from when it was published),
-    when its marts are in the lake; else the version its ranker was trained on; else None.
+    when its marts are in the lake; else None (drift is then not measured).
 
-    Not the ranker's training cutoff first: that is t1, the test and label windows (28 days by
+    Not the ranker's training cutoff: that is t1, the test and label windows (28 days by
     default) before the snapshot's own, so a snapshot published a minute ago would already
     show four weeks of drift, and retraining (which moves t1 along with everything else)
     would never clear it: the policy would retrain at every cool-down's end.
     """
     import re
 
-    if not manifest:
+    candidate = (manifest or {}).get("feature_version")
+    if not isinstance(candidate, str) or not re.fullmatch(FEATURE_VERSION, candidate):
         return None
-    ranker = (manifest.get("models") or {}).get("ranker") or {}
-    for candidate in (manifest.get("feature_version"), ranker.get("feature_version")):
-        if not isinstance(candidate, str) or not re.fullmatch(FEATURE_VERSION, candidate):
-            continue
-        if lake.exists(f"features/{candidate}/feature_builds.parquet"):
-            return candidate
-    return None
+    if not lake.exists(f"features/{candidate}/feature_builds.parquet"):
+        return None
+    return candidate
+
+
+def reference_cutoff(lake: Lake, version: str) -> datetime | None:
+    """The cutoff of a feature version exported to the lake (its feature_builds mart)."""
+    import pyarrow.parquet as parquet
+
+    with lake.open(f"features/{version}/feature_builds.parquet") as fh:
+        table = parquet.read_table(fh, columns=["cutoff_at"])
+    values = table.column("cutoff_at").to_pylist()
+    return _parse_time(values[0].isoformat()) if values and values[0] else None
 
 
 def offline_figures(manifest: dict[str, Any] | None) -> dict[str, float | None]:
@@ -124,48 +133,70 @@ def publish_lists(lake: Lake, say: Callable[[str], None]) -> list[str]:
     versions = sorted(
         {p.split("/")[1] for p in lake.glob("snapshots/*/manifest.json")}, reverse=True
     )
+    # the lists of snapshots the publisher has pruned go too: live performance covers the
+    # snapshots still in the lake (models_ml.publish.KEEP), so its rows stay bounded
+    for path in lake.glob(f"{PUBLISHED}/*.parquet"):
+        name = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+        if VERSION_PATTERN.fullmatch(name) and name not in versions:
+            lake.remove(f"{PUBLISHED}/{name}.parquet")
     written = []
     for version in versions:
         if not VERSION_PATTERN.fullmatch(version):
             continue  # not the publisher's name: never used as a path
-        target = f"{PUBLISHED}/{version}.parquet"
-        if lake.exists(target) or not lake.exists(f"snapshots/{version}/snapshot.duckdb"):
-            continue
-        manifest = json.loads(lake.read_text(f"snapshots/{version}/manifest.json"))
-        cutoff = _parse_time(manifest.get("cutoff_at"))
-        figures = offline_figures(manifest)
-        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
-            local = Path(tmp) / "snapshot.duckdb"
-            lake.get(f"snapshots/{version}/snapshot.duckdb", local)
-            out = Path(tmp) / "published.parquet"
-            # the snapshot file is opened so that it can touch nothing else: its rows come
-            # out as Arrow, written here
-            with open_snapshot(local, threads=1, memory_limit="1GB") as con:
-                table = con.sql(
-                    f"""
-                    select
-                        cast(? as varchar) as snapshot_version,
-                        cast(? as timestamp) as cutoff_at,
-                        cast(visitor_id as bigint) as visitor_id,
-                        cast(item_id as bigint) as item_id,
-                        cast("rank" as integer) as "rank",
-                        cast(? as double) as offline_ndcg_at_10,
-                        cast(? as double) as offline_recall_at_20
-                    from main.recommendations
-                    where "rank" <= {PUBLISHED_DEPTH}
-                    """,
-                    params=[
-                        version,
-                        cutoff.replace(tzinfo=None) if cutoff else None,
-                        figures["ndcg@10"],
-                        figures["recall@20"],
-                    ],
-                ).to_arrow_table()
-            pq.write_table(table, out)
-            lake.put(out, target)
-        written.append(version)
-        say(f"  published lists of snapshot {version} -> {lake.url(target)}")
+        try:
+            if _publish_list(lake, version):
+                written.append(version)
+                say(f"  published lists of snapshot {version} -> {lake.url(_published(version))}")
+        except Exception as exc:  # one unreadable snapshot must not stop monitoring for good
+            say(f"  skipped the lists of snapshot {version}: {type(exc).__name__}: {exc}")
     return written
+
+
+def _published(version: str) -> str:
+    return f"{PUBLISHED}/{version}.parquet"
+
+
+def _publish_list(lake: Lake, version: str) -> bool:
+    """One snapshot's lists to the lake, unless there already; whether it wrote them."""
+    target = _published(version)
+    if lake.exists(target) or not lake.exists(f"snapshots/{version}/snapshot.duckdb"):
+        return False
+    manifest = json.loads(lake.read_text(f"snapshots/{version}/manifest.json"))
+    if not isinstance(manifest, dict):
+        raise ValueError("its manifest is not a JSON object")
+    cutoff = _parse_time(manifest.get("cutoff_at"))
+    cutoff = cutoff.astimezone(UTC) if cutoff else None
+    figures = offline_figures(manifest)
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
+        local = Path(tmp) / "snapshot.duckdb"
+        lake.get(f"snapshots/{version}/snapshot.duckdb", local)
+        out = Path(tmp) / "published.parquet"
+        # the snapshot file is opened so that it can touch nothing else: its rows come
+        # out as Arrow, written here
+        with open_snapshot(local, threads=1, memory_limit="1GB") as con:
+            table = con.sql(
+                f"""
+                select
+                    cast(? as varchar) as snapshot_version,
+                    cast(? as timestamp) as cutoff_at,
+                    cast(visitor_id as bigint) as visitor_id,
+                    cast(item_id as bigint) as item_id,
+                    cast("rank" as integer) as "rank",
+                    cast(? as double) as offline_ndcg_at_10,
+                    cast(? as double) as offline_recall_at_20
+                from main.recommendations
+                where "rank" <= {PUBLISHED_DEPTH}
+                """,
+                params=[
+                    version,
+                    cutoff.replace(tzinfo=None) if cutoff else None,
+                    figures["ndcg@10"],
+                    figures["recall@20"],
+                ],
+            ).to_arrow_table()
+        pq.write_table(table, out)
+        lake.put(out, target)
+    return True
 
 
 def _rows(con: Any, sql: str) -> list[dict[str, Any]]:
@@ -211,7 +242,12 @@ def assemble(
         status = found[0]["status"] if found else None
     live = []
     if _table_exists(con, "live_performance"):
-        for row in _rows(con, "select * from live_performance order by snapshot_version, day"):
+        # complete days only: the last one is still filling up (and day 0 of a snapshot
+        # published today), and a partial day's few visitors say little
+        for row in _rows(
+            con,
+            "select * from live_performance where is_complete_day order by snapshot_version, day",
+        ):
             live.append(
                 {
                     "snapshot_version": row["snapshot_version"],
@@ -413,6 +449,18 @@ def prepare(settings: Settings, say: Callable[[str], None] = print) -> Prepared:
     if manifest and manifest.get("version"):
         check_version(str(manifest["version"]))
     reference = reference_version(lake, manifest)
+    if reference is not None:
+        served_cutoff = reference_cutoff(lake, reference)
+        built = _parse_time(cutoff)
+        if served_cutoff and built and built < served_cutoff:
+            # a training run stopped part-way (or refused by the gate) leaves the warehouse at
+            # its t1 / t2 builds: weeks before the snapshot, which is not drift
+            say(
+                f"the warehouse's build ({current}, cutoff {cutoff}) is older than the served "
+                f"snapshot's features ({reference}): drift not measured; run `recsys build` "
+                "(or the features DAG) to build as of the latest event"
+            )
+            reference = None
     say(
         f"monitoring feature version {current} against "
         + (f"reference {reference}" if reference else "no reference (no served snapshot)")
@@ -438,9 +486,11 @@ def conclude(
     *,
     now: datetime | None = None,
     policy: Policy | None = None,
+    run_id: str | None = None,
     say: Callable[[str], None] = print,
 ) -> MonitorResult:
-    """Freshness, the report, the decision (recorded), the export to the lake."""
+    """Freshness, the report, the decision, the export to the lake, then the decision's
+    record (with `run_id`, the scheduler's run, when there is one)."""
     from monitoring.report import write_report
 
     now = (now or datetime.now(UTC)).replace(microsecond=0)
@@ -459,11 +509,16 @@ def conclude(
     report["freshness"]["snapshot_age_seconds"] = (
         (now - published_at).total_seconds() if published_at else None
     )
-    history = export.read_decisions(lake)
+    # a retried run (an Airflow task cleared) does not hold itself back with its own decision
+    history = [
+        d
+        for d in export.read_decisions(lake, limit=DECISIONS_READ)
+        if not run_id or d.get("run_id") != run_id
+    ]
     decision = decide(observe(report, manifest, history, policy, now), policy)
-    report["retrain"] = decision.record()
+    record = {**decision.record(), "run_id": run_id}
+    report["retrain"] = record
     report["generated_at"] = now.isoformat()
-    export.record_decision(lake, decision.record())
 
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
@@ -472,10 +527,12 @@ def conclude(
         files.update(_export_tables(settings, out))
         export_id = export.write_export(lake, report, files)
         report["export_id"] = export_id
+        # recorded once the export is in place: a run that failed before decided nothing
         for name, path in files.items():  # the report beside metrics.json's
             if not name.endswith(".parquet"):
                 local = "monitoring.html" if name == "report.html" else name
                 (settings.reports_dir / local).write_bytes(Path(path).read_bytes())
+    export.record_decision(lake, record)
     report_path = settings.reports_dir / "monitoring.json"
     report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     say(

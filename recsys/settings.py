@@ -121,6 +121,18 @@ class Settings(BaseSettings):
             )
         return SecretStr(",".join(keys)) if keys else None
 
+    @field_validator("recsys_monitoring_webhook_token")
+    @classmethod
+    def _token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()
+        if len(token) < MIN_API_KEY_LENGTH:  # empty included: it would let any caller in
+            raise ValueError(
+                f"RECSYS_MONITORING_WEBHOOK_TOKEN: shorter than {MIN_API_KEY_LENGTH} characters"
+            )
+        return SecretStr(token)
+
     @field_validator("recsys_api_cors_origins")
     @classmethod
     def _origins_are_origins(cls, value: str) -> str:

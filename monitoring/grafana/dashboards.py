@@ -669,7 +669,10 @@ def business_dashboard() -> Dashboard:
                 "ticket under 70% of that mean.",
                 "percentunit",
                 query("recsys_business_ctr", "CTR"),
-                query("avg_over_time(recsys_business_ctr[7d] offset 1d)", "7-day mean before"),
+                query(
+                    "avg_over_time((recsys_business_ctr >= 0)[7d:5m] offset 1d)",
+                    "7-day mean before",
+                ),
                 span=12,
                 minimum=0,
             )

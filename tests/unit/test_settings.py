@@ -100,3 +100,12 @@ def test_rates_and_timeouts_are_finite(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ValueError):
             Settings(_env_file=None)  # type: ignore[call-arg]
         monkeypatch.delenv(name)
+
+
+def test_an_empty_or_short_webhook_token_is_refused() -> None:
+    """An empty token would let any caller post alerts: refused, as a short API key is."""
+    from pydantic import ValidationError
+
+    for token in ("", "   ", "short"):
+        with pytest.raises(ValidationError, match="RECSYS_MONITORING_WEBHOOK_TOKEN"):
+            Settings(_env_file=None, recsys_monitoring_webhook_token=token)  # type: ignore[call-arg]
