@@ -20,7 +20,13 @@ install: ## install uv if missing and sync the locked environment (.venv), every
 PROMETHEUS := .tools/prometheus/usr/bin/prometheus
 ALERTMANAGER := .tools/alertmanager/usr/bin/prometheus-alertmanager
 APT_GET := apt-get -qq -o APT::Sandbox::User=root
-tools: $(PROMETHEUS) $(ALERTMANAGER) ## fetch the test tools that PyPI does not carry (Prometheus, promtool, Alertmanager, amtool)
+CHECKOV := .tools/checkov/bin/checkov
+tools: $(PROMETHEUS) $(ALERTMANAGER) $(CHECKOV) ## the test tools outside the project's environment: Prometheus, promtool, Alertmanager, amtool (Debian), checkov (its own lock)
+
+# checkov's releases cap termcolor below Airflow's floor: its own locked environment
+$(CHECKOV): tools/checkov/uv.lock tools/checkov/pyproject.toml
+	@UV_PROJECT_ENVIRONMENT=$(CURDIR)/.tools/checkov $(UV) sync --frozen --quiet --project tools/checkov
+	@touch $(CHECKOV)
 
 $(PROMETHEUS):
 	@mkdir -p .tools/deb-prometheus
