@@ -657,3 +657,14 @@ def test_backups_md_names_only_what_exists(templates: dict[str, Any]) -> None:
         "Configuration in git",
     ):
         assert f"| {backup} |" in text, backup
+
+
+def test_the_cni_enforces_the_network_policies(templates: dict[str, Any]) -> None:
+    """k8s/ denies by default: without the VPC CNI's policy agent EKS would enforce nothing."""
+    (addon,) = [
+        r
+        for r in resources(templates["eks.yaml"], "AWS::EKS::Addon").values()
+        if r["Properties"]["AddonName"] == "vpc-cni"
+    ]
+    values = json.loads(addon["Properties"]["ConfigurationValues"])
+    assert values["enableNetworkPolicy"] == "true"
