@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export OPENBLAS_NUM_THREADS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run demo-loop test test-unit lint format bench-warehouse bench-ml bench-api bench-loop docs dashboards airflow clean
+.PHONY: help install tools container-tools run demo-loop test test-unit lint format bench-warehouse bench-ml bench-api bench-loop docs dashboards airflow base-image images clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -21,7 +21,14 @@ PROMETHEUS := .tools/prometheus/usr/bin/prometheus
 ALERTMANAGER := .tools/alertmanager/usr/bin/prometheus-alertmanager
 APT_GET := apt-get -qq -o APT::Sandbox::User=root
 CHECKOV := .tools/checkov/bin/checkov
-tools: $(PROMETHEUS) $(ALERTMANAGER) $(CHECKOV) ## the test tools outside the project's environment: Prometheus, promtool, Alertmanager, amtool (Debian), checkov (its own lock)
+tools: $(PROMETHEUS) $(ALERTMANAGER) $(CHECKOV) container-tools ## the test tools outside the project's environment: Prometheus, promtool, Alertmanager, amtool (Debian), checkov (its own lock), podman, runc, debootstrap
+
+# podman, runc and debootstrap (Debian's packages, installed on the system: podman needs its
+# configuration and helpers): the image test builds a base with debootstrap and runs the API image
+container-tools:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
+		{ DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y podman runc debootstrap >/dev/null || \
+		{ $(APT_GET) update && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y podman runc debootstrap >/dev/null; }; }
 
 # checkov's releases cap termcolor below Airflow's floor: its own locked environment
 $(CHECKOV): tools/checkov/uv.lock tools/checkov/pyproject.toml
@@ -103,6 +110,28 @@ airflow: install ## Airflow standalone on 127.0.0.1 with the recsys DAGs (home u
 	.venv/bin/airflow pools set recsys_warehouse 1 "one task at a time on warehouse.duckdb (DuckDB: one writer per file)" >/dev/null; \
 	echo "Airflow home $$AIRFLOW_HOME; UI on http://127.0.0.1:$$port (user admin, password in $$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated)"; \
 	exec .venv/bin/airflow standalone
+
+# Container images (images/*.Dockerfile), built with podman, which reads images/containers.conf
+# (runc, explicit ulimits). BASE_IMAGE is the official slim image by default; where no registry
+# can be reached, `make base-image` makes a Debian bookworm one with debootstrap (as root) and
+# `make images BASE_IMAGE=localhost/recsys-base:bookworm` builds from it. The host's uv cache is
+# mounted into the builds (images/build.sh): the locked wheels are not downloaded again.
+BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm
+IMAGES := api monitoring pipeline
+PODMAN_ENV = CONTAINERS_CONF="$${CONTAINERS_CONF:-$(CURDIR)/images/containers.conf}"
+
+base-image: ## a local Debian bookworm + Python 3.11 base image, localhost/recsys-base:bookworm (debootstrap; root)
+	@$(PODMAN_ENV) images/base.sh localhost/recsys-base:bookworm
+
+images: ## recsys-{api,monitoring,pipeline}:local with podman (BASE_IMAGE=localhost/recsys-base:bookworm where nothing can be pulled)
+	@set -e; cache="$$($(UV) cache dir 2>/dev/null || true)"; \
+	for name in $(IMAGES); do \
+		$(PODMAN_ENV) UV_CACHE_DIR="$$cache" images/build.sh $$name "$(BASE_IMAGE)"; \
+	done; \
+	for name in $(IMAGES); do \
+		size=$$($(PODMAN_ENV) podman image inspect --format '{{.Size}}' recsys-$$name:local); \
+		printf '  %-26s %5d MB\n' recsys-$$name:local $$((size / 1000000)); \
+	done
 
 clean: ## remove generated data and build output
 	rm -rf data dbt_project/target dbt_project/logs reports .tools
