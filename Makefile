@@ -27,8 +27,8 @@ tools: $(PROMETHEUS) $(ALERTMANAGER) $(CHECKOV) container-tools ## the test tool
 # configuration and helpers): the image test builds a base with debootstrap and runs the API image
 container-tools:
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
-		{ DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y podman runc debootstrap >/dev/null || \
-		{ $(APT_GET) update && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y podman runc debootstrap >/dev/null; }; }
+		{ DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y podman runc debootstrap debian-archive-keyring >/dev/null || \
+		{ $(APT_GET) update && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y podman runc debootstrap debian-archive-keyring >/dev/null; }; }
 
 # checkov's releases cap termcolor below Airflow's floor: its own locked environment
 $(CHECKOV): tools/checkov/uv.lock tools/checkov/pyproject.toml
