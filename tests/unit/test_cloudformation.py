@@ -457,6 +457,13 @@ def test_the_pipeline_works_in_its_lake_folders_only(templates: dict[str, Any]) 
     assert all(
         p == "" or p.startswith(tuple(f"{lake}/{f}" for f in LAKE_FOLDERS)) for p in prefixes
     )
+    # and never the monitoring service's record of the alerts it received
+    denied = [
+        s
+        for s in statements(role)
+        if s["Effect"] == "Deny" and "s3:PutObject" in as_list(s["Action"])
+    ]
+    assert [resolve(s["Resource"], iam) for s in denied] == [object_arn(iam, "monitoring/alerts/*")]
 
 
 def test_no_role_has_wildcard_actions_or_s3_on_every_resource(templates: dict[str, Any]) -> None:
