@@ -15,7 +15,7 @@ import gc
 import importlib.resources
 import logging
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from api.store import SnapshotStore
 from recsys.experiments import ExperimentsFile
 from recsys.ingest import MAX_TIMESTAMP_MS
 from recsys.lake import Lake
+from recsys.safe import safe_errors, safe_text
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger("api")
@@ -51,36 +52,6 @@ log = logging.getLogger("api")
 # request up to 5 ms, and a request needs several. 1 ms bounds that wait for a few
 # microseconds of extra switching.
 GIL_SWITCH_INTERVAL = 0.001
-
-MAX_ERRORS = 20  # a body of 1,000 bad events is answered with the first 20 of its errors
-
-
-def safe_text(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, with every character that is not printable (control
-    characters, lone surrogates that UTF-8 cannot encode) escaped: safe to put in a JSON
-    answer or a log line."""
-    cut = text[:limit]
-    if not cut.isprintable():
-        cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
-    return cut + ("..." if len(text) > limit else "")
-
-
-def safe_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Validation errors as `{type, loc, msg}`: no `input`, no `ctx`, bounded, encodable."""
-    safe = []
-    for error in errors[:MAX_ERRORS]:
-        loc = [p if isinstance(p, int) else safe_text(str(p), 64) for p in error.get("loc", ())]
-        msg = str(error.get("msg", ""))
-        if error.get("type") == "json_invalid" and isinstance(error.get("ctx"), dict):
-            msg = f"{msg}: {error['ctx'].get('error', '')}"  # says what, not the input
-        safe.append(
-            {
-                "type": safe_text(str(error.get("type", "")), 64),
-                "loc": loc,
-                "msg": safe_text(msg, 200),
-            }
-        )
-    return safe
 
 
 def _unparsable(exc: Exception) -> str:

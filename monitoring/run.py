@@ -199,18 +199,22 @@ def _publish_list(lake: Lake, version: str) -> bool:
     return True
 
 
-def _rows(con: Any, sql: str) -> list[dict[str, Any]]:
-    cursor = con.execute(sql)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
 def _table_exists(con: Any, table: str) -> bool:
-    row = con.execute(
+    found = con.execute(
         "select count(*) from duckdb_tables() where schema_name = 'main' and table_name = ?",
         [table],
     ).fetchone()
-    return bool(row and row[0])
+    return bool(found and found[0])
+
+
+def _rows(con: Any, table: str, sql: str = "select * from {table}") -> list[dict[str, Any]]:
+    """The rows of `sql` over `table` (one of the monitoring models, or a mart), as dicts;
+    none when the warehouse has no such table yet (a build before the monitoring models)."""
+    if not _table_exists(con, table):
+        return []
+    cursor = con.execute(sql.format(table=f'main."{table}"'))
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def assemble(
@@ -219,87 +223,66 @@ def assemble(
     reference: str | None,
     current: str | None,
     freshness: dict[str, Any],
+    volume: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """monitoring.json (DESIGN.md's shape, without `retrain`) from the monitoring tables."""
-    features: dict[str, Any] = {}
-    if _table_exists(con, "drift_features"):
-        for row in _rows(con, "select * from drift_features order by feature"):
-            features[str(row["feature"])] = {
-                "kind": row["kind"],
-                "psi": _finite(row.get("psi")),
-                "ks": _finite(row.get("ks")),
-                "status": row["status"],
-                "n_reference": row.get("n_reference"),
-                "n_current": row.get("n_current"),
-            }
-    mixes: dict[str, Any] = {}
-    if _table_exists(con, "drift_mixes"):
-        for row in _rows(con, "select * from drift_mixes"):
-            mixes[str(row["dimension"])] = {"psi": _finite(row["psi"]), "status": row["status"]}
-    status = None
-    if _table_exists(con, "drift_status"):
-        found = _rows(con, "select * from drift_status")
-        status = found[0]["status"] if found else None
-    live = []
-    if _table_exists(con, "live_performance"):
-        # complete days only: the last one is still filling up (and day 0 of a snapshot
-        # published today), and a partial day's few visitors say little
+    """monitoring.json (DESIGN.md's shape, without `retrain`) from the monitoring tables
+    (`volume`: event_volume_hourly's rows, read once for the report and its plot)."""
+    features = {
+        str(row["feature"]): {
+            "kind": row["kind"],
+            "psi": _finite(row.get("psi")),
+            "ks": _finite(row.get("ks")),
+            "status": row["status"],
+            "n_reference": row.get("n_reference"),
+            "n_current": row.get("n_current"),
+        }
+        for row in _rows(con, "drift_features", "select * from {table} order by feature")
+    }
+    mixes = {
+        str(row["dimension"]): {"psi": _finite(row["psi"]), "status": row["status"]}
+        for row in _rows(con, "drift_mixes")
+    }
+    status = next((row["status"] for row in _rows(con, "drift_status")), None)
+    # complete days only: the last one is still filling up (and day 0 of a snapshot published
+    # today), and a partial day's few visitors say little
+    performance = _rows(
+        con,
+        "live_performance",
+        "select * from {table} where is_complete_day order by snapshot_version, day",
+    )
+    live = [
+        {
+            "snapshot_version": row["snapshot_version"],
+            "day": int(row["day"]),
+            "ndcg@10": _finite(row["ndcg_at_10"]),
+            "recall@20": _finite(row["recall_at_20"]),
+            "n_visitors": int(row["n_visitors"]),
+        }
+        for row in performance
+    ]
+    offline = {
+        row["snapshot_version"]: {
+            "ndcg@10": _finite(row["offline_ndcg_at_10"]),
+            "recall@20": _finite(row["offline_recall_at_20"]),
+        }
         for row in _rows(
             con,
-            "select * from live_performance where is_complete_day order by snapshot_version, day",
-        ):
-            live.append(
-                {
-                    "snapshot_version": row["snapshot_version"],
-                    "day": int(row["day"]),
-                    "ndcg@10": _finite(row["ndcg_at_10"]),
-                    "recall@20": _finite(row["recall_at_20"]),
-                    "n_visitors": int(row["n_visitors"]),
-                }
-            )
-    offline = {}
-    if _table_exists(con, "live_performance"):
-        for row in _rows(
-            con,
+            "live_performance",
             "select distinct snapshot_version, offline_ndcg_at_10, offline_recall_at_20 "
-            "from live_performance",
-        ):
-            offline[row["snapshot_version"]] = {
-                "ndcg@10": _finite(row["offline_ndcg_at_10"]),
-                "recall@20": _finite(row["offline_recall_at_20"]),
-            }
+            "from {table}",
+        )
+    }
     if manifest and manifest.get("version"):
         offline.setdefault(manifest["version"], offline_figures(manifest))
-    volume = None
-    if _table_exists(con, "event_volume_hourly"):
-        found = _rows(
-            con,
-            "select hour_start_at, ratio, status from event_volume_hourly "
-            "order by hour_start_at desc limit 1",
-        )
-        if found:
-            volume = {
-                "hour": str(found[0]["hour_start_at"]),
-                "ratio": _finite(found[0]["ratio"]),
-                "status": found[0]["status"],
-            }
-    business = None
-    if _table_exists(con, "business_metrics_daily"):
-        # the last complete day: the build's cutoff falls inside the last day of the mart
-        found = _rows(
-            con,
-            "select metric_date, recommendation_ctr, conversion_rate, revenue "
-            "from business_metrics_daily "
-            "where metric_date < (select cast(max(cutoff_at) as date) from feature_builds) "
-            "order by metric_date desc limit 1",
-        )
-        if found:
-            business = {
-                "day": str(found[0]["metric_date"]),
-                "ctr": _finite(found[0]["recommendation_ctr"]),
-                "conversion_rate": _finite(found[0]["conversion_rate"]),
-                "revenue": _finite(found[0]["revenue"]),
-            }
+    last_hour = max(volume, key=lambda row: row["hour_start_at"], default=None)
+    # the last complete day: the build's cutoff falls inside the last day of the mart
+    last_day = _rows(
+        con,
+        "business_metrics_daily",
+        "select metric_date, recommendation_ctr, conversion_rate, revenue from {table} "
+        "where metric_date < (select cast(max(cutoff_at) as date) from feature_builds) "
+        "order by metric_date desc limit 1",
+    )
     return {
         "reference": {
             "feature_version": reference,
@@ -315,8 +298,21 @@ def assemble(
         "live_performance": live,
         "offline": offline,
         "freshness": freshness,
-        "volume": volume,
-        "business": business,
+        "volume": {
+            "hour": str(last_hour["hour_start_at"]),
+            "ratio": _finite(last_hour["ratio"]),
+            "status": last_hour["status"],
+        }
+        if last_hour
+        else None,
+        "business": {
+            "day": str(last_day[0]["metric_date"]),
+            "ctr": _finite(last_day[0]["recommendation_ctr"]),
+            "conversion_rate": _finite(last_day[0]["conversion_rate"]),
+            "revenue": _finite(last_day[0]["revenue"]),
+        }
+        if last_day
+        else None,
     }
 
 
@@ -415,12 +411,11 @@ def _current_build(settings: Settings) -> tuple[str, str]:
     return version, str(row[0])
 
 
-def _export_tables(settings: Settings, out: Path) -> dict[str, Path]:
+def _export_tables(con: Any, out: Path) -> dict[str, Path]:
+    """The monitoring tables (those the warehouse has) as Parquet files in `out`."""
     files: dict[str, Path] = {}
-    with connect_duckdb(settings.warehouse_path, read_only=True) as con:
-        for table in TABLES:
-            if not _table_exists(con, table):
-                continue
+    for table in TABLES:
+        if _table_exists(con, table):
             path = out / f"{table}.parquet"
             con.execute(f"copy main.\"{table}\" to '{path}' (format parquet)")
             files[path.name] = path
@@ -498,40 +493,37 @@ def conclude(
     lake = Lake.from_settings(settings)
     manifest = prepared.manifest
     freshness = _freshness(settings, say)
-    with connect_duckdb(settings.warehouse_path, read_only=True) as con:
-        report = assemble(con, manifest, prepared.reference, prepared.current, freshness)
-        volume = (
-            _rows(con, "select * from event_volume_hourly")
-            if _table_exists(con, "event_volume_hourly")
-            else []
-        )
-    published_at = _parse_time((manifest or {}).get("created_at"))
-    report["freshness"]["snapshot_age_seconds"] = (
-        (now - published_at).total_seconds() if published_at else None
-    )
-    # a retried run (an Airflow task cleared) does not hold itself back with its own decision
-    history = [
-        d
-        for d in export.read_decisions(lake, limit=DECISIONS_READ)
-        if not run_id or d.get("run_id") != run_id
-    ]
-    decision = decide(observe(report, manifest, history, policy, now), policy)
-    record = {**decision.record(), "run_id": run_id}
-    report["retrain"] = record
-    report["generated_at"] = now.isoformat()
-
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
         out = Path(tmp)
-        files: dict[str, Any] = dict(write_report(report, out, volume))
-        files.update(_export_tables(settings, out))
+        with connect_duckdb(settings.warehouse_path, read_only=True) as con:
+            volume = _rows(con, "event_volume_hourly")
+            report = assemble(
+                con, manifest, prepared.reference, prepared.current, freshness, volume
+            )
+            files: dict[str, Any] = _export_tables(con, out)
+        published_at = _parse_time((manifest or {}).get("created_at"))
+        report["freshness"]["snapshot_age_seconds"] = (
+            (now - published_at).total_seconds() if published_at else None
+        )
+        # a retried run (an Airflow task cleared) is not held back by its own decision
+        history = [
+            d
+            for d in export.read_decisions(lake, limit=DECISIONS_READ)
+            if not run_id or d.get("run_id") != run_id
+        ]
+        decision = decide(observe(report, manifest, history, policy, now), policy)
+        record = {**decision.record(), "run_id": run_id}
+        report["retrain"] = record
+        report["generated_at"] = now.isoformat()
+        files.update(write_report(report, out, volume))
         export_id = export.write_export(lake, report, files)
         report["export_id"] = export_id
-        # recorded once the export is in place: a run that failed before decided nothing
         for name, path in files.items():  # the report beside metrics.json's
             if not name.endswith(".parquet"):
                 local = "monitoring.html" if name == "report.html" else name
                 (settings.reports_dir / local).write_bytes(Path(path).read_bytes())
+    # recorded once the export is in place: a run that failed before decided nothing
     export.record_decision(lake, record)
     report_path = settings.reports_dir / "monitoring.json"
     report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -46,7 +46,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
@@ -64,6 +64,7 @@ from monitoring import export
 from monitoring.export import ExportError, LoadedExport, MonitoringReport
 from monitoring.metrics_catalog import METRICS, RETRAIN_REASONS, STATUS_CODES, MetricSpec
 from recsys.lake import Lake
+from recsys.safe import safe_errors, safe_text
 from recsys.settings import Settings, get_settings
 from recsys.snapshots import InvalidVersion, check_version, shown
 
@@ -75,7 +76,6 @@ MAX_ALERTS_PER_NOTIFICATION = 1_000
 ALERT_QUEUE = 1_000  # notifications waiting for the lake writer
 MAX_ALERTNAMES = 200  # distinct alertname label values counted; the rest count as `other`
 DEFAULT_POLL_SECONDS = 30.0
-MAX_ERRORS = 20
 
 FEATURE_LABEL = re.compile(r"[A-Za-z0-9_.]{1,64}")
 REASON_LABEL = re.compile(r"[a-z0-9_]{1,64}")
@@ -92,32 +92,6 @@ NO_EXPORT = (
     "no monitoring export is loaded yet: `recsys monitor` writes one to the lake's "
     "monitoring/ and the service picks it up at its next poll"
 )
-
-
-# --- text safe for an answer or a log line ------------------------------------------------------
-def safe_text(text: str, limit: int) -> str:
-    cut = text[:limit]
-    if not cut.isprintable():
-        cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
-    return cut + ("..." if len(text) > limit else "")
-
-
-def safe_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Validation errors as `{type, loc, msg}`: no `input`, no `ctx`, bounded, encodable."""
-    safe = []
-    for error in errors[:MAX_ERRORS]:
-        loc = [p if isinstance(p, int) else safe_text(str(p), 64) for p in error.get("loc", ())]
-        msg = str(error.get("msg", ""))
-        if error.get("type") == "json_invalid" and isinstance(error.get("ctx"), dict):
-            msg = f"{msg}: {error['ctx'].get('error', '')}"
-        safe.append(
-            {
-                "type": safe_text(str(error.get("type", "")), 64),
-                "loc": loc,
-                "msg": safe_text(msg, 200),
-            }
-        )
-    return safe
 
 
 # --- the served export --------------------------------------------------------------------------

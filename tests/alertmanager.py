@@ -32,8 +32,8 @@ from typing import Any
 import yaml
 
 from recsys.settings import REPO_ROOT
-from tests.prometheus import ALERTMANAGER, require
-from tests.service import free_port
+from tests.prometheus import ALERTMANAGER, require, start_until_ready
+from tests.service import free_port, stop
 
 # Debian's Alertmanager reads its default notification template (and UI) from this folder, a
 # path compiled into the binary; `make tools` unpacks the folder beside the binary instead
@@ -183,22 +183,10 @@ class AlertmanagerServer:
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--cluster.listen-address=",  # empty: no gossip, no peers, no port of its own
         ]
-        with open(self._log, "wb") as log:
-            self._proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"alertmanager exited: {self._log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        self.__exit__(None, None, None)
-        raise RuntimeError(f"alertmanager not ready in 30 s: {self._log.read_text()[-2000:]}")
+        self._proc = start_until_ready(
+            cmd, self._log, f"{self.url}/-/ready", "alertmanager", cwd=self.workdir
+        )
+        return self
 
     def __exit__(
         self,
@@ -206,13 +194,8 @@ class AlertmanagerServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            stop(self._proc)
 
     def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
         """Alerts as Prometheus sends them (API v2: labels, annotations, startsAt, endsAt);

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from recsys.settings import REPO_ROOT
-from tests.service import free_port
+from tests.service import free_port, stop
 
 TOOLS_BIN = REPO_ROOT / ".tools" / "prometheus" / "usr" / "bin"
 PROMETHEUS = TOOLS_BIN / "prometheus"
@@ -38,6 +38,27 @@ def require(binary: Path) -> Path:
     if not binary.exists():
         raise RuntimeError(f"{binary} is missing: run `make tools` (make test does it first)")
     return binary
+
+
+def start_until_ready(
+    cmd: list[str], log_path: Path, ready_url: str, name: str, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`cmd` started with its output in `log_path`, once `ready_url` answers 200 (in 30 s);
+    RuntimeError with the end of its log when it exits or is not ready in time (stopped then)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited: {log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(ready_url, timeout=1) as response:
+                if response.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError(f"{name} not ready in 30 s: {log_path.read_text()[-2000:]}")
 
 
 class PrometheusServer:
@@ -84,20 +105,8 @@ class PrometheusServer:
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--web.enable-lifecycle",
         ]
-        with open(self._log, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {self._log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        self.__exit__(None, None, None)
-        raise RuntimeError(f"prometheus not ready in 30 s: {self._log.read_text()[-2000:]}")
+        self._proc = start_until_ready(cmd, self._log, f"{self.url}/-/ready", "prometheus")
+        return self
 
     def __exit__(
         self,
@@ -105,13 +114,8 @@ class PrometheusServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            stop(self._proc)
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """An instant query through the HTTP API; the `result` list."""

@@ -1,8 +1,8 @@
 {#
     One row per mix dimension (event_mix, categories): how far the shares of the events in the
     var drift_window_days days up to the latest event ingested moved from those up to the
-    reference cutoff (drift_windows; drift_mix_shares holds them value by value). PSI and the sample-size aware
-    thresholds as in drift_features, n being the events of each window.
+    reference cutoff (drift_windows; drift_mix_shares holds them value by value). PSI and the
+    sample-size aware thresholds as in drift_features, n being the events of each window.
 #}
 
 {%- set psi_warn, psi_fail = drift_threshold('psi', 'warn'), drift_threshold('psi', 'fail') %}
