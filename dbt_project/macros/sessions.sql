@@ -1,9 +1,9 @@
 {# The session key, '<visitor_id>-<session_number>' (e.g. '42-3'), built in one place. #}
 {% macro build_session_id(visitor_id, session_number) -%}
     {{ dbt.concat([
-        "cast(" ~ visitor_id ~ " as varchar)",
+        "cast(" ~ visitor_id ~ " as string)",
         "'-'",
-        "cast(" ~ session_number ~ " as varchar)",
+        "cast(" ~ session_number ~ " as string)",
     ]) }}
 {%- endmacro %}
 

@@ -70,7 +70,7 @@ broken_visitors as (
 
     select
         visitor_id,
-        cast(null as varchar) as session_id,
+        cast(null as string) as session_id,
         'sessions not numbered 1..n' as problem
 
     from visitors

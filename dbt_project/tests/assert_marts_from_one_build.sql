@@ -25,12 +25,24 @@ marts as (
 
 ),
 
+model_builds_ranked as (
+
+    select
+        model,
+        feature_version,
+        row_number() over (partition by model order by built_at desc) as recency
+    from {{ target.schema }}.model_builds
+
+),
+
+-- the latest record per model (one row per model on DuckDB; Spark appends one per build)
 model_builds as (
 
     select
         model,
         feature_version
-    from {{ target.schema }}.model_builds
+    from model_builds_ranked
+    where recency = 1
 
 ),
 

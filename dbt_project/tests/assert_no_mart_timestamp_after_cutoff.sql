@@ -26,7 +26,7 @@
 {%- if checks | length == 0 %}
 
 select
-    cast(null as varchar) as mart_column,
+    cast(null as string) as mart_column,
     0 as n_rows_after_cutoff
 where false
 

@@ -46,7 +46,7 @@ final as (
 
     select
         cast(visitor_id as bigint) as visitor_id,
-        cast(session_id as varchar) as session_id,
+        cast(session_id as string) as session_id,
         cast(session_event_number as integer) as session_event_number,
         cast(event_at as timestamp) as event_at,
         cast(previous_item_id as bigint) as previous_item_id,

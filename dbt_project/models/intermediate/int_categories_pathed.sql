@@ -2,10 +2,11 @@
     One row per category reachable from a root of the category tree, with its root, its depth
     (roots are 0) and its path from the root as ids joined by '/' (e.g. '231/1009/1613').
     A category whose parent is missing from the tree counts as a root. The depth guard stops the
-    recursion on a cycle (categories on a cycle are then left out).
+    recursion on a cycle (categories on a cycle, or below one, are then left out). The CTE
+    category_paths is a recursive one where the engine has them (macros/categories.sql).
 #}
 
-with recursive
+{{ recursive_with() }}
 
 category_tree as (
 
@@ -13,49 +14,7 @@ category_tree as (
 
 ),
 
-roots as (
-
-    select
-        child.category_id,
-        child.parent_category_id
-
-    from category_tree as child
-    left join category_tree as parent
-        on child.parent_category_id = parent.category_id
-    where parent.category_id is null
-
-),
-
-category_paths as (
-
-    select
-        roots.category_id,
-        roots.parent_category_id,
-        roots.category_id as root_category_id,
-        0 as depth,
-        cast(roots.category_id as varchar) as category_path
-
-    from roots
-
-    union all
-
-    select
-        child.category_id,
-        child.parent_category_id,
-        category_paths.root_category_id,
-        category_paths.depth + 1 as depth,
-        {{ dbt.concat([
-            "category_paths.category_path",
-            "'/'",
-            "cast(child.category_id as varchar)",
-        ]) }} as category_path
-
-    from category_paths
-    inner join category_tree as child
-        on category_paths.category_id = child.parent_category_id
-    where category_paths.depth < 64
-
-),
+{{ category_paths_cte('category_tree', max_depth=64) }},
 
 final as (
 

@@ -44,9 +44,9 @@ visitors_aggregated as (
 final as (
 
     select
-        cast(experiment as varchar) as experiment,
+        cast(experiment as string) as experiment,
         cast(visitor_id as bigint) as visitor_id,
-        cast(case when n_variants = 1 then first_variant end as varchar) as variant,
+        cast(case when n_variants = 1 then first_variant end as string) as variant,
         cast(n_variants as integer) as n_variants,
         cast(n_impressions as bigint) as n_impressions,
         cast(n_impressed_items as bigint) as n_impressed_items,

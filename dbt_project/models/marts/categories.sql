@@ -20,7 +20,7 @@ categories_outside_tree as (
         cast(null as bigint) as parent_category_id,
         items.category_id as root_category_id,
         0 as depth,
-        cast(items.category_id as varchar) as category_path,
+        cast(items.category_id as string) as category_path,
         false as is_in_tree
 
     from items
@@ -93,7 +93,7 @@ final as (
         cast(categories_unioned.parent_category_id as bigint) as parent_category_id,
         cast(categories_unioned.root_category_id as bigint) as root_category_id,
         cast(categories_unioned.depth as integer) as depth,
-        cast(categories_unioned.category_path as varchar) as category_path,
+        cast(categories_unioned.category_path as string) as category_path,
         categories_unioned.is_in_tree,
         coalesce(child_counts.n_children, 0) = 0 as is_leaf,
         cast(coalesce(item_counts.n_items, 0) as bigint) as n_items

@@ -38,17 +38,17 @@ events_joined_to_items as (
 final as (
 
     select
-        cast(event_id as varchar) as event_id,
+        cast(event_id as string) as event_id,
         cast(event_at as timestamp) as event_at,
         cast(event_date as date) as event_date,
         cast(visitor_id as bigint) as visitor_id,
-        cast(session_id as varchar) as session_id,
+        cast(session_id as string) as session_id,
         cast(session_number as integer) as session_number,
         cast(session_event_number as integer) as session_event_number,
-        cast(event_type as varchar) as event_type,
+        cast(event_type as string) as event_type,
         cast(item_id as bigint) as item_id,
         cast(transaction_id as bigint) as transaction_id,
-        cast(impression_id as varchar) as impression_id,
+        cast(impression_id as string) as impression_id,
         cast(category_id as bigint) as category_id,
         cast(root_category_id as bigint) as root_category_id
 

@@ -281,10 +281,10 @@ tests as (
 final as (
 
     select
-        cast(tests.experiment as varchar) as experiment,
-        cast(tests.variant as varchar) as variant,
-        cast(tests.metric as varchar) as metric,
-        cast(tests.control_variant as varchar) as control_variant,
+        cast(tests.experiment as string) as experiment,
+        cast(tests.variant as string) as variant,
+        cast(tests.metric as string) as metric,
+        cast(tests.control_variant as string) as control_variant,
         cast(tests.is_control as boolean) as is_control,
         cast(variants.n_visitors as bigint) as n_visitors,
         cast(variants.n_impressions as bigint) as n_impressions,

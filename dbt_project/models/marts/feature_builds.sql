@@ -63,14 +63,14 @@ mart_counts as (
 final as (
 
     select
-        cast('{{ feature_version() }}' as varchar) as feature_version,
+        cast('{{ feature_version() }}' as string) as feature_version,
         cast({{ cutoff_at() }} as timestamp) as cutoff_at,
-        cast('{{ invocation_id }}' as varchar) as invocation_id,
+        cast('{{ invocation_id }}' as string) as invocation_id,
         cast('{{ run_started_at.strftime("%Y-%m-%d %H:%M:%S.%f") }}' as timestamp) as built_at,
-        cast('{{ dbt_version }}' as varchar) as dbt_version,
+        cast('{{ dbt_version }}' as string) as dbt_version,
         cast({{ var('session_gap_minutes') }} as integer) as session_gap_minutes,
         cast({{ var('decay_half_life_days') }} as double) as decay_half_life_days,
-        cast('{{ tojson(var("event_weights")) }}' as varchar) as event_weights,
+        cast('{{ tojson(var("event_weights")) }}' as string) as event_weights,
         cast({{ var('rate_smoothing_views') }} as double) as rate_smoothing_views,
         cast(n_events as bigint) as n_events,
         cast(n_sessions as bigint) as n_sessions,

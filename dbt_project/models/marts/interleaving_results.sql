@@ -101,11 +101,11 @@ sign_tests as (
 final as (
 
     select
-        cast(experiment as varchar) as experiment,
-        cast(variant as varchar) as variant,
-        cast(policy as varchar) as policy,
-        cast(team_a as varchar) as team_a,
-        cast(team_b as varchar) as team_b,
+        cast(experiment as string) as experiment,
+        cast(variant as string) as variant,
+        cast(policy as string) as policy,
+        cast(team_a as string) as team_a,
+        cast(team_b as string) as team_b,
         cast(n_visitors as bigint) as n_visitors,
         cast(n_visitors_with_views as bigint) as n_visitors_with_views,
         cast(n_prefer_a as bigint) as n_prefer_a,

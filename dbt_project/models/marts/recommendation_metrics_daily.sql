@@ -38,11 +38,11 @@ final as (
 
     select
         cast(served_date as date) as served_date,
-        cast(route as varchar) as route,
-        cast(strategy as varchar) as strategy,
-        cast(experiment as varchar) as experiment,
-        cast(variant as varchar) as variant,
-        cast(model_version as varchar) as model_version,
+        cast(route as string) as route,
+        cast(strategy as string) as strategy,
+        cast(experiment as string) as experiment,
+        cast(variant as string) as variant,
+        cast(model_version as string) as model_version,
         cast(n_impressions as bigint) as n_impressions,
         cast(n_impressed_items as bigint) as n_impressed_items,
         cast(n_attributed_views as bigint) as n_attributed_views,

@@ -46,7 +46,7 @@ sessions_aggregated as (
 final as (
 
     select
-        cast({{ build_session_id('visitor_id', 'session_number') }} as varchar) as session_id,
+        cast({{ build_session_id('visitor_id', 'session_number') }} as string) as session_id,
         cast(visitor_id as bigint) as visitor_id,
         cast(session_number as integer) as session_number,
         cast(started_at as timestamp) as started_at,

@@ -144,7 +144,7 @@ final as (
                     ratio < {{ warn_bounds['low'] }} or ratio > {{ warn_bounds['high'] }}
                     then 'warn'
                 else 'ok'
-            end as varchar
+            end as string
         ) as status
 
     from hours_compared

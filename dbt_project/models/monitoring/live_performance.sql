@@ -185,7 +185,7 @@ daily_metrics as (
 final as (
 
     select
-        cast(snapshot_days.snapshot_version as varchar) as snapshot_version,
+        cast(snapshot_days.snapshot_version as string) as snapshot_version,
         cast(snapshots.cutoff_at as timestamp) as cutoff_at,
         cast(snapshot_days.day_number as integer) as day,  -- noqa: RF04
         cast(

@@ -139,7 +139,7 @@ final as (
         cast(als_score as double) as als_score,
         cast(als_rank as integer) as als_rank,
         cast(is_seen_or_met as boolean) as is_seen,
-        cast(candidate_source as varchar) as candidate_source,
+        cast(candidate_source as string) as candidate_source,
         cast(category_id as bigint) as category_id,
         cast(root_category_id as bigint) as root_category_id,
         cast(is_available as boolean) as is_available,

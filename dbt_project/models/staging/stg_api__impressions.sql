@@ -91,21 +91,21 @@ impression_items as (
 renamed as (
 
     select
-        cast(impression_id as varchar) as impression_id,
+        cast(impression_id as string) as impression_id,
         {{ epoch_ms_to_timestamp('served_at') }} as served_at,
         cast(visitor_id as bigint) as visitor_id,
-        cast(route as varchar) as route,
-        cast(strategy as varchar) as strategy,
-        cast(policy as varchar) as policy,
-        cast(experiment as varchar) as experiment,
-        cast(variant as varchar) as variant,
-        cast(snapshot_version as varchar) as snapshot_version,
-        cast(model_version as varchar) as model_version,
+        cast(route as string) as route,
+        cast(strategy as string) as strategy,
+        cast(policy as string) as policy,
+        cast(experiment as string) as experiment,
+        cast(variant as string) as variant,
+        cast(snapshot_version as string) as snapshot_version,
+        cast(model_version as string) as model_version,
         cast(anchor_item_id as bigint) as anchor_item_id,
         cast(item_id as bigint) as item_id,
         cast(item_rank as integer) as item_rank,
-        cast(item_source as varchar) as item_source,
-        cast(team as varchar) as team
+        cast(item_source as string) as item_source,
+        cast(team as string) as team
 
     from impression_items
 

@@ -39,7 +39,7 @@ source as (
 renamed as (
 
     select
-        cast(snapshot_version as varchar) as snapshot_version,
+        cast(snapshot_version as string) as snapshot_version,
         cast(cutoff_at as timestamp) as cutoff_at,
         cast(visitor_id as bigint) as visitor_id,
         cast(item_id as bigint) as item_id,

@@ -34,13 +34,13 @@ renamed as (
         {%- endif %}
         {{ epoch_ms_to_timestamp('timestamp') }} as event_at,
         cast(visitorid as bigint) as visitor_id,
-        cast(event as varchar) as event_type,
+        cast(event as string) as event_type,
         cast(itemid as bigint) as item_id,
         cast(transactionid as bigint) as transaction_id,
         {% if has_impression_id -%}
-        cast(impression_id as varchar) as impression_id
+        cast(impression_id as string) as impression_id
         {%- else -%}
-        cast(null as varchar) as impression_id
+        cast(null as string) as impression_id
         {%- endif %}
 
     from source

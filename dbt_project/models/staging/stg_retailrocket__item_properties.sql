@@ -11,8 +11,8 @@ renamed as (
     select
         {{ epoch_ms_to_timestamp('timestamp') }} as property_at,
         cast(itemid as bigint) as item_id,
-        cast(property as varchar) as property_name,
-        cast(value as varchar) as property_value
+        cast(property as string) as property_name,
+        cast(value as string) as property_value
 
     from source
 
