@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export OPENBLAS_NUM_THREADS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools container-tools run demo-loop test test-unit lint format bench-warehouse bench-ml bench-api bench-loop docs dashboards airflow base-image images clean
+.PHONY: help install tools container-tools run demo-loop test test-unit lint format bench-warehouse bench-ml bench-api bench-loop bench-scale docs dashboards airflow base-image images clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ bench-api: install ## recsys serve on the full-scale snapshot of bench-ml: throu
 
 bench-loop: install ## A/B, A/A x20, SRM and interleaving on simulated shoppers (data/bench/loop, ~30 min)
 	$(UV) run python benchmarks/bench_loop.py --work-dir data/bench/loop --fresh
+
+bench-scale: install ## every stage's seconds and peak RSS at 0.25-2x full scale, fitted: where one machine stops (data/bench/scale, ~1 h)
+	$(UV) run python benchmarks/bench_scale.py
 
 docs: install ## dbt docs (offline) into dbt_project/target
 	cd dbt_project && ../.venv/bin/dbt docs generate --profiles-dir .
