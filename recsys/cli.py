@@ -401,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target",
         type=_dbt_target,
-        help="the dbt profile's target (default: local, or s3 for an s3:// lake; RECSYS_DBT_TARGET): "
-        "spark builds the same models on a local Spark",
+        help="the dbt profile's target (default: local, or s3 for an s3:// lake; "
+        "RECSYS_DBT_TARGET): spark builds the same models on a local Spark",
     )
     p.add_argument(
         "--vars",
