@@ -162,8 +162,8 @@
         when ({{ df }}) = 1 then {{ erfc_nonnegative('sqrt((' ~ x ~ ') / 2.0)') }}
         when ({{ df }}) = 2 then exp(-({{ x }}) / 2.0)
         when ({{ df }}) > 2 then {{ normal_survival(
-            '(power((' ~ x ~ ') / (' ~ df ~ '), 1.0 / 3) - (1.0 - 2.0 / (9.0 * (' ~ df ~ '))))'
-            ~ ' / sqrt(2.0 / (9.0 * (' ~ df ~ ')))'
+            '(power((' ~ x ~ ') / (' ~ df ~ '), 1.0e0 / 3) - (1.0 - 2.0e0 / (9.0 * (' ~ df ~ '))))'
+            ~ ' / sqrt(2.0e0 / (9.0 * (' ~ df ~ ')))'
         ) }}
     end
 {%- endmacro %}

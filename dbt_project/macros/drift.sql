@@ -362,7 +362,7 @@ feature_values as (
     s * ln(s / 1e-4), 0.046 for s = 1%.
 #}
 {% macro drift_share_floor() -%}
-    0.0001
+    1.0e-4
 {%- endmacro %}
 
 
@@ -408,8 +408,8 @@ feature_values as (
         when ({{ df }}) <= 1 then power({{ drift_normal_upper_quantile(alpha / 2) }}, 2)
         when ({{ df }}) = 2 then -2.0 * ln({{ alpha }})
         else ({{ df }}) * power(
-            1.0 - 2.0 / (9.0 * ({{ df }}))
-            + {{ drift_normal_upper_quantile(alpha) }} * sqrt(2.0 / (9.0 * ({{ df }}))),
+            1.0 - 2.0e0 / (9.0 * ({{ df }}))
+            + {{ drift_normal_upper_quantile(alpha) }} * sqrt(2.0e0 / (9.0 * ({{ df }}))),
             3
         )
     end

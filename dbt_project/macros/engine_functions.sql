@@ -23,6 +23,30 @@
 {%- endmacro %}
 
 
+{#
+    dbt's dateadd on Spark, for the fixed-length parts the models use (week to microsecond),
+    keeping the microseconds: dbt-spark's goes through unix seconds and drops the fraction
+    (and rounds a millisecond step to nothing). A root-project spark__dateadd takes precedence
+    over the adapter's for every dbt.dateadd() call.
+#}
+{% macro spark__dateadd(datepart, interval, from_date_or_timestamp) -%}
+    {%- set micros = {
+        'week': 604800000000, 'day': 86400000000, 'hour': 3600000000, 'minute': 60000000,
+        'second': 1000000, 'millisecond': 1000, 'microsecond': 1,
+    } -%}
+    {%- if datepart not in micros -%}
+        {{- exceptions.raise_compiler_error(
+            "dateadd: '" ~ datepart ~ "' is not implemented on Spark (fixed-length parts only: "
+            ~ micros.keys() | join(', ') ~ ")"
+        ) -}}
+    {%- endif -%}
+    timestamp_micros(
+        unix_micros(cast({{ from_date_or_timestamp }} as timestamp))
+        + cast(({{ interval }}) as bigint) * {{ micros[datepart] }}
+    )
+{%- endmacro %}
+
+
 {# Seconds (fractional) from one timestamp to a later one. #}
 {% macro seconds_between(start_at, end_at) -%}
     {{- return(adapter.dispatch('seconds_between', 'recsys')(start_at, end_at)) -}}
@@ -94,4 +118,63 @@
         {%- endif -%}
     {%- endfor -%}
     {{ dbt.hash(dbt.concat(parts)) }}
+{%- endmacro %}
+
+
+{#
+    A double as text, the same on every engine (cast(double as text) is not: DuckDB writes
+    1e+20 and 10000000.0, Spark 1.0E20 and 1.0E7): rounded to 6 decimals, no exponent, trailing
+    zeros dropped: 0.5 -> '0.5', 10000000 -> '10000000', 1/3 -> '0.333333'.
+#}
+{% macro number_label(column) -%}
+    regexp_replace(
+        regexp_replace(cast(cast({{ column }} as decimal(38, 6)) as {{ dbt.type_string() }}), '0+$', ''),
+        '[.]$', ''
+    )
+{%- endmacro %}
+
+
+{#
+    Numbers, a rule rather than a macro: a decimal literal (1.0, 0.0001) is a DECIMAL on Spark,
+    and Spark keeps as few as 6 digits after a division of decimals, where DuckDB divides in
+    double. A ratio the models compute is therefore taken in double on every engine:
+    cast(n as double) / m, or a literal written as a double (1.0e0, 1.0e-4).
+#}
+
+
+{#
+    dbt's listagg on Spark, honouring `order by <expression> [asc|desc]` (dbt-spark's ignores
+    it, with a warning): the values are sorted with their keys, then joined. Like DuckDB's
+    string_agg, nulls are left out and no value at all gives null (not '').
+#}
+{% macro spark__listagg(measure, delimiter_text, order_by_clause, limit_num) -%}
+    {%- set clause = (order_by_clause or '') | trim -%}
+    {%- if clause and not clause.lower().startswith('order by ') -%}
+        {{- exceptions.raise_compiler_error("listagg on Spark: cannot read the order " ~ clause) -}}
+    {%- endif -%}
+    {%- set key = clause[9:] | trim -%}
+    {%- set descending = key.lower().endswith(' desc') -%}
+    {%- if descending or key.lower().endswith(' asc') -%}
+        {%- set key = key.rsplit(' ', 1)[0] | trim -%}
+    {%- endif -%}
+    {%- if ',' in key -%}
+        {{- exceptions.raise_compiler_error("listagg on Spark: one order key only, found " ~ key) -}}
+    {%- endif -%}
+    {%- if key -%}
+        {%- set values -%}
+            transform(
+                array_sort(collect_list(case when ({{ measure }}) is not null then struct({{ key }} as sort_key, {{ measure }} as value) end)),
+                entry -> entry.value
+            )
+        {%- endset -%}
+        {%- if descending -%}
+            {%- set values = 'reverse(' ~ values ~ ')' -%}
+        {%- endif -%}
+    {%- else -%}
+        {%- set values = 'collect_list(' ~ measure ~ ')' -%}
+    {%- endif -%}
+    {%- if limit_num -%}
+        {%- set values = 'slice(' ~ values ~ ', 1, ' ~ limit_num ~ ')' -%}
+    {%- endif -%}
+    nullif(array_join({{ values }}, {{ delimiter_text }}), '')
 {%- endmacro %}

@@ -97,6 +97,17 @@
     {{- return(adapter.dispatch('export_relation_to_parquet', 'recsys')(relation, location)) -}}
 {%- endmacro %}
 
+{#- An engine without an implementation (Athena, Trino): an error when a mart would be
+    exported, naming what to do; parsing and compiling work. -#}
+{% macro default__export_relation_to_parquet(relation, location) -%}
+    {{- exceptions.raise_compiler_error(
+        "exporting " ~ relation ~ " to " ~ location ~ ": no export_relation_to_parquet for the "
+        ~ adapter.type() ~ " adapter (macros/lake.sql): write an " ~ adapter.type()
+        ~ "__export_relation_to_parquet (Athena: UNLOAD into an emptied prefix), or set "
+        ~ "`meta: {export_to_lake: false}` on the marts"
+    ) -}}
+{%- endmacro %}
+
 {#- use_tmp_file: DuckDB writes tmp_<mart>.parquet and renames it when complete, so a build
     killed mid-export leaves the previous file (or none) under the mart's name, never a
     truncated one; `recsys gc` removes a tmp_ file a killed build left. -#}

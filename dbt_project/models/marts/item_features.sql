@@ -83,8 +83,8 @@ global_rates as (
 
     {#- the prior the per-item rates are shrunk towards: the rates over all items -#}
     select
-        coalesce(sum(n_carts_all) * 1.0 / nullif(sum(n_views_all), 0), 0) as global_cart_rate,
-        coalesce(sum(n_purchases_all) * 1.0 / nullif(sum(n_views_all), 0), 0) as global_purchase_rate
+        coalesce(cast(sum(n_carts_all) as double) / nullif(sum(n_views_all), 0), 0) as global_cart_rate,
+        coalesce(cast(sum(n_purchases_all) as double) / nullif(sum(n_views_all), 0), 0) as global_purchase_rate
 
     from item_activity
 

@@ -32,12 +32,14 @@ affinities_shared as (
 
     select
         *,
-        {#- affinity_score is an exact decimal: the shares of a visitor add up to 1. A visitor
+        {#- affinity_score is an exact decimal, divided in double (as DuckDB divides decimals;
+            Spark's decimal division would keep 6 digits): a visitor's shares add up to 1. A visitor
             last seen more than ~50 half-lives before the cutoff (four years at the default
             half-life of 30 days: a shop's long-gone visitors) has every weight decayed to 0: their shares
             are then by events, so that a top category is still the one they used most -#}
         coalesce(
-            affinity_score / nullif(sum(affinity_score) over (partition by visitor_id), 0),
+            cast(affinity_score as double)
+            / nullif(cast(sum(affinity_score) over (partition by visitor_id) as double), 0),
             cast(n_events as double) / sum(n_events) over (partition by visitor_id)
         ) as affinity_share,
         row_number() over (

@@ -123,7 +123,7 @@ final as (
         cast(visitor_items.n_distinct_items as bigint) as n_distinct_items,
         cast(visitor_categories.n_distinct_categories as bigint) as n_distinct_categories,
         cast(visitor_activity.n_active_days as bigint) as n_active_days,
-        cast(visitor_activity.n_events * 1.0 / visitor_activity.n_sessions as double)
+        cast(cast(visitor_activity.n_events as double) / visitor_activity.n_sessions as double)
             as events_per_session,
         cast(visitor_activity.first_event_at as timestamp) as first_event_at,
         cast(visitor_activity.last_event_at as timestamp) as last_event_at,

@@ -219,9 +219,9 @@ all_bins as (
         bin_index,
         {{ dbt.concat([
             "'('",
-            "coalesce(cast(lower_edge as " ~ dbt.type_string() ~ "), '-inf')",
+            "coalesce(" ~ number_label('lower_edge') ~ ", '-inf')",
             "', '",
-            "coalesce(cast(upper_edge as " ~ dbt.type_string() ~ "), 'inf')",
+            "coalesce(" ~ number_label('upper_edge') ~ ", 'inf')",
             "']'",
         ]) }} as bin_label,
         lower_edge,
@@ -397,9 +397,9 @@ final as (
         cast(lower_edge as double) as lower_edge,
         cast(upper_edge as double) as upper_edge,
         cast(n_rows_in_bin as bigint) as n_rows_in_bin,
-        cast(n_rows_in_bin * 1.0 / nullif(n_rows, 0) as double) as share,  -- noqa: RF04
+        cast(cast(n_rows_in_bin as double) / nullif(n_rows, 0) as double) as share,  -- noqa: RF04
         cast(n_rows as bigint) as n_rows,
-        cast(n_null_rows * 1.0 / nullif(n_rows, 0) as double) as null_share,
+        cast(cast(n_null_rows as double) / nullif(n_rows, 0) as double) as null_share,
         cast(case when kind = 'numeric' then mean end as double) as mean
 
     from profiles

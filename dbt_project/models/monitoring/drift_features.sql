@@ -117,10 +117,10 @@ distribution_functions as (
         feature,
         sum(n_reference) over (
             partition by feature order by value_number rows between unbounded preceding and current row
-        ) * 1.0 / nullif(sum(n_reference) over (partition by feature), 0) as reference_cdf,
+        ) * 1.0e0 / nullif(sum(n_reference) over (partition by feature), 0) as reference_cdf,
         sum(n_current) over (
             partition by feature order by value_number rows between unbounded preceding and current row
-        ) * 1.0 / nullif(sum(n_current) over (partition by feature), 0) as current_cdf
+        ) * 1.0e0 / nullif(sum(n_current) over (partition by feature), 0) as current_cdf
 
     from numeric_values_counted
 

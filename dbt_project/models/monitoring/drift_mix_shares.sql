@@ -155,9 +155,9 @@ shares as (
         mix_value,
         n_reference,
         n_current,
-        n_reference * 1.0 / nullif(sum(n_reference) over (partition by dimension), 0)
+        cast(n_reference as double) / nullif(sum(n_reference) over (partition by dimension), 0)
             as reference_share,
-        n_current * 1.0 / nullif(sum(n_current) over (partition by dimension), 0) as current_share
+        cast(n_current as double) / nullif(sum(n_current) over (partition by dimension), 0) as current_share
 
     from mixes
 
