@@ -12,10 +12,12 @@ The scheduled `recsys monitor`, one code path (`monitoring.run`):
 - `decide`: dbt source freshness, the policy's decision (recorded in the lake with its reasons),
   `reports/monitoring.json` and the report, the export the monitoring service reads;
 - `should_retrain` -> `trigger_training`: when the policy says so, a `recsys_training` run is
-  triggered with the reasons in its conf (`{"reasons": [...], "details": [...]}`); its
-  `claim_warehouse` waits until this run releases the warehouse.
+  triggered with the reasons in its conf (`{"reasons": [...], "details": [...]}`, and this run's
+  `dbt_target`); its `claim_warehouse` waits until this run releases the warehouse.
 
-Every task runs inside the warehouse lease (`recsys_airflow.common`).
+The `dbt_target` param names the dbt profile's target of every dbt command of the run
+(`recsys_airflow.dbt_graph`). Every task runs inside the warehouse lease
+(`recsys_airflow.common`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, chain, get_current_context, task
 from recsys_airflow import common
-from recsys_airflow.common import SETTINGS, say
+from recsys_airflow.common import say
 from recsys_airflow.dbt_graph import MONITORING_GROUP, dbt_group
 
 PREPARED = "{{{{ ti.xcom_pull(task_ids='prepare')['dbt_vars']['{name}'] }}}}"
@@ -34,10 +36,12 @@ MONITORING_DBT_VARS = {
     name: PREPARED.format(name=name) for name in ("cutoff_at", "monitoring_reference_version")
 }
 
-# the triggered run's conf: {"reasons": [...], "details": [...]}, the decision's own lists
+# the triggered run's conf: {"reasons": [...], "details": [...], "dbt_target": ...}, the
+# decision's own lists, and this run's dbt target (the training builds where monitoring looked)
 TRIGGER_CONF = (
     "{% set decision = ti.xcom_pull(task_ids='decide') %}"
-    "{{ {'reasons': decision['reasons'], 'details': decision['details']} | tojson }}"
+    "{{ {'reasons': decision['reasons'], 'details': decision['details'],"
+    " 'dbt_target': params.dbt_target} | tojson }}"
 )
 
 with DAG(
@@ -49,7 +53,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args=common.DEFAULT_ARGS,
-    params={"raw_dir": common.raw_dir_param()},
+    params={"raw_dir": common.raw_dir_param(), "dbt_target": common.dbt_target_param()},
     tags=["recsys", "monitoring"],
 ) as dag:
 
@@ -58,7 +62,7 @@ with DAG(
         """The reference and current feature versions; the published lists to the lake."""
         from monitoring import run
 
-        prepared = run.prepare(SETTINGS, say)
+        prepared = run.prepare(common.run_settings(), say)
         # a null reference would be rendered by the template as the string "None": "" instead,
         # which the models read as no reference
         dbt_vars = {k: ("" if v is None else v) for k, v in prepared.dbt_vars().items()}
@@ -72,7 +76,7 @@ with DAG(
         context = get_current_context()
         run_id = f"{context['dag'].dag_id}/{context['run_id']}"  # a cleared task: the same run
         result = run.conclude(
-            SETTINGS, run.Prepared(**prepared["prepared"]), run_id=run_id, say=say
+            common.run_settings(), run.Prepared(**prepared["prepared"]), run_id=run_id, say=say
         )
         return result.decision.record()
 

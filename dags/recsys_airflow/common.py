@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Callable
@@ -44,6 +45,17 @@ LEASE_PATH = Path(
 # the CSV folder a scheduled run ingests (a DAG param overrides it); unset: only the events the
 # API landed in the lake's landing/events/
 DEFAULT_RAW_DIR = os.environ.get("RECSYS_RAW_DIR") or None
+
+# The dbt target of a run: an output of the dbt profile (dbt_project/profiles.yml), named by the
+# `dbt_target` param of every DAG (`dbt_target_param`). Its default is the environment's
+# (RECSYS_DBT_TARGET), else the profile's own default (`s3` for an s3:// lake, else `local`).
+# A name as Settings.recsys_dbt_target and `recsys build --target` accept it.
+DBT_TARGET_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+DEFAULT_DBT_TARGET = SETTINGS.recsys_dbt_target or (
+    "s3" if SETTINGS.lake_uri.startswith("s3://") else "local"
+)
+# the profile's DuckDB targets: the warehouse file the Python steps (summary, ALS, ...) read
+DUCKDB_TARGETS = ("local", "s3")
 
 START_DATE = datetime(2025, 1, 1)
 DEFAULT_ARGS: dict[str, object] = {
@@ -94,6 +106,21 @@ def lease_owner(dag_id: str, run_id: str) -> str:
 def run_params() -> dict[str, Any]:
     """The running DAG run's params (defaults merged with the trigger's conf)."""
     return dict(get_current_context()["params"])
+
+
+def settings_for_target(target: str, settings: Settings = SETTINGS) -> Settings:
+    """`settings` with `target` as the dbt target (RECSYS_DBT_TARGET): what `recsys build
+    --target` does. ValueError for a name the param's pattern refuses."""
+    if not re.fullmatch(DBT_TARGET_PATTERN, target):
+        raise ValueError(f"not a dbt target name: {target[:70]!r} (the dbt_target param)")
+    return settings.model_copy(update={"recsys_dbt_target": target})
+
+
+def run_settings() -> Settings:
+    """The settings of the running DAG run: SETTINGS with its `dbt_target` param, so that each
+    dbt command a task runs (through `recsys.warehouse`) builds on the run's target. Every task
+    passes these, never SETTINGS, to the functions the `recsys` commands call."""
+    return settings_for_target(str(run_params().get("dbt_target") or DEFAULT_DBT_TARGET))
 
 
 def current_owner() -> str:
@@ -278,6 +305,18 @@ def raw_dir_param() -> Param:
     )
 
 
+def dbt_target_param() -> Param:
+    """The `dbt_target` param of every DAG: the dbt profile's target its dbt commands build on,
+    the Cosmos groups' and those the tasks run through `recsys.warehouse` alike."""
+    return Param(
+        DEFAULT_DBT_TARGET,
+        type="string",
+        pattern=DBT_TARGET_PATTERN,
+        description="dbt target (an output of dbt_project/profiles.yml: local, s3, spark, ...) "
+        "of every dbt command of the run; default: RECSYS_DBT_TARGET, else the profile's",
+    )
+
+
 @task(inlets=[LANDED_EVENTS], outlets=list(RAW_ASSETS.values()))
 def ingest() -> dict[str, Any]:
     """The CSVs of `raw_dir` (if given) and the API's landed events -> the lake's raw/.
@@ -285,8 +324,9 @@ def ingest() -> dict[str, Any]:
     Skipped, with the reason in its log, when the lake still has no raw events after it (a
     fresh set-up's first scheduled run): every task after it is skipped too, and the run ends
     without a failure to clear."""
-    rows = ingest_lake(run_params().get("raw_dir"), SETTINGS)
-    skip_without_events(SETTINGS)
+    settings = run_settings()
+    rows = ingest_lake(run_params().get("raw_dir"), settings)
+    skip_without_events(settings)
     return rows
 
 

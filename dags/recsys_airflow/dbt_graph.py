@@ -16,9 +16,11 @@ they would check the others as an earlier build left them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable
 from functools import cache
@@ -41,8 +43,15 @@ from cosmos import (
 from cosmos.constants import InvocationMode, TestBehavior
 
 from recsys.settings import Settings
-from recsys.warehouse import dbt_command, dbt_executable, release_duckdb
-from recsys_airflow.common import RAW_ASSETS, SETTINGS, feature_asset
+from recsys.warehouse import dbt_command, dbt_executable, engine_env, release_duckdb
+from recsys_airflow.common import (
+    DBT_TARGET_PATTERN,
+    DEFAULT_DBT_TARGET,
+    RAW_ASSETS,
+    SETTINGS,
+    feature_asset,
+    settings_for_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +155,20 @@ def project_config(manifest: Path) -> ProjectConfig:
     )
 
 
+# The dbt target of a task is its DAG run's `dbt_target` param (recsys_airflow.common). Cosmos
+# (1.15, local execution) always passes `--target <ProfileConfig.target_name>`, after every other
+# flag (so a `--target` of dbt_cmd_flags would lose), and neither the ProfileConfig nor its target
+# is a template field: as built here, it is fixed when the DAG file is parsed. The operators'
+# `env` is a template field, rendered before the task executes; so the run's param travels as
+# RECSYS_DBT_TARGET in `env` (the profile's own `target:` reads that variable, and the task's
+# Rendered Template shows it), and `use_the_runs_target`, every dbt task's pre_execute hook (after
+# rendering, before execute), hands the task a ProfileConfig whose target_name is that rendered
+# value. The name the ProfileConfig gets here (the param's default) only serves parsing.
+DBT_TARGET_VARIABLE = "RECSYS_DBT_TARGET"
+DBT_TARGET_TEMPLATE = "{{ params.dbt_target }}"
 PROFILE_CONFIG = ProfileConfig(
     profile_name="recsys",
-    # the profile picks its target from RECSYS_LAKE_URI; Cosmos wants it named
-    target_name="s3" if SETTINGS.lake_uri.startswith("s3://") else "local",
+    target_name=DEFAULT_DBT_TARGET,
     profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml",
 )
 EXECUTION_CONFIG = ExecutionConfig(
@@ -189,8 +208,10 @@ def dbt_group(
             emit_datasets=False,
         ),
         operator_args={
-            # absolute paths: Cosmos runs dbt in a temporary copy of the project
-            "env": SETTINGS.dbt_env(),
+            # absolute paths: Cosmos runs dbt in a temporary copy of the project; the run's
+            # dbt target (see PROFILE_CONFIG)
+            "env": {**SETTINGS.dbt_env(), DBT_TARGET_VARIABLE: DBT_TARGET_TEMPLATE},
+            "pre_execute": use_the_runs_target,
             "vars": dbt_vars,
             "install_deps": False,
             # called after the dbt command, whether it passed or not
@@ -199,6 +220,23 @@ def dbt_group(
     )
     attach_assets(group, manifest_nodes(manifest))
     return group
+
+
+def use_the_runs_target(context: Any) -> None:
+    """pre_execute hook of every dbt task: dbt's `--target` is the run's `dbt_target` param, as
+    rendered into the task's env (see PROFILE_CONFIG); what the target's engine needs in the
+    environment is added (for the in-process Spark, a Java runtime: `recsys build --target`
+    adds the same)."""
+    task = context["task"]
+    target = str(task.env.get(DBT_TARGET_VARIABLE, "")).strip()
+    if not re.fullmatch(DBT_TARGET_PATTERN, target):
+        raise ValueError(
+            f"{DBT_TARGET_VARIABLE} rendered as {target[:70]!r}, not a dbt target name: the "
+            "DAG needs the `dbt_target` param (recsys_airflow.common.dbt_target_param)"
+        )
+    task.profile_config = dataclasses.replace(task.profile_config, target_name=target)
+    task.env = {**task.env, **engine_env(settings_for_target(target))}
+    log.info("dbt target of this run: %s", target)
 
 
 def close_dbt_duckdb(project_dir: str, **_: Any) -> None:

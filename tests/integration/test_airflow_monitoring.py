@@ -190,7 +190,11 @@ def test_a_shifted_week_triggers_training_with_the_drift_reason(
     assert training["state"] == "queued"
     assert training["run_type"] == "operator_triggered"
     assert training["triggered_by"] == "OPERATOR"
-    assert training["conf"] == {"reasons": ["drift"], "details": decision["details"]}
+    assert training["conf"] == {
+        "reasons": ["drift"],
+        "details": decision["details"],
+        "dbt_target": "local",  # the monitoring run's own
+    }
 
 
 def test_the_same_week_unchanged_triggers_nothing(home: Home, tiny_run: TinyRun) -> None:

@@ -8,13 +8,16 @@ Cosmos, the real dbt manifest) and writes what it saw as JSON, which the tests c
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -114,12 +117,121 @@ def _probe(out: str) -> None:
                 for t in dag.tasks
             },
         }
+    result["dbt_target"] = _probe_dbt_target(bag)
     result["gate"] = _probe_gate()
     result["landing"] = _probe_landing()
     result["lease"] = _probe_lease(Path(out).parent / "lease")
     result["stale_lease"] = _probe_stale_lease(Path(out).parent / "stale")
     result["manifest"] = _probe_manifest(Path(out).parent / "project")
     Path(out).write_text(json.dumps(result, default=str))
+
+
+class _DbtInvoked(Exception):
+    """Raised in place of running dbt: Cosmos got as far as invoking it."""
+
+
+class _FakeTI:
+    """What the groups' `vars` templates pull: the dbt vars of `training_windows` / `prepare`."""
+
+    def xcom_pull(self, task_ids: str | None = None, **_: Any) -> dict[str, Any]:
+        return {
+            "dbt_vars": {
+                "cutoff_at": "2015-07-01 00:00:00",
+                "label_end_at": "2015-07-15 00:00:00",
+                "monitoring_reference_version": "fv1_20150701T000000",
+            }
+        }
+
+
+def _probe_dbt_target(bag: Any) -> dict[str, Any]:
+    """Runs with and without `dbt_target` in their conf, as Airflow makes and runs them, up to
+    dbt: the conf validated by the serialized DAG's params (as a trigger's is), each dbt task's
+    templates rendered with the run's params, its pre_execute hook, then Cosmos's own execute
+    up to the dbt invocation, which is captured instead of run. And the Python tasks' settings
+    in such a run, and the values refused."""
+    import cosmos.dbt.runner as runner
+    from airflow.sdk.execution_time.context import set_current_context
+    from airflow.serialization.serialized_objects import DagSerialization
+    from recsys_airflow import common
+    from recsys_airflow.dbt_graph import DBT_TARGET_VARIABLE, use_the_runs_target
+
+    invoked: list[dict[str, Any]] = []
+
+    def capture(command: list[str], env: dict[str, str], cwd: str, **_: Any) -> None:
+        keep = (DBT_TARGET_VARIABLE, "JAVA_HOME")
+        invoked.append({"command": list(command), "env": {k: env.get(k) for k in keep}})
+        raise _DbtInvoked
+
+    saved = runner.run_command
+    runner.run_command = capture  # type: ignore[assignment]
+    result: dict[str, Any] = {}
+    try:
+        for dag_id, dag in bag.dags.items():
+            serialized = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+            out: dict[str, Any] = {"default": serialized.params.validate()["dbt_target"]}
+            for case, conf in (("spark", {"dbt_target": "spark"}), ("no_conf", None)):
+                params = serialized.params.deep_merge(conf).validate()
+                tasks: dict[str, Any] = {}
+                for task in dag.tasks:
+                    if not hasattr(task, "profile_config"):
+                        continue
+                    copy = task.prepare_for_execution()
+                    context = {
+                        "params": params,
+                        "run_id": "manual__probe",
+                        "dag": dag,
+                        "task": copy,
+                        "ti": _FakeTI(),
+                    }
+                    copy.render_template_fields(context)
+                    rendered_env = copy.env.get(DBT_TARGET_VARIABLE)
+                    copy._pre_execute_hook(context)
+                    invoked.clear()
+                    # Cosmos's execute (~60 ms a task) for every task of a run with the param,
+                    # for the first model and the tests of a run without
+                    if case == "spark" or not tasks or task.task_id.endswith(TEST_TASK):
+                        with contextlib.suppress(_DbtInvoked):
+                            copy.execute(context)
+                    tasks[task.task_id] = {
+                        "rendered_env": rendered_env,
+                        "profile_target": copy.profile_config.target_name,
+                        "invoked": invoked[0] if invoked else None,
+                        "parse_time_target": task.profile_config.target_name,
+                    }
+                with set_current_context(context):  # type: ignore[arg-type]
+                    settings = common.run_settings()
+                out[case] = {
+                    "tasks": tasks,
+                    "run_settings": settings.recsys_dbt_target,
+                    "dbt_env": settings.dbt_env().get("RECSYS_DBT_TARGET"),
+                }
+            refused: dict[str, str | None] = {}
+            for bad in ("1local", "local; rm -rf /", "spark-cluster", "", "x" * 65, "lo cal"):
+                try:
+                    serialized.params.deep_merge({"dbt_target": bad}).validate()
+                    refused[bad] = None
+                except Exception as exc:
+                    refused[bad] = f"{type(exc).__name__}: {exc}"
+            out["refused"] = refused
+            result[dag_id] = out
+    finally:
+        runner.run_command = saved  # type: ignore[assignment]
+
+    # a dbt task whose env did not render a target name (a DAG without the param), and a run
+    # whose params hold one that escaped validation, stop before dbt
+    hook_refusal: str | None = None
+    try:
+        use_the_runs_target({"task": SimpleNamespace(env={DBT_TARGET_VARIABLE: ""})})
+    except ValueError as exc:
+        hook_refusal = str(exc)
+    settings_refusal: str | None = None
+    with set_current_context({"params": {"dbt_target": "x; y"}}):  # type: ignore[arg-type]
+        try:
+            common.run_settings()
+        except ValueError as exc:
+            settings_refusal = str(exc)
+    result["_refused_at_run_time"] = {"hook": hook_refusal, "run_settings": settings_refusal}
+    return result
 
 
 def _probe_gate() -> dict[str, Any]:
@@ -366,6 +478,67 @@ def test_training_builds_get_the_windows_and_absolute_paths(probe: dict[str, Any
         assert Path(task["env"]["RECSYS_DATA_DIR"]).is_absolute()
     daily = probe["dags"]["recsys_features"]["tasks"]["features.events_run"]
     assert daily["vars"] is None  # as of the latest event
+
+
+def _target_flags(command: list[str]) -> list[str]:
+    return [command[i + 1] for i, flag in enumerate(command) if flag == "--target"]
+
+
+def test_every_dag_takes_the_dbt_target_as_a_param(probe: dict[str, Any]) -> None:
+    """Default: RECSYS_DBT_TARGET, else the profile's (a local lake here, no variable: local)."""
+    for dag_id in DAG_IDS:
+        assert "dbt_target" in probe["dags"][dag_id]["params"], dag_id
+        assert probe["dbt_target"][dag_id]["default"] == "local", dag_id
+
+
+@pytest.mark.parametrize("dag_id", DAG_IDS)
+def test_a_runs_dbt_target_reaches_every_dbt_command(probe: dict[str, Any], dag_id: str) -> None:
+    """A run triggered with {"dbt_target": "spark"}: every dbt task (each model's and the
+    tests') renders it into its env and invokes dbt with `--target spark`, the one `--target`
+    of the command, though its ProfileConfig was parsed with the default; the in-process Spark
+    gets a Java runtime. A run without it builds on the default. The Python tasks' settings,
+    which the `recsys` commands' functions get, name the run's target too."""
+    found = probe["dbt_target"][dag_id]
+    for case, target in (("spark", "spark"), ("no_conf", "local")):
+        tasks = found[case]["tasks"]
+        assert len(tasks) > 1, dag_id
+        executed = [t for t in tasks.values() if t["invoked"] is not None]
+        test_tasks = [tid for tid in tasks if tid.endswith(f".{TEST_TASK}")]
+        assert test_tasks, dag_id
+        assert len(executed) == (len(tasks) if case == "spark" else 1 + len(test_tasks)), case
+        for task_id, task in tasks.items():
+            assert task["parse_time_target"] == "local", task_id
+            assert task["rendered_env"] == target, (case, task_id)
+            assert task["profile_target"] == target, (case, task_id)
+            invoked = task["invoked"]
+            if invoked is None:
+                continue
+            assert _target_flags(invoked["command"]) == [target], (case, invoked["command"])
+            assert invoked["env"]["RECSYS_DBT_TARGET"] == target, (case, task_id)
+            if target == "spark":
+                assert invoked["env"]["JAVA_HOME"], task_id
+        assert found[case]["run_settings"] == found[case]["dbt_env"] == target, case
+
+
+def test_the_dags_tasks_never_pass_the_parse_time_settings() -> None:
+    """Every task gives the `recsys` commands' functions `common.run_settings()` (the run's
+    dbt target), never the module's SETTINGS (the environment's)."""
+    for dag_id in DAG_IDS:
+        text = (DAGS_DIR / f"{dag_id}.py").read_text()
+        assert not re.search(r"\bSETTINGS\b", text), dag_id
+        assert "common.run_settings()" in text, dag_id
+
+
+@pytest.mark.parametrize("dag_id", DAG_IDS)
+def test_an_invalid_dbt_target_is_refused(probe: dict[str, Any], dag_id: str) -> None:
+    refused = probe["dbt_target"][dag_id]["refused"]
+    for value, error in refused.items():
+        assert error is not None, f"{value!r} accepted as a dbt target"
+        assert error.startswith("ParamValidationError") and "dbt_target" in error, error
+    at_run_time = probe["dbt_target"]["_refused_at_run_time"]
+    assert "not a dbt target name" in at_run_time["hook"]
+    assert "dbt_target_param" in at_run_time["hook"]  # says what the DAG lacks
+    assert "not a dbt target name" in at_run_time["run_settings"]
 
 
 def test_every_task_is_in_the_one_slot_warehouse_pool(probe: dict[str, Any]) -> None:
