@@ -429,6 +429,18 @@ def render(results: dict[str, Any]) -> str:
         out.append("  " + _where(shown, at, meta["scale"], usable))
     out.append("")
     out.extend(f"=> {line}" for line in conclusions(results))
+    if "fits_last_doubling" in results:
+        last = results["runs"][-2:]
+        span = f"{last[0]['factor']:g}x -> {last[1]['factor']:g}x"
+        out.append("")
+        out.append(f"by the last doubling ({span}: the growth where fixed costs weigh least)")
+        for key, title in (("seconds", "seconds"), ("peak_gb", "peak GB")):
+            exps = []
+            for name in (*STAGE_NAMES, PIPELINE_NAME):
+                fit = results["fits_last_doubling"][name][key]
+                exps.append(f"{name} {fit['b']:.2f}" if fit else f"{name} n/a")
+            out.append(f"  b of {title}: " + ", ".join(exps))
+        out.extend(f"=> {line}" for line in results["conclusions_last_doubling"])
     out.extend(
         [
             "",
@@ -436,7 +448,8 @@ def render(results: dict[str, Any]) -> str:
             "earlier steps (rss_at_start_gb in the JSON); ranker training is capped by its",
             "search budget and its samples of visitors and negatives, so its seconds grow",
             "slowly by design; the constant part of every process (interpreter, libraries)",
-            "flattens the exponents at small sizes, so the limits above are optimistic.",
+            "flattens the exponents at small sizes, so the limits from the fit over every",
+            "size are optimistic; the last doubling's are the ones to plan with.",
         ]
     )
     return "\n".join(out)
@@ -547,6 +560,20 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         results["meta"].get("time_budget_s", TIME_BUDGET_S),
     )
     results["conclusions"] = conclusions(results)
+    # the growth between the two largest sizes: fixed costs weigh least there, so these
+    # exponents are the ones to extrapolate with (the fit over every size is optimistic)
+    if len(runs) >= 3:
+        last = runs[-2:]
+        results["fits_last_doubling"] = fits_of(last)
+        results["limits_last_doubling"] = limits_of(
+            last,
+            results["fits_last_doubling"],
+            results["meta"].get("usable_gb", USABLE_GB),
+            results["meta"].get("time_budget_s", TIME_BUDGET_S),
+        )
+        results["conclusions_last_doubling"] = conclusions(
+            {**results, "limits": results["limits_last_doubling"]}
+        )
     return results
 
 

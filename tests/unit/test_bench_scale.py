@@ -222,3 +222,23 @@ def test_render_and_plot(tmp_path: Path) -> None:
     assert again["limits"]["first_stage_out_of_memory"] == "ALS fit"
     # a results file renders again without running anything (`--from-json`)
     assert bench_scale.render(bench_scale.summarise(again)) == text
+
+
+def test_the_last_doubling_extrapolates_with_the_growth_at_the_largest_sizes() -> None:
+    """A stage whose memory is flat and then doubles with the size: the fit over every size
+    says it grows slowly, the last doubling says linearly, and reaches the limit sooner."""
+    runs = synthetic_runs()
+    runs[0]["stages"]["ingest"]["peak_gb"] = 2.0  # 0.5x: as much as 1x (a fixed cost)
+    runs[1]["stages"]["ingest"]["peak_gb"] = 2.0
+    runs[2]["stages"]["ingest"]["peak_gb"] = 4.0  # 2x: twice 1x
+    meta = synthetic_results()["meta"]
+    results = bench_scale.summarise({"meta": meta, "runs": runs})
+    assert results["fits"]["ingest"]["peak_gb"]["b"] == pytest.approx(0.5, abs=0.01)
+    assert results["fits_last_doubling"]["ingest"]["peak_gb"]["b"] == pytest.approx(1.0)
+    overall = results["limits"]["memory"]["ingest"]["events"]
+    last = results["limits_last_doubling"]["memory"]["ingest"]["events"]
+    assert last == pytest.approx(4_000_000 * 20.0 / 4.0, rel=1e-6)  # linear from (4 M, 4 GB)
+    assert last < overall
+    assert "by the last doubling (1x -> 2x" in bench_scale.render(results)
+    # with two sizes there is no last doubling beside the fit: it is the fit
+    assert "fits_last_doubling" not in bench_scale.summarise({"meta": meta, "runs": runs[1:]})
