@@ -507,22 +507,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("events")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].axhline(limits["time_budget_s"], color="black", linestyle=":", linewidth=1)
-    axes[0].annotate(
-        f"{limits['time_budget_s'] / 3600:g} h budget",
-        (x_max, limits["time_budget_s"]),
-        va="bottom",
-        ha="right",
-        fontsize=8,
+    lines = (
+        (axes[0], limits["time_budget_s"], f"{limits['time_budget_s'] / 3600:g} h budget"),
+        (axes[1], limits["usable_gb"], f"{limits['usable_gb']:g} GB usable"),
     )
-    axes[1].axhline(limits["usable_gb"], color="black", linestyle=":", linewidth=1)
-    axes[1].annotate(
-        f"{limits['usable_gb']:g} GB usable",
-        (x_max, limits["usable_gb"]),
-        va="bottom",
-        ha="right",
-        fontsize=8,
-    )
+    for ax, level, text in lines:
+        ax.axhline(level, color="black", linestyle=":", linewidth=1)
+        ax.annotate(text, (x_max, level), va="bottom", ha="right", fontsize=8)
     # where the first stage runs out of memory, and the pipeline out of time
     first = limits["first_stage_out_of_memory"]
     crossings = [
