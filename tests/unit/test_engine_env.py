@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from recsys.cli import build_parser
 from recsys.settings import Settings
-from recsys.warehouse import engine_env
+from recsys.warehouse import BuildError, engine_env
 
 
 def settings(tmp_path: Path, target: str | None) -> Settings:
@@ -52,3 +52,15 @@ def test_a_target_name_is_checked_before_it_reaches_dbt(tmp_path: Path, bad: str
         settings(tmp_path, bad)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["build", "--target", bad or "''"])
+
+
+def test_the_local_spark_refuses_an_s3_lake_saying_why(tmp_path: Path) -> None:
+    on_s3 = Settings(
+        recsys_data_dir=tmp_path,
+        recsys_dbt_target="spark",
+        recsys_lake_uri="s3://bucket/lake",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    with pytest.raises(BuildError, match=r"local lake only.*S3A"):
+        engine_env(on_s3)
+    assert not (tmp_path / "spark").exists()
