@@ -3,24 +3,35 @@
 Each app gets a fresh `CollectorRegistry` (tests build many apps in one process, and the global
 registry would refuse the second set of names). `/metrics` renders it with `generate_latest`.
 
-With several uvicorn workers, every worker has its own registry and a scrape reaches one of
-them: run one worker per pod and scale pods (DESIGN.md, "Growing past one machine").
+With several uvicorn workers (`recsys serve --workers N`), the counters and histograms of every
+worker are shared through prometheus_client's multiprocess mode: `recsys serve` gives the
+workers a fresh folder in PROMETHEUS_MULTIPROC_DIR, each worker's values live in files there,
+and one scrape of any worker sums them all (`MultiProcessCollector`). What describes the
+snapshot (its version, age and load time) and the process (memory, CPU) are the scraped
+worker's own: every worker serves the same snapshot once it has polled. With one worker the
+registry is the in-process one.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
-    Info,
     ProcessCollector,
+    multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # set by `recsys serve --workers N`, N > 1
 
 # request latencies are milliseconds on the hot path: resolve them, and still see a slow tail
 LATENCY_BUCKETS = (
@@ -93,20 +104,8 @@ class Metrics:
         self.cache_misses = Counter(
             "recsys_cache_misses", "Answers computed (not in the cache).", ["cache"], registry=r
         )
-        self.snapshot_age = Gauge(
-            "recsys_snapshot_age_seconds",
-            "Seconds since the served snapshot's feature cutoff (feature freshness); NaN when "
-            "no snapshot is loaded.",
-            registry=r,
-        )
-        self.snapshot_info = Info(
-            "recsys_snapshot", "The snapshot being served.", registry=r
-        )  # exported as recsys_snapshot_info{version=..., model_version=..., ...} 1
-        self.snapshot_load_seconds = Gauge(
-            "recsys_snapshot_load_seconds",
-            "How long the served snapshot took to download, verify, load and warm.",
-            registry=r,
-        )
+        # this worker's snapshot and process, computed when scraped (not shared: see above)
+        self.served = ServedSnapshot()
         self.swaps = Counter(
             "recsys_snapshot_swaps", "Snapshots loaded and swapped in.", registry=r
         )
@@ -154,7 +153,14 @@ class Metrics:
             "Edits of the experiments file that could not be loaded; the last good one stayed.",
             registry=r,
         )
-        ProcessCollector(registry=r)  # resident memory, CPU, open files of this process
+        folder = os.environ.get(MULTIPROCESS_DIR)
+        if folder:  # what /metrics renders: every worker's files, and this worker's own
+            self.exposed = CollectorRegistry(auto_describe=True)
+            multiprocess.MultiProcessCollector(self.exposed, path=folder)
+        else:
+            self.exposed = r
+        self.exposed.register(self.served)
+        ProcessCollector(registry=self.exposed)  # resident memory, CPU, open files
         # children by label values, made once (`labels()` takes a lock on every call); every
         # series exists from the start, at 0, so that rates and alerts see them
         self._answers = {key: self.recommendations.labels(*key) for key in ANSWERS}
@@ -162,7 +168,6 @@ class Metrics:
         self._misses = {cache: self.cache_misses.labels(cache) for cache in CACHES}
         for reason in SWAP_FAILURE_REASONS:
             self.swap_failures.labels(reason)
-        self.snapshot_age.set(math.nan)
         self._durations: dict[tuple[str, str, int], Histogram] = {}
 
     def count_answer(self, route: str, strategy: str) -> None:
@@ -186,9 +191,46 @@ class Metrics:
 
     def track_snapshot_age(self, cutoff_epoch: Callable[[], float | None]) -> None:
         """Compute the age at scrape time from whatever snapshot is served then."""
+        self.served.cutoff_epoch = cutoff_epoch
 
-        def age() -> float:
-            cutoff = cutoff_epoch()
-            return math.nan if cutoff is None else time.time() - cutoff
+    def snapshot_loaded(self, info: dict[str, str], seconds: float) -> None:
+        self.served.info = dict(info)
+        self.served.load_seconds = seconds
 
-        self.snapshot_age.set_function(age)
+
+class ServedSnapshot(Collector):
+    """recsys_snapshot_info, _age_seconds and _load_seconds of this process, at scrape time."""
+
+    def __init__(self) -> None:
+        self.info: dict[str, str] | None = None
+        self.load_seconds = math.nan
+        self.cutoff_epoch: Callable[[], float | None] = lambda: None
+
+    def collect(self) -> Iterator[Any]:
+        cutoff = self.cutoff_epoch()
+        yield GaugeMetricFamily(
+            "recsys_snapshot_age_seconds",
+            "Seconds since the served snapshot's feature cutoff (feature freshness); NaN when "
+            "no snapshot is loaded.",
+            value=math.nan if cutoff is None else time.time() - cutoff,
+        )
+        info = InfoMetricFamily("recsys_snapshot", "The snapshot being served.")
+        if self.info is not None:  # recsys_snapshot_info{version=..., model_version=...} 1
+            info.add_metric([], self.info)
+        yield info
+        yield GaugeMetricFamily(
+            "recsys_snapshot_load_seconds",
+            "How long the served snapshot took to download, verify, load and warm.",
+            value=self.load_seconds,
+        )
+
+    def describe(self) -> Iterator[Any]:
+        return self.collect()
+
+
+def fresh_multiprocess_dir(parent: Path) -> Path:
+    """An empty folder for the workers' metric files (files of an earlier server would count)."""
+    import tempfile
+
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="metrics-", dir=parent))

@@ -155,14 +155,14 @@ class SnapshotStore:
         release_memory()
         self.last_error = self.last_reason = None
         self.metrics.swaps.inc()
-        self.metrics.snapshot_load_seconds.set(seconds)
-        self.metrics.snapshot_info.info(
+        self.metrics.snapshot_loaded(
             {
                 "version": snapshot.version,
                 "model_version": snapshot.model_version,
                 "feature_version": snapshot.feature_version,
                 "cutoff_at": snapshot.cutoff_at.isoformat(sep=" "),
-            }
+            },
+            seconds,
         )
         log.info(
             "serving snapshot %s (model %s, features as of %s): %.1f MB in arrays, "

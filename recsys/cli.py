@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -246,18 +247,29 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"serving on http://{args.host}:{args.port} with {args.workers} worker(s), "
         f"snapshots from {settings.lake_uri}/snapshots; {auth}"
     )
-    uvicorn.run(
-        "api.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        log_config=serve_log_config(args.log_level),
-        access_log=args.access_log,
-        # the limits on every connection: header size and time, body time, concurrency
-        **uvicorn_options(settings),
-    )
+    shared_metrics = None
+    if args.workers > 1:  # one scrape of /metrics covers every worker (api/metrics.py)
+        from api.metrics import MULTIPROCESS_DIR, fresh_multiprocess_dir
+
+        shared_metrics = fresh_multiprocess_dir(settings.data_dir / "api-metrics")
+        os.environ[MULTIPROCESS_DIR] = str(shared_metrics)
+    try:
+        uvicorn.run(
+            "api.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            log_config=serve_log_config(args.log_level),
+            access_log=args.access_log,
+            # the limits on every connection: header size and time, body time, concurrency
+            **uvicorn_options(settings),
+        )
+    finally:
+        if shared_metrics is not None:
+            os.environ.pop(MULTIPROCESS_DIR, None)
+            shutil.rmtree(shared_metrics, ignore_errors=True)
     return 0
 
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,6 +47,7 @@ def start(
     port: int | None = None,
     ready_within: float = 90.0,
     python: str = sys.executable,
+    args: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`recsys serve --port PORT` with `env` (and the interpreter `python`), its output in
     `log`; (process, URL) once `/readyz` answers 200. AssertionError, with the end of the log,
@@ -54,7 +55,7 @@ def start(
     port = port or free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [python, "-m", "recsys.cli", "serve", "--port", str(port)],
+            [python, "-m", "recsys.cli", "serve", "--port", str(port), *args],
             cwd=REPO_ROOT,
             env=env,
             stdout=out,

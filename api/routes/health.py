@@ -54,4 +54,4 @@ async def readyz(store: Store) -> Any:
 async def metrics(metrics: AppMetrics) -> Response:
     """Prometheus text format, served here directly (a mounted app would redirect to
     `/metrics/`)."""
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.exposed), media_type=CONTENT_TYPE_LATEST)
