@@ -1,13 +1,14 @@
 """API benchmark: `recsys serve` over a full-scale snapshot, measured with one client.
 
-Targets (2 cores, server and load generator on this machine):
-- `GET /v1/recommendations/{id}` throughput >= 70% of `GET /healthz`'s (same client, same
-  connections, back to back), and p99 <= 10 ms at 200 req/s;
-- `POST /v1/recommendations` ranking ~100 candidates: p99 <= 20 ms at 100 req/s;
-- server resident memory <= 1.5 GB (sampled all along, swaps included);
-- a snapshot swap every few seconds during the same fixed-rate traffic: zero non-2xx answers
-  (measured in a second round, whose latencies are printed too: loading a full snapshot
-  competes with requests for the two cores);
+Targets (2 cores, server and load generator on this machine; the second round's, issue 17):
+- `GET /v1/recommendations/{id}` throughput >= 90% of `GET /healthz`'s (same client, same
+  connections, back to back), and its p99 at 200 req/s within 1.5x `/healthz`'s at that rate;
+- `POST /v1/recommendations` ranking ~100 candidates: p99 <= 3 ms at 100 req/s;
+- server resident memory <= 1.0 GB (sampled all along, swaps included); ready (the snapshot
+  loaded) in <= 5 s;
+- a snapshot swap every few seconds during the same fixed-rate traffic: zero non-2xx answers,
+  and GET and POST p99 within 2x of their steady values (a second round: loading a full
+  snapshot competes with requests for the two cores);
 - the impression log costs at most 5% of GET throughput: the server against a second one on
   the same snapshot with `RECSYS_IMPRESSIONS_LOG=false`, measured in turns.
 
@@ -46,11 +47,15 @@ from recsys.lake import connect_duckdb
 from recsys.snapshots import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
+# the second round's (issue 17); GET's p99 is judged against /healthz's at the same rate, the
+# swap round's p99s against the steady ones of the same run
 TARGETS = {
-    "ratio": 0.70,
-    "get_p99_ms": 10.0,
-    "post_p99_ms": 20.0,
-    "rss_gb": 1.5,
+    "ratio": 0.90,
+    "get_p99_vs_healthz": 1.5,
+    "post_p99_ms": 3.0,
+    "rss_gb": 1.0,
+    "ready_s": 5.0,
+    "swap_p99_vs_steady": 2.0,
     "log_cost_pct": 5.0,
 }
 
@@ -367,7 +372,8 @@ def main() -> int:
     threading.Thread(target=sample, daemon=True).start()
     client = Client(port)
     try:
-        print(f"server ready in {wait_ready(client, server, work / 'serve.log'):.1f} s")
+        ready_s = wait_ready(client, server, work / "serve.log")
+        print(f"server ready in {ready_s:.1f} s")
 
         def healthz(rng: random.Random) -> tuple[str, str]:
             return "GET", "/healthz"
@@ -388,9 +394,11 @@ def main() -> int:
         print(f"  GET /healthz                      {health_rps:8.0f} req/s  (non-2xx {bad_h})")
         print(f"  GET /v1/recommendations/{{id}}     {recs_rps:8.0f} req/s  (non-2xx {bad_r})")
 
+        health_run = open_loop(client, healthz, 200, args.seconds)
         get_run = open_loop(client, get_recs, 200, args.seconds)
         post_run = open_loop(client, post_session, 100, args.seconds)
         print(f"\nfixed rate, {args.seconds:g} s each, latency from the scheduled start:")
+        show("GET  /healthz                 @200/s", health_run)
         show("GET  /v1/recommendations/{id} @200/s", get_run)
         show("POST /v1/recommendations    @100/s", post_run)
 
@@ -446,13 +454,17 @@ def main() -> int:
             server.kill()
 
     rss_gb = peak["rss"] / 1e9
+    get_vs_health = get_run["p99_ms"] / health_run["p99_ms"]
+    swap_vs_steady = max(
+        swap_get["p99_ms"] / get_run["p99_ms"], swap_post["p99_ms"] / post_run["p99_ms"]
+    )
     checks = [
         ("GET recs / healthz throughput", ratio, TARGETS["ratio"], ratio >= TARGETS["ratio"]),
         (
-            "GET recs p99 @200/s (ms)",
-            get_run["p99_ms"],
-            TARGETS["get_p99_ms"],
-            get_run["p99_ms"] <= TARGETS["get_p99_ms"],
+            "GET p99 / healthz p99 @200/s",
+            get_vs_health,
+            TARGETS["get_p99_vs_healthz"],
+            get_vs_health <= TARGETS["get_p99_vs_healthz"],
         ),
         (
             "POST recs p99 @100/s (ms)",
@@ -461,6 +473,13 @@ def main() -> int:
             post_run["p99_ms"] <= TARGETS["post_p99_ms"],
         ),
         ("server peak RSS (GB)", rss_gb, TARGETS["rss_gb"], rss_gb <= TARGETS["rss_gb"]),
+        ("ready (snapshot loaded, s)", ready_s, TARGETS["ready_s"], ready_s <= TARGETS["ready_s"]),
+        (
+            "swap p99 / steady p99 (worst)",
+            swap_vs_steady,
+            TARGETS["swap_p99_vs_steady"],
+            swap_vs_steady <= TARGETS["swap_p99_vs_steady"],
+        ),
         (
             "impression log cost of GET (%)",
             cost * 100,
