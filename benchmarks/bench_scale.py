@@ -540,31 +540,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    """`results` with its fits, limits and conclusions computed from its runs."""
+    """`results` with its fits, limits and conclusions computed from its runs, over every size
+    and, with three sizes or more, over the last doubling: the growth between the two largest
+    sizes, where fixed costs weigh least, so its exponents are the ones to extrapolate with
+    (the fit over every size is optimistic)."""
     runs = sorted(results["runs"], key=lambda r: r["events"])
     results = {**results, "runs": runs}
-    results["fits"] = fits_of(runs)
-    results["limits"] = limits_of(
-        runs,
-        results["fits"],
-        results["meta"].get("usable_gb", USABLE_GB),
-        results["meta"].get("time_budget_s", TIME_BUDGET_S),
-    )
-    results["conclusions"] = conclusions(results)
-    # the growth between the two largest sizes: fixed costs weigh least there, so these
-    # exponents are the ones to extrapolate with (the fit over every size is optimistic)
-    if len(runs) >= 3:
-        last = runs[-2:]
-        results["fits_last_doubling"] = fits_of(last)
-        results["limits_last_doubling"] = limits_of(
-            last,
-            results["fits_last_doubling"],
-            results["meta"].get("usable_gb", USABLE_GB),
-            results["meta"].get("time_budget_s", TIME_BUDGET_S),
-        )
-        results["conclusions_last_doubling"] = conclusions(
-            {**results, "limits": results["limits_last_doubling"]}
-        )
+    usable = results["meta"].get("usable_gb", USABLE_GB)
+    budget = results["meta"].get("time_budget_s", TIME_BUDGET_S)
+    spans = {"": runs, "_last_doubling": runs[-2:] if len(runs) >= 3 else None}
+    for suffix, measured in spans.items():
+        if measured is None:
+            continue
+        results[f"fits{suffix}"] = fits = fits_of(measured)
+        results[f"limits{suffix}"] = limits = limits_of(measured, fits, usable, budget)
+        results[f"conclusions{suffix}"] = conclusions({**results, "limits": limits})
     return results
 
 

@@ -229,10 +229,8 @@ def kind_of(duckdb_type: str) -> str:
         return "time"
     if text in ("VARCHAR",):
         return "text"
-    if text.startswith(("DECIMAL", "DOUBLE", "FLOAT", "REAL")) or text.endswith("INT"):
-        return "number"
-    if text in ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT"):
-        return "number"
+    if text.startswith(("DECIMAL", "DOUBLE", "FLOAT", "REAL")) or text.endswith(("INT", "INTEGER")):
+        return "number"  # BIGINT, SMALLINT, TINYINT, HUGEINT, UBIGINT, INTEGER, ...
     return "nested"
 
 
