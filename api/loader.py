@@ -5,7 +5,10 @@ batches; the DuckDB connection is then closed (see `api.snapshot` for the layout
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +39,39 @@ BATCH_ROWS = 1_000_000
 LOADER_MEMORY = ("64MB", "1GB")
 
 
+# arrays smaller than this stay in memory when a load keeps its arrays in files (`Keep`)
+KEEP_IN_MEMORY_BYTES = 1 << 20
+
+
+class Keep:
+    """Where a load keeps its arrays: in memory (`folder` None), or each array written to a
+    `.npy` file in `folder`, mapped back read-only, and the file unlinked at once (the mapping
+    holds its pages; nothing is left to clean up, whoever loads at the same time).
+
+    Mapped, a snapshot's arrays are file pages: resident once a request touches them, and
+    dropped under memory pressure rather than swapped. A swap then costs the new snapshot's
+    touched pages rather than a second full copy beside the served one (full scale: 455 MB of
+    arrays). Read-only: a request can never change a served snapshot.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.count = 0
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        if self.folder is None or array.nbytes < KEEP_IN_MEMORY_BYTES:
+            return array
+        path = self.folder / f"{self.count:03d}.npy"
+        self.count += 1
+        np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        with contextlib.suppress(OSError):  # a system that cannot unlink a mapped file
+            path.unlink()
+        # a plain ndarray over the mapping: np.memmap's Python-level indexing would cost every
+        # request's lookups a few microseconds each
+        return np.asarray(mapped)
+
+
 def _defaulted(column: str, default: float | None) -> str:
     """A feature column as ranking_features gives it: the default for null, as double."""
     if default is None:
@@ -59,6 +95,7 @@ def _stream(
     order: Sequence[str],
     group_key: str | None,
     positional: str | None = None,
+    keep: Keep | None = None,
 ) -> tuple[dict[str, np.ndarray], Groups | None]:
     """Read `table` into preallocated arrays, rows in `order`, grouped by `group_key`.
 
@@ -70,7 +107,10 @@ def _stream(
 
     `positional` names a rank column that is checked to be 1, 2, ... within each group; when
     it is, the column is dropped (the rank is the position), which saves its memory.
+
+    Each finished array goes to `keep` (default: kept in memory; see `Keep`).
     """
+    keep = keep or Keep(None)
     ((n,),) = con.execute(f"select count(*) from {table}").fetchall()
     exprs = ", ".join(f"{expr} as {name}" for name, (expr, _) in select.items())
     for sort in (False, True):
@@ -132,10 +172,11 @@ def _stream(
                 start_arr = np.concatenate(starts) if starts else np.zeros(0, np.int64)
                 if len(key_arr) and not np.all(key_arr[1:] > key_arr[:-1]):
                     raise SnapshotInvalid(f"{table}: {group_key} is not sorted")  # pragma: no cover
-                groups = Groups.of(key_arr, np.r_[start_arr, n].astype(np.int64))
+                raw = Groups.of(key_arr, np.r_[start_arr, n].astype(np.int64))
+                groups = Groups(keep(raw.keys), keep(raw.offsets))
             if is_positional:
                 del out[str(positional)]
-            return out, groups
+            return {name: keep(values) for name, values in out.items()}, groups
     raise AssertionError("unreachable: the sorted query is always in order")  # pragma: no cover
 
 
@@ -260,12 +301,17 @@ def _load_ranker(con: duckdb.DuckDBPyConnection) -> Ranker:
     return Ranker(model=model, features=columns, cat_features=cats, metadata=metadata)
 
 
-def load(path: Path, manifest: dict[str, Any], cache_bytes: int = 0) -> Snapshot:
+def load(
+    path: Path, manifest: dict[str, Any], cache_bytes: int = 0, files_dir: Path | None = None
+) -> Snapshot:
     """Verify and load the snapshot file at `path` (its sha256 is checked by the caller).
 
     Raises `SnapshotInvalid` for anything that would make answers wrong: a missing table or
     column, row counts that differ from the manifest, metadata without a cutoff or versions,
     a ranker that cannot be loaded or needs a feature the service does not compute.
+
+    With `files_dir`, the snapshot's arrays are kept in files, mapped (see `Keep`), made in a
+    new folder there that is removed when the load ends.
     """
     try:
         counts = verify_snapshot(path)
@@ -293,7 +339,14 @@ def load(path: Path, manifest: dict[str, Any], cache_bytes: int = 0) -> Snapshot
             with open_snapshot(
                 path, threads=1, memory_limit=memory, temp_directory=path.parent / ".spill"
             ) as con:
-                return _load_tables(con, manifest, cache_bytes)
+                if files_dir is None:
+                    return _load_tables(con, manifest, cache_bytes, Keep(None))
+                files_dir.mkdir(parents=True, exist_ok=True)
+                folder = Path(tempfile.mkdtemp(prefix=".arrays-", dir=files_dir))
+                try:
+                    return _load_tables(con, manifest, cache_bytes, Keep(folder))
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
         except duckdb.OutOfMemoryException:
             if attempt + 1 == len(LOADER_MEMORY):
                 raise
@@ -303,7 +356,7 @@ def load(path: Path, manifest: dict[str, Any], cache_bytes: int = 0) -> Snapshot
 
 
 def _load_tables(
-    con: duckdb.DuckDBPyConnection, manifest: dict[str, Any], cache_bytes: int
+    con: duckdb.DuckDBPyConnection, manifest: dict[str, Any], cache_bytes: int, keep: Keep
 ) -> Snapshot:
     _check_columns(con)
     metadata = _metadata(con)
@@ -331,6 +384,7 @@ def _load_tables(
         },
         order=("item_id",),
         group_key=None,
+        keep=keep,
     )
     if len(cols["item_id"]) > 1 and not np.all(cols["item_id"][1:] > cols["item_id"][:-1]):
         raise SnapshotInvalid("items: item_id is not unique")
@@ -362,6 +416,7 @@ def _load_tables(
         group_key=None,
     )
     visitors["top_category_id"][~visitors.pop("has_top_category")] = NO_CATEGORY
+    visitors = {name: keep(values) for name, values in visitors.items()}  # once complete
     ids = visitors["ids"]
     if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
         raise SnapshotInvalid("visitors: visitor_id is not unique")
@@ -382,6 +437,7 @@ def _load_tables(
         },
         order=("visitor_id", "item_id"),
         group_key="visitor_id",
+        keep=keep,
     )
     # -- category affinities: per visitor, categories in id order
     affinity_cols, affinities = _stream(
@@ -399,6 +455,7 @@ def _load_tables(
         },
         order=("visitor_id", "category_id"),
         group_key="visitor_id",
+        keep=keep,
     )
     # -- published lists, in rank order
     rec_cols, recs = _stream(
@@ -413,6 +470,7 @@ def _load_tables(
         },
         order=("visitor_id", "rank"),
         group_key="visitor_id",
+        keep=keep,
         positional="rank",
     )
     confidence_by_rank = None
@@ -431,7 +489,9 @@ def _load_tables(
         del rec_cols["rank"]
     # each published item's category and availability, so that a visitor's list is filtered
     # and rendered without searching the catalogue (random lookups: cache misses at scale)
-    rec_cols["category"], rec_cols["available"] = _item_facts(items, rec_cols["item_id"])
+    category, available = _item_facts(items, rec_cols["item_id"])
+    rec_cols["category"], rec_cols["available"] = keep(category), keep(available)
+    del category, available
     # -- ALS candidates, in ALS rank order; the rank is small, is_seen a flag
     candidate_cols, candidates = _stream(
         con,
@@ -445,6 +505,7 @@ def _load_tables(
         },
         order=("visitor_id", "als_rank"),
         group_key="visitor_id",
+        keep=keep,
         positional="als_rank",
     )
     ((max_rank,),) = con.execute("select max(als_rank) from candidates").fetchall()
@@ -461,6 +522,7 @@ def _load_tables(
         },
         order=("item_id", "similarity_rank"),
         group_key="item_id",
+        keep=keep,
     )
     del similar_cols["similarity_rank"]
     # -- popular items per scope (small), then the catalogue by popularity for the tail
@@ -495,6 +557,7 @@ def _load_tables(
         },
         order=("category_id", "position"),
         group_key="category_id",
+        keep=keep,
     )
     overall = con.execute(
         """

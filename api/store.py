@@ -204,7 +204,7 @@ class SnapshotStore:
             )
         local = self._fetch(version, digest)
         try:
-            snapshot = load(local, manifest, cache_bytes=self.cache_bytes)
+            snapshot = load(local, manifest, cache_bytes=self.cache_bytes, files_dir=self.cache_dir)
             warm(snapshot)
         except SnapshotInvalid as exc:
             raise Refused("invalid", f"{version}: {exc}", True) from exc
@@ -266,7 +266,11 @@ class SnapshotStore:
         """Delete cached versions older than the newest KEEP_CACHED (never `keep`)."""
         if not self.cache_dir.is_dir():
             return
-        versions = sorted((p for p in self.cache_dir.iterdir() if p.is_dir()), reverse=True)
+        versions = sorted(
+            # not the loads' temporary folders (`.arrays-*`, api.loader.Keep)
+            (p for p in self.cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+            reverse=True,
+        )
         for path in versions[KEEP_CACHED:]:
             if path.name != keep:
                 shutil.rmtree(path, ignore_errors=True)

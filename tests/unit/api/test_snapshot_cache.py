@@ -4,12 +4,15 @@ the same bytes published under another version are linked, not downloaded."""
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from api import loader, recommend
 from api import store as store_module
 from api.metrics import Metrics
 from api.store import DIGEST_FILE, SnapshotStore
@@ -86,3 +89,40 @@ def test_a_verified_copy_is_hashed_again_only_once_changed(
     assert restarted.refresh()
     assert counted == {"hash": before["hash"] + 2, "get": before["get"] + 1}
     assert restarted.current is not None and restarted.current.version == published.version
+
+
+def _mapped(array: np.ndarray) -> bool:
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    return base is not None
+
+
+def test_the_served_arrays_are_mapped_read_only_and_leave_no_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every array kept in a file (the size floor lowered: the test snapshot is small),
+    the served snapshot answers as one loaded in memory does, its arrays are read-only
+    mappings, and the temporary files are gone once it is loaded, swaps included."""
+    store, lake, published = make_store(tmp_path)
+    in_memory = loader.load(
+        tmp_path / "data" / "lake" / "snapshots" / published.version / "snapshot.duckdb",
+        published.manifest,
+    )
+    monkeypatch.setattr(loader, "KEEP_IN_MEMORY_BYTES", 0)
+    assert store.refresh()
+    served = store.current
+    assert served is not None
+    arrays = [served.rec_cols["item_id"], served.candidate_cols["als_score"], served.items.ids]
+    arrays += [served.visitors["top_category_id"], served.recs.keys, served.recs.offsets]
+    assert all(_mapped(a) and not a.flags.writeable for a in arrays)
+    assert not isinstance(served.rec_cols["item_id"], np.memmap)  # plain arrays on the hot path
+    for visitor in [*in_memory.recs.keys[:20].tolist(), -1]:
+        mapped_answer = recommend.for_visitor(served, int(visitor), 10)
+        memory_answer = recommend.for_visitor(in_memory, int(visitor), 10)
+        assert mapped_answer.item_ids == memory_answer.item_ids
+        assert mapped_answer.scores == memory_answer.scores
+    republish(lake, published.version, "29990101T000000Z-a9a1a9a1")
+    assert store.refresh()
+    leftovers = [p.name for p in (tmp_path / "cache").iterdir()]
+    assert sorted(leftovers) == sorted([published.version, "29990101T000000Z-a9a1a9a1"])
