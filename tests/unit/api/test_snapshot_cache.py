@@ -101,8 +101,9 @@ def _mapped(array: np.ndarray) -> bool:
 def test_the_served_arrays_are_mapped_read_only_and_leave_no_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With every array kept in a file (the size floor lowered: the test snapshot is small),
-    the served snapshot answers as one loaded in memory does, its arrays are read-only
+    """With every array kept in a file (the size floor lowered: the test snapshot is small)
+    and the tables read three rows at a time, the served snapshot answers as one loaded in
+    memory at once does, its arrays are read-only
     mappings, and the temporary files are gone once it is loaded, swaps included."""
     store, lake, published = make_store(tmp_path)
     in_memory = loader.load(
@@ -110,6 +111,7 @@ def test_the_served_arrays_are_mapped_read_only_and_leave_no_files(
         published.manifest,
     )
     monkeypatch.setattr(loader, "KEEP_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(loader, "READ_BATCH_ROWS", 3)  # groups and ranks across batches too
     assert store.refresh()
     served = store.current
     assert served is not None
