@@ -28,6 +28,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from api.events import RecentBatches
 from api.impressions import ImpressionLog
@@ -147,6 +149,47 @@ def _openapi(app: FastAPI, keys_required: bool) -> Any:
     return openapi
 
 
+class PlainRoute(Route):
+    """A route served by Starlette alone, without FastAPI's request handling.
+
+    For the two hottest routes, which declare no parameters and no dependencies (they validate
+    their own, see `api.deps`): FastAPI's handler still solves an empty dependency set and
+    wraps the call, about a fifth of a cached answer's time. The route is registered twice:
+    FastAPI's declaration (the same function) makes the OpenAPI schema, and this one, put in
+    front of it, answers. Its scope names it like FastAPI's routes do, so that the metrics
+    label the request with the route template.
+    """
+
+    def __init__(self, path: str, endpoint: Any) -> None:
+        super().__init__(path, endpoint, methods=["GET"], include_in_schema=False)
+        # HEAD never reaches a route: ServiceMiddleware answers it as a GET without a body
+        self.methods = {"GET"}
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is Match.FULL:
+            child["route"] = self
+        return match, child
+
+
+# (path, endpoint) of the routes served by PlainRoute
+PLAIN_ROUTES = (
+    ("/v1/recommendations/{visitor_id}", recommendations.recommendations_for_visitor),
+    ("/v1/items/{item_id}/similar", items.similar_items),
+)
+
+
+def _serve_plainly(app: FastAPI) -> None:
+    declared = {
+        (getattr(route, "path", None), getattr(route, "endpoint", None))
+        for route in app.router.routes
+    }
+    for path, endpoint in PLAIN_ROUTES:
+        if (path, endpoint) not in declared:  # the schema must show what is served
+            raise RuntimeError(f"{path} is not declared to FastAPI with {endpoint.__name__}")
+        app.router.routes.insert(0, PlainRoute(path, endpoint))
+
+
 def _integers(node: Any) -> None:
     """Integer schemas' float bounds back to the integers they were (in place)."""
     if isinstance(node, dict):
@@ -247,6 +290,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (recommendations.router, items.router, events.router):
         app.include_router(router, responses=V1_ERRORS)
     app.include_router(health.router)
+    _serve_plainly(app)
     app.openapi = _openapi(app, keys_required=bool(settings.api_keys))  # type: ignore[method-assign]
 
     @app.exception_handler(RequestValidationError)
