@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from typing import Annotated, Any, ClassVar, Self
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -109,7 +110,12 @@ class Params(BaseModel):
 
     @classmethod
     def parse(cls, request: Request) -> Self:
-        values: dict[str, Any] = dict(request.query_params)
+        # the query string as Starlette's QueryParams reads it (latin-1, blanks kept, the last
+        # of a repeated name), without building the multi-dict a route never asks for
+        query: bytes = request.scope.get("query_string", b"")
+        values: dict[str, Any] = (
+            dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)) if query else {}
+        )
         values.update(request.path_params)
         try:
             return cls.model_validate(values)
