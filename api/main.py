@@ -14,11 +14,8 @@ import contextlib
 import gc
 import importlib.resources
 import logging
-import os
 import sys
-import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -208,33 +205,12 @@ def _integers(node: Any) -> None:
             _integers(child)
 
 
-# How much lower than the requests' the CPU priority of the thread that loads snapshots is (a
-# nice value; Linux keeps one per thread). A load takes a core for seconds; requests
-# arriving meanwhile, on the event loop or in the threadpool, get the CPU first, and the load
-# the rest (CFS: nice 10 weighs a tenth of nice 0).
-LOADER_NICENESS = 10
-
-
-def _lower_priority() -> None:
-    """Run the calling thread LOADER_NICENESS lower (where the system allows it)."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not permitted
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + LOADER_NICENESS)
-
-
-def snapshot_loader() -> ThreadPoolExecutor:
-    """The thread that runs `SnapshotStore.refresh`: one of its own, at a lower priority (not
-    the threadpool's, whose threads also answer POST requests; a thread cannot raise its
-    priority back)."""
-    return ThreadPoolExecutor(1, thread_name_prefix="snapshot-loader", initializer=_lower_priority)
-
-
-async def _poll(store: SnapshotStore, interval: float, loader: ThreadPoolExecutor) -> None:
+async def _poll(store: SnapshotStore, interval: float) -> None:
     """Look for a newer LATEST every `interval` seconds, for as long as the app runs."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await asyncio.get_running_loop().run_in_executor(loader, store.refresh)
+            await anyio.to_thread.run_sync(store.refresh)
         except Exception:  # never let the poller die: the next poll tries again
             log.exception("snapshot poll failed")
 
@@ -258,8 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.lake = lake
         app.state.store = store
         impressions.start(lake)
-        loader = snapshot_loader()
-        await asyncio.get_running_loop().run_in_executor(loader, store.refresh)
+        await anyio.to_thread.run_sync(store.refresh)
         if store.current is None:
             log.warning("starting without a snapshot: %s", store.last_error)
         # What start-up made (modules, FastAPI's and pydantic's models, CatBoost, DuckDB: about
@@ -269,14 +244,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # refers to them, as a swapped-out snapshot: only cycles among them would stay.)
         gc.collect()
         gc.freeze()
-        poller = asyncio.create_task(_poll(store, settings.recsys_api_poll_seconds, loader))
+        poller = asyncio.create_task(_poll(store, settings.recsys_api_poll_seconds))
         try:
             yield
         finally:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-            loader.shutdown(wait=False, cancel_futures=True)  # a load under way is dropped
             # what is buffered goes to the lake before the process ends
             await anyio.to_thread.run_sync(impressions.stop)
             gc.unfreeze()

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import gc
-import os
 import sys
-import threading
 
-import pytest
 from fastapi.testclient import TestClient
 
-from api.main import GIL_SWITCH_INTERVAL, LOADER_NICENESS, create_app, snapshot_loader
-from api.store import SnapshotStore
+from api.main import GIL_SWITCH_INTERVAL, create_app
 from recsys.settings import Settings
 
 
@@ -29,31 +25,3 @@ def test_what_start_up_made_is_left_out_of_collections(shop: Settings) -> None:
         # start-up's objects are frozen: a full collection does not walk them
         assert gc.get_freeze_count() > 10_000
     assert gc.get_freeze_count() == 0  # and given back to the collector when the app stops
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
-def test_snapshots_load_in_a_thread_of_their_own_at_a_lower_priority(shop: Settings) -> None:
-    """The loader's thread runs LOADER_NICENESS below the requests' (the threadpool's threads,
-    which answer POST requests, keep theirs), and the store's refreshes run in it."""
-
-    def nice() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    loader = snapshot_loader()
-    try:
-        assert loader.submit(nice).result() == min(nice() + LOADER_NICENESS, 19)
-        assert loader.submit(threading.current_thread).result().name.startswith("snapshot-")
-    finally:
-        loader.shutdown()
-    seen: list[str] = []
-    real = SnapshotStore.refresh
-
-    def refresh(self: SnapshotStore) -> bool:
-        seen.append(threading.current_thread().name)
-        return real(self)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(SnapshotStore, "refresh", refresh)
-        with TestClient(create_app(shop)) as started:
-            assert started.get("/readyz").status_code == 200
-    assert seen and all(name.startswith("snapshot-loader") for name in seen)
