@@ -66,14 +66,14 @@ def published_als(data: Path) -> tuple[dict[str, Any], int]:
 def bare_als_fit(data: Path, params: dict[str, Any], seed: int) -> dict[str, float]:
     """implicit's ALS on the warehouse's interactions, as `candidates.fit` builds its matrix,
     timed around `.fit` alone (run in a fresh process with OPENBLAS_NUM_THREADS=1)."""
-    import duckdb
     import numpy as np
     from implicit.cpu.als import AlternatingLeastSquares
 
     from models_ml import candidates
+    from recsys.lake import connect_duckdb
 
     p = {**candidates.DEFAULT_ALS_PARAMS, **params}
-    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+    with connect_duckdb(data / "warehouse.duckdb", read_only=True) as con:
         interactions = candidates.read_interactions(con)
     user_items, _, items = candidates.confidence_matrix(interactions, p)
     del interactions

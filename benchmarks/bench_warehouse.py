@@ -106,9 +106,9 @@ def dbt_mart_seconds(target: Path, marts: tuple[str, ...]) -> tuple[dict[str, fl
 
 def build_invocation(warehouse: Path) -> str:
     """The dbt invocation id of the warehouse's last build (feature_builds)."""
-    import duckdb
+    from recsys.lake import connect_duckdb
 
-    with duckdb.connect(str(warehouse), read_only=True) as con:
+    with connect_duckdb(warehouse, read_only=True) as con:
         row = con.execute("select invocation_id from feature_builds").fetchone()
     return str(row[0]) if row else ""
 

@@ -253,9 +253,9 @@ def compute(
 def read_warehouse(warehouse: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """sessions, interactions and the feature_builds row (cutoff, vars) of a built warehouse,
     opened read-only."""
-    import duckdb
+    from recsys.lake import connect_duckdb
 
-    with duckdb.connect(str(warehouse), read_only=True) as con:
+    with connect_duckdb(warehouse, read_only=True) as con:
         sessions = con.execute("select * from sessions").df()
         interactions = con.execute("select * from interactions").df()
         found = con.execute("select * from feature_builds").df()
