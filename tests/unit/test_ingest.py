@@ -910,3 +910,21 @@ def test_the_api_finds_a_keyed_file_wherever_ingest_holds_it(
     assert any("_chunks" in w for w in seen)  # the manifest's writes and removal
     assert count_events(lake) == 2 * len(LANDED)
     assert ingest_landing(lake, tmp_path / "again") is None  # the retries landed nothing
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"h1,h2",
+        b"h1,h2\n",
+        b"h1,h2\n1,2",
+        b"h1,h2\r\n1,2\r\n3,4\r\n",
+        b"h\n\n\n",
+        b'"a\nb"\n1',
+    ],
+)
+def test_a_files_body_is_read_past_its_header_as_it_was_sliced(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    assert ingest_module._read_body(path) == ingest_module._body_of(data)
