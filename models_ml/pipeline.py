@@ -65,6 +65,18 @@ def sample_negatives(
     return kept.sort_values(["visitor_id", "als_rank"], kind="stable")
 
 
+def sampled_groups(
+    part: np.ndarray, labelled: np.ndarray, seed: int, max_groups: int | None = None
+) -> np.ndarray:
+    """The visitors of `part` (sorted ids) that `sample_negatives` keeps of a frame of theirs:
+    those with a positive (`labelled`), at most `max_groups` drawn as it draws them; so that
+    only their rows need reading."""
+    visitors = part[np.isin(part, labelled)]
+    if max_groups is not None and len(visitors) > max_groups:
+        visitors = np.random.default_rng(seed).choice(visitors, max_groups, replace=False)
+    return np.asarray(visitors, dtype=np.int64)
+
+
 def _paths(settings: Settings) -> dict[str, Path]:
     models = settings.models_dir
     return {
@@ -142,33 +154,46 @@ def train_ranker(
     models/training.json (`als`: what `fit_training_candidates` returned)."""
     paths = _paths(settings)
     info = steps.build_info(settings)  # the training build's, as steps.build_features returned
-    with steps.timed(say, "ranking frame read"):
-        frame = steps.ranking_frame(settings)
-    features = steps.feature_columns(frame)
-    labelled = frame.loc[frame["label"] > 0, "visitor_id"].unique()
-    if len(labelled) < 3:
-        raise NotEnoughData(
-            f"only {len(labelled)} visitors have a positive among their candidates in the "
-            "label window: at least 3 are needed to train, validate and calibrate the ranker "
-            "(more events, or a longer label window)"
-        )
-    with steps.timed(say, "visitors split and negatives sampled"):
+    with steps.timed(say, "visitors split"):
+        groups = steps.ranking_groups(settings)
+        visitors = groups["visitor_id"].to_numpy(np.int64)
+        labelled = visitors[groups["n_positive"].to_numpy() > 0]
+        if len(labelled) < 3:
+            raise NotEnoughData(
+                f"only {len(labelled)} visitors have a positive among their candidates in the "
+                "label window: at least 3 are needed to train, validate and calibrate the ranker "
+                "(more events, or a longer label window)"
+            )
         fit_part, valid_part, calib_part = steps.split_visitors(
-            frame["visitor_id"].to_numpy(), (0.6, 0.2, 0.2), SEED, labelled=labelled
+            visitors, (0.6, 0.2, 0.2), SEED, labelled=labelled
         )
-        in_part = {
-            name: frame[frame["visitor_id"].isin(part)]
-            for name, part in (("fit", fit_part), ("valid", valid_part), ("calib", calib_part))
-        }
         # YetiRank's cost grows with the pairs of a group: train on every positive and a
         # sample of the negatives (the calibration part keeps every candidate, as scoring will)
-        for name in ("fit", "valid"):
-            in_part[name] = sample_negatives(
-                in_part[name], NEGATIVES_PER_VISITOR, SEED, MAX_GROUPS[name]
+        chosen = {
+            "fit": sampled_groups(fit_part, labelled, SEED, MAX_GROUPS["fit"]),
+            "valid": sampled_groups(valid_part, labelled, SEED, MAX_GROUPS["valid"]),
+        }
+    # only the rows of the visitors used: a third of the frame at full scale
+    with steps.timed(say, "ranking frame read"):
+        frame = steps.ranking_frame(
+            settings, np.concatenate([chosen["fit"], chosen["valid"], calib_part])
+        )
+    features = steps.feature_columns(frame)
+    with steps.timed(say, "negatives sampled"):
+        in_part = {
+            name: sample_negatives(
+                frame[frame["visitor_id"].isin(chosen[name])],
+                NEGATIVES_PER_VISITOR,
+                SEED,
+                MAX_GROUPS[name],
             )
+            for name in ("fit", "valid")
+        }
+        in_part["calib"] = frame[frame["visitor_id"].isin(calib_part)]
+        del frame
     say(
-        f"ranking frame: {len(frame):,} candidates of {frame['visitor_id'].nunique():,} "
-        f"visitors, {int((frame['label'] > 0).sum()):,} with a label"
+        f"ranking frame: {int(groups['n_candidates'].sum()):,} candidates of "
+        f"{len(groups):,} visitors, {int(groups['n_positive'].sum()):,} with a label"
     )
     t0 = time.perf_counter()
     result = ranker.train(
@@ -290,7 +315,8 @@ def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
         del per_visitor
         pool = evaluation.pool_recall(frame, truth, seen)
     with steps.timed(say, "conformal sets recalibrated on the test window and measured"):
-        recent, coverage, shifted = recalibrate(calibrator, frame, scores)
+        recent_part = np.isin(frame["visitor_id"].to_numpy(), recent_visitors(frame))
+        recent, coverage, shifted = recalibrate(calibrator, frame, scores, recent_part)
     steps.write_json(paths["recalibration"], recent.to_dict())
     metrics = {
         "protocol": {
@@ -326,7 +352,7 @@ def evaluate(settings: Settings, say: steps.Say = print) -> dict[str, Any]:
     }
     steps.write_json(paths["metrics"], metrics)
     with steps.timed(say, "report written"):
-        measured = ~frame["visitor_id"].isin(recent_visitors(frame)).to_numpy()
+        measured = ~recent_part
         curve = _calibration_curve(recent, frame[measured], scores[measured])
         report.write(paths["reports"], metrics, curve)
     say(report.metric_table(metrics))
@@ -339,7 +365,10 @@ def recent_visitors(frame: pd.DataFrame) -> np.ndarray:
 
 
 def recalibrate(
-    calibrator: conformal.ConformalCalibrator, frame: pd.DataFrame, scores: np.ndarray
+    calibrator: conformal.ConformalCalibrator,
+    frame: pd.DataFrame,
+    scores: np.ndarray,
+    part: np.ndarray | None = None,
 ) -> tuple[conformal.ConformalCalibrator, dict[str, Any], dict[str, Any]]:
     """The ranker's conformal sets calibrated again on half of the test window's visitors, and
     the coverage of those sets and of the training window's (`calibrator`) on the other half.
@@ -351,11 +380,13 @@ def recalibrate(
     test window is the latest labelled one, the closest there is to the visitors a published
     snapshot serves, so the sets published are calibrated there, and measured on visitors they
     were not calibrated on. Without a relevant candidate in the calibration half, the training
-    window's sets stay.
+    window's sets stay. `part`: which rows are those of `recent_visitors`, when the caller has
+    them already.
     """
     visitors = frame["visitor_id"].to_numpy()
     labels = frame["label"].to_numpy()
-    part = np.isin(visitors, recent_visitors(frame))
+    if part is None:  # the rows of `recent_visitors`
+        part = np.isin(visitors, recent_visitors(frame))
     try:
         recent = conformal.calibrate(
             scores[part], visitors[part], labels[part], alpha=calibrator.alpha, seed=SEED
@@ -422,6 +453,9 @@ def publish_snapshot(settings: Settings, say: steps.Say = print, force: bool = F
     info = steps.build_features(settings, None, None, say)
     queries, available = steps.publish_items(settings)
     als = steps.fit_candidates(settings, say, similar_queries=queries, pool_item_ids=available)
+    # what the manifest records of it; the model and its matrices (~0.3 GB) go now
+    als_models = {"params": als.params, "seed": als.seed}
+    del als
     steps.build_ranking(settings, None, None, say)
     frame = steps.scored_candidates(settings, model, say)
     scores = frame["score"].to_numpy()
@@ -450,7 +484,7 @@ def publish_snapshot(settings: Settings, say: steps.Say = print, force: bool = F
         "dbt_invocation_id": info["dbt_invocation_id"],
         "model_version": model_version,
         "models": {
-            "als": {"params": als.params, "seed": als.seed},
+            "als": als_models,
             "ranker": {k: meta.get(k) for k in ("params", "seed", "features", "feature_version")},
         },
         "metrics": metrics,

@@ -27,12 +27,41 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models_ml.evaluation import POPULAR_ORDER, POPULAR_WHERE
+from models_ml.evaluation import POPULAR_ORDER, POPULAR_WHERE, order_within_groups
 from recsys.lake import connect_duckdb
 from recsys.ranking_features import ITEM_FEATURES, VISITOR_FEATURES
 
 TOP_K = 50
 POPULAR_PER_SCOPE = 100
+
+
+def top_recommendations(
+    frame: pd.DataFrame,
+    scores: np.ndarray,
+    confidence: Callable[[np.ndarray], np.ndarray],
+    top_k: int = TOP_K,
+) -> pd.DataFrame:
+    """Each visitor's `top_k` available candidates they have not bought, best score first
+    (ties in the frame's order): visitor_id, item_id, rank (from 1), score, confidence."""
+    keep = (frame["is_available"] & ~frame["has_purchased_item"]).to_numpy(dtype=bool)
+    visitors = frame["visitor_id"].to_numpy()[keep]
+    items = frame["item_id"].to_numpy()[keep]
+    kept_scores = np.asarray(scores, dtype=np.float64)[keep]
+    order = order_within_groups(visitors, -kept_scores)
+    visitors, items, kept_scores = visitors[order], items[order], kept_scores[order]
+    starts = np.r_[True, visitors[1:] != visitors[:-1]] if len(visitors) else np.zeros(0, bool)
+    position = np.arange(len(visitors))
+    rank = position - np.maximum.accumulate(np.where(starts, position, 0)) + 1
+    top = rank <= top_k
+    return pd.DataFrame(
+        {
+            "visitor_id": visitors[top],
+            "item_id": items[top],
+            "rank": rank[top],
+            "score": kept_scores[top],
+            "confidence": confidence(rank[top]),
+        }
+    )
 
 
 def build_snapshot(
@@ -48,14 +77,7 @@ def build_snapshot(
 ) -> dict[str, int]:
     """Write the snapshot database to `out` (replaced); return its row counts."""
     out.unlink(missing_ok=True)
-    scored = frame[["visitor_id", "item_id", "is_available", "has_purchased_item"]].copy()
-    scored["score"] = scores
-    scored = scored[scored["is_available"] & ~scored["has_purchased_item"]]
-    scored = scored.sort_values(["visitor_id", "score"], ascending=[True, False], kind="stable")
-    scored["rank"] = scored.groupby("visitor_id").cumcount() + 1
-    scored = scored[scored["rank"] <= top_k]
-    scored["confidence"] = confidence(scored["rank"].to_numpy())
-    recommendations = scored[["visitor_id", "item_id", "rank", "score", "confidence"]]
+    recommendations = top_recommendations(frame, scores, confidence, top_k)
 
     with connect_duckdb(out) as con:
         con.execute(f"attach '{warehouse}' as wh (read_only)")
