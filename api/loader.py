@@ -9,7 +9,7 @@ import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,15 @@ READ_BATCH_ROWS = 100_000
 # DuckDB's memory while loading (sorts and results spill to disk beyond it); a load that needs
 # more than that anyway is tried once more with the larger limit. At 64 MB a full-scale load
 # spilled its larger results to disk and read them back: 7.3-8.0 s against 5.1-5.7 s at 256 MB,
-# the same CPU time. The arrays are files (`Keep`), so the 256 MB is the load's main cost.
-LOADER_MEMORY = ("256MB", "1GB")
+# the same CPU time. 128 MB: as fast as 256 MB (start-up loads of 2.9-3.7 s at 256 MB and 3.3-3.6
+# s at 128 MB, parts split between two processes), and 130-150 MB less resident memory. The
+# arrays are files written as they are read (`Keep`), so this limit is the load's main cost.
+LOADER_MEMORY = ("128MB", "1GB")
 
+
+# The snapshot's tables in groups that load independently of each other (`load_part`): in
+# this process, or in others (`api.load_worker`) whose arrays come back as mapped files.
+PARTS = ("catalogue", "visitors", "lists")
 
 # arrays smaller than this stay in memory when a load keeps its arrays in files (`Keep`)
 KEEP_IN_MEMORY_BYTES = 1 << 20
@@ -56,6 +62,9 @@ class Keep:
     dropped under memory pressure rather than swapped. A swap then costs the new snapshot's
     touched pages rather than a second full copy beside the served one (full scale: 455 MB of
     arrays). Read-only: a request can never change a served snapshot.
+
+    A table's columns are written to their files batch by batch as they are read (`column`),
+    so a load never holds a whole column in memory besides its file.
     """
 
     def __init__(self, folder: Path | None) -> None:
@@ -65,15 +74,72 @@ class Keep:
     def __call__(self, array: np.ndarray) -> np.ndarray:
         if self.folder is None or array.nbytes < KEEP_IN_MEMORY_BYTES:
             return array
-        path = self.folder / f"{self.count:03d}.npy"
-        self.count += 1
+        path = self._next_path()
         np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+        return self._mapped(path)
+
+    def column(self, n: int, dtype: Any) -> Column:
+        """A column of `n` values to be filled in order, kept as `__call__` keeps arrays."""
+        if self.folder is None or n * np.dtype(dtype).itemsize < KEEP_IN_MEMORY_BYTES:
+            return Column(np.empty(n, dtype=dtype))
+        return FileColumn(self, self._next_path(), n, dtype)
+
+    def _next_path(self) -> Path:
+        assert self.folder is not None
+        self.count += 1
+        return self.folder / f"{self.count - 1:04d}.npy"
+
+    def _mapped(self, path: Path) -> np.ndarray:
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
         with contextlib.suppress(OSError):  # a system that cannot unlink a mapped file
             path.unlink()
         # a plain ndarray over the mapping: np.memmap's Python-level indexing would cost every
         # request's lookups a few microseconds each
         return np.asarray(mapped)
+
+
+class Column:
+    """A column filled in order (`put`), then `finish`ed; in memory."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def put(self, pos: int, values: np.ndarray) -> None:
+        self.values[pos : pos + len(values)] = values
+
+    def finish(self) -> np.ndarray:
+        return self.values
+
+    def discard(self) -> None:
+        pass
+
+
+class FileColumn(Column):
+    """A column written to its `.npy` file as it is filled, mapped by its `Keep` when done."""
+
+    def __init__(self, keep: Keep, path: Path, n: int, dtype: Any) -> None:
+        super().__init__(np.empty(0, dtype=dtype))
+        self.keep, self.path, self.n, self.dtype = keep, path, n, np.dtype(dtype)
+        self.file = open(path, "wb")  # noqa: SIM115  (closed by finish or discard)
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(self.file, {**header, "shape": (n,)})
+        self.written = 0
+
+    def put(self, pos: int, values: np.ndarray) -> None:
+        if pos != self.written or pos + len(values) > self.n:
+            raise ValueError(f"{self.path.name}: rows {pos}+{len(values)} out of order")
+        self.file.write(np.ascontiguousarray(values, dtype=self.dtype).data)
+        self.written += len(values)
+
+    def finish(self) -> np.ndarray:
+        self.file.close()
+        if self.written != self.n:
+            raise ValueError(f"{self.path.name}: {self.written:,} of {self.n:,} rows written")
+        return self.keep._mapped(self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
 
 
 def _defaulted(column: str, default: float | None) -> str:
@@ -122,9 +188,7 @@ def _stream(
         if sort:
             sql += " order by " + ", ".join(order)
         out = {
-            name: np.empty(n, dtype=dtype)
-            for name, (_, dtype) in select.items()
-            if name != group_key
+            name: keep.column(n, dtype) for name, (_, dtype) in select.items() if name != group_key
         }
         keys: list[np.ndarray] = []
         starts: list[np.ndarray] = []
@@ -150,7 +214,7 @@ def _stream(
                 previous = tuple(int(o[-1]) for o in ordered)
                 for name, values in cols.items():
                     if name != group_key:
-                        out[name][pos : pos + m] = values
+                        out[name].put(pos, values)
                 if group_key is not None:
                     k = np.asarray(cols[group_key], dtype=np.int64)
                     change = np.flatnonzero(k[1:] != k[:-1]) + 1
@@ -165,10 +229,19 @@ def _stream(
                     starts.append(first + pos)
                     last_key = int(k[-1])
                 pos += m
+        except BaseException:
+            for column in out.values():
+                column.discard()
+            raise
         finally:
             reader.close()  # an unfinished result would block the next query
-        if in_order:
+        if not in_order:
+            for column in out.values():
+                column.discard()
+        else:
             if pos != n:
+                for column in out.values():
+                    column.discard()
                 raise SnapshotInvalid(f"{table}: read {pos:,} rows, counted {n:,}")
             groups = None
             if group_key is not None:
@@ -179,8 +252,8 @@ def _stream(
                 raw = Groups.of(key_arr, np.r_[start_arr, n].astype(np.int64))
                 groups = Groups(keep(raw.keys), keep(raw.offsets))
             if is_positional:
-                del out[str(positional)]
-            return {name: keep(values) for name, values in out.items()}, groups
+                out.pop(str(positional)).discard()
+            return {name: column.finish() for name, column in out.items()}, groups
     raise AssertionError("unreachable: the sorted query is always in order")  # pragma: no cover
 
 
@@ -274,19 +347,26 @@ def _parse_cutoff(value: Any) -> datetime:
     return parsed
 
 
-def _load_ranker(con: duckdb.DuckDBPyConnection) -> Ranker:
-    from catboost import CatBoostRanker
-
+def _ranker_row(con: duckdb.DuckDBPyConnection) -> tuple[bytes, Any]:
+    """(model bytes, metadata) of the ranker `_make_ranker` makes: CatBoost's by name."""
     rows = con.execute(
         "select name, model, metadata from ranker order by name = 'catboost' desc, name"
     ).fetchall()
     if not rows:
         raise SnapshotInvalid("the ranker table is empty")
     _, blob, meta_text = rows[0]
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise SnapshotInvalid(f"the ranker's model is not bytes: {shown(blob)}")
+    return bytes(blob), meta_text
+
+
+def _make_ranker(blob: bytes, meta_text: Any) -> Ranker:
+    from catboost import CatBoostRanker
+
     try:
         metadata = json.loads(meta_text) if isinstance(meta_text, str) else dict(meta_text)
         model = CatBoostRanker()
-        model.load_model(blob=bytes(blob))
+        model.load_model(blob=blob)
     except Exception as exc:  # CatBoostError, JSON errors: a broken model is a broken snapshot
         raise SnapshotInvalid(f"the ranker cannot be loaded: {exc}") from exc
     columns = list(model.feature_names_)
@@ -315,8 +395,20 @@ def load(
     a ranker that cannot be loaded or needs a feature the service does not compute.
 
     With `files_dir`, the snapshot's arrays are kept in files, mapped (see `Keep`), made in a
-    new folder there that is removed when the load ends.
+    new folder there that is removed when the load ends. (`api.load_worker.load` loads parts
+    in another process.)
     """
+    check(path, manifest)
+    if files_dir is None:
+        metadata, pieces = read_parts(path, PARTS, Keep(None))
+        return assemble(manifest, metadata, pieces, cache_bytes)
+    with arrays_folder(files_dir) as folder:
+        metadata, pieces = read_parts(path, PARTS, Keep(folder))
+        return assemble(manifest, metadata, pieces, cache_bytes)
+
+
+def check(path: Path, manifest: dict[str, Any]) -> None:
+    """SnapshotInvalid unless the file holds the snapshot's tables, with the manifest's counts."""
     try:
         counts = verify_snapshot(path)
     except (duckdb.Error, ValueError) as exc:
@@ -334,6 +426,23 @@ def load(
             "row counts differ from the manifest: "
             + ", ".join(f"{t} {counts[t]:,} != {int(expected[t]):,}" for t in differ)
         )
+
+
+@contextlib.contextmanager
+def arrays_folder(files_dir: Path) -> Iterator[Path]:
+    """A new folder in `files_dir` for a load's array files, removed when the load ends."""
+    files_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".arrays-", dir=files_dir))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_parts(
+    path: Path, parts: Sequence[str], keep: Keep
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metadata, pieces of `parts`) of the snapshot at `path`, its columns checked."""
     for attempt, memory in enumerate(LOADER_MEMORY):
         try:
             # the arrays are the copy that counts: DuckDB's own cache of the file's blocks
@@ -343,14 +452,12 @@ def load(
             with open_snapshot(
                 path, threads=1, memory_limit=memory, temp_directory=path.parent / ".spill"
             ) as con:
-                if files_dir is None:
-                    return _load_tables(con, manifest, cache_bytes, Keep(None))
-                files_dir.mkdir(parents=True, exist_ok=True)
-                folder = Path(tempfile.mkdtemp(prefix=".arrays-", dir=files_dir))
-                try:
-                    return _load_tables(con, manifest, cache_bytes, Keep(folder))
-                finally:
-                    shutil.rmtree(folder, ignore_errors=True)
+                _check_columns(con)
+                metadata = _metadata(con)
+                pieces: dict[str, Any] = {}
+                for part in parts:
+                    pieces.update(load_part(con, part, metadata, keep))
+                return metadata, pieces
         except duckdb.OutOfMemoryException:
             if attempt + 1 == len(LOADER_MEMORY):
                 raise
@@ -359,19 +466,23 @@ def load(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _load_tables(
-    con: duckdb.DuckDBPyConnection, manifest: dict[str, Any], cache_bytes: int, keep: Keep
-) -> Snapshot:
-    _check_columns(con)
-    metadata = _metadata(con)
-    version = str(manifest.get("version") or "")
-    cutoff = _parse_cutoff(metadata["cutoff_at"])
-    cutoff_sql = f"cast('{cutoff.isoformat(sep=' ')}' as timestamp)"
-    f32, i32 = np.float32, np.int32
+def load_part(
+    con: duckdb.DuckDBPyConnection, part: str, metadata: dict[str, Any], keep: Keep
+) -> dict[str, Any]:
+    """The pieces of one of PARTS, by the name `assemble` takes them."""
+    if part == "catalogue":
+        return _catalogue_part(con, keep)
+    if part == "visitors":
+        return _visitors_part(con, _parse_cutoff(metadata["cutoff_at"]), keep)
+    if part == "lists":
+        return _lists_part(con, keep)
+    raise ValueError(f"no such part: {part!r}")
 
-    def days_since(column: str) -> str:  # ranking_features: seconds_between(x, cutoff) / 86400
-        return f"(epoch({cutoff_sql}) - epoch({column})) / 86400.0"
 
+def _catalogue_part(con: duckdb.DuckDBPyConnection, keep: Keep) -> dict[str, Any]:
+    """Items, the published lists (which carry their items' facts), popular items, the
+    catalogue by popularity, and the ranker's row (made a model by `assemble`)."""
+    f32 = np.float32
     # -- items: one row per id; coalesces as ranking_features applies them
     cols, _ = _stream(
         con,
@@ -400,67 +511,6 @@ def _load_tables(
         features=cols,
     )
 
-    # -- visitors: one row per id
-    visitors, _ = _stream(
-        con,
-        "visitors",
-        {
-            "ids": ("cast(visitor_id as bigint)", np.int64),
-            **{
-                name: (_defaulted(column, default), f32)
-                for name, (column, default) in VISITOR_FEATURES.items()
-            },
-            "top_category_id": (
-                f"cast(coalesce(top_category_id, {NO_CATEGORY + 1}) as bigint)",
-                np.int64,
-            ),
-            "has_top_category": ("top_category_id is not null", np.bool_),
-        },
-        order=("ids",),
-        group_key=None,
-    )
-    visitors["top_category_id"][~visitors.pop("has_top_category")] = NO_CATEGORY
-    visitors = {name: keep(values) for name, values in visitors.items()}  # once complete
-    ids = visitors["ids"]
-    if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
-        raise SnapshotInvalid("visitors: visitor_id is not unique")
-
-    # -- interactions: per visitor, items in id order (binary search within the visitor)
-    interaction_cols, interactions = _stream(
-        con,
-        "interactions",
-        {
-            "visitor_id": ("cast(visitor_id as bigint)", np.int64),
-            "item_id": _id_column(con, "items", "item_id"),
-            "n_events": ("cast(coalesce(n_events, 0) as integer)", i32),
-            "n_views": ("cast(coalesce(n_views, 0) as integer)", i32),
-            "n_carts": ("cast(coalesce(n_carts, 0) as integer)", i32),
-            "n_purchases": ("cast(coalesce(n_purchases, 0) as integer)", i32),
-            "weight": ("cast(coalesce(weight, 0) as double)", f32),
-            "days_since": (f"cast({days_since('last_interaction_at')} as double)", f32),
-        },
-        order=("visitor_id", "item_id"),
-        group_key="visitor_id",
-        keep=keep,
-    )
-    # -- category affinities: per visitor, categories in id order
-    affinity_cols, affinities = _stream(
-        con,
-        "visitor_category_affinities",
-        {
-            "visitor_id": ("cast(visitor_id as bigint)", np.int64),
-            # a null category joins nothing in dbt; a value no item has does the same here
-            "category_id": (f"cast(coalesce(category_id, {NO_CATEGORY + 1}) as bigint)", np.int64),
-            "n_events": ("cast(coalesce(n_events, 0) as integer)", i32),
-            "n_carts": ("cast(coalesce(n_carts, 0) as integer)", i32),
-            "affinity_share": ("cast(coalesce(affinity_share, 0) as double)", f32),
-            "affinity_score": ("cast(coalesce(affinity_score, 0) as double)", f32),
-            "days_since": (f"cast({days_since('last_event_at')} as double)", f32),
-        },
-        order=("visitor_id", "category_id"),
-        group_key="visitor_id",
-        keep=keep,
-    )
     # -- published lists, in rank order
     rec_cols, recs = _stream(
         con,
@@ -496,39 +546,6 @@ def _load_tables(
     category, available = _item_facts(items, rec_cols["item_id"])
     rec_cols["category"], rec_cols["available"] = keep(category), keep(available)
     del category, available
-    # -- ALS candidates, in ALS rank order; the rank is small, is_seen a flag
-    candidate_cols, candidates = _stream(
-        con,
-        "candidates",
-        {
-            "visitor_id": ("cast(visitor_id as bigint)", np.int64),
-            "als_rank": ("cast(coalesce(als_rank, 32767) as smallint)", np.int16),
-            "item_id": _id_column(con, "candidates", "item_id"),
-            "als_score": ("cast(als_score as double)", f32),
-            "is_seen": ("coalesce(is_seen, false)", np.bool_),
-        },
-        order=("visitor_id", "als_rank"),
-        group_key="visitor_id",
-        keep=keep,
-        positional="als_rank",
-    )
-    ((max_rank,),) = con.execute("select max(als_rank) from candidates").fetchall()
-    max_als_rank = 100 if max_rank is None else int(max_rank)  # ALS's default list: 100
-    # -- similar items, in similarity order
-    similar_cols, similar = _stream(
-        con,
-        "similar_items",
-        {
-            "item_id": ("cast(item_id as bigint)", np.int64),
-            "similarity_rank": ("cast(similarity_rank as bigint)", np.int64),
-            "similar_item_id": _id_column(con, "similar_items", "similar_item_id"),
-            "similarity": ("cast(similarity as double)", f32),
-        },
-        order=("item_id", "similarity_rank"),
-        group_key="item_id",
-        keep=keep,
-    )
-    del similar_cols["similarity_rank"]
     # -- popular items per scope (small), then the catalogue by popularity for the tail
     popular: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
     rows = con.execute(
@@ -572,35 +589,157 @@ def _load_tables(
     ).fetchnumpy()
     values = list(overall.values())
     catalogue_all = (np.asarray(values[0], np.int64), np.asarray(values[1], np.float64))
-    assert catalogue is not None and interactions is not None and affinities is not None
-    assert recs is not None and candidates is not None and similar is not None
+    assert catalogue is not None and recs is not None
+    return {
+        "items": items,
+        "recs": recs,
+        "rec_cols": rec_cols,
+        "confidence_by_rank": confidence_by_rank,
+        "popular": popular,
+        "catalogue": catalogue,
+        "catalogue_items": catalogue_cols["item_id"],
+        "catalogue_scores": np.nan_to_num(catalogue_cols["score"]),
+        "catalogue_all": (catalogue_all[0], np.nan_to_num(catalogue_all[1])),
+        "ranker_row": _ranker_row(con),
+    }
 
-    snapshot = Snapshot(
-        version=version,
+
+def _visitors_part(con: duckdb.DuckDBPyConnection, cutoff: datetime, keep: Keep) -> dict[str, Any]:
+    """Visitors, and each visitor's interactions and category affinities."""
+    cutoff_sql = f"cast('{cutoff.isoformat(sep=' ')}' as timestamp)"
+    f32, i32 = np.float32, np.int32
+
+    def days_since(column: str) -> str:  # ranking_features: seconds_between(x, cutoff) / 86400
+        return f"(epoch({cutoff_sql}) - epoch({column})) / 86400.0"
+
+    # -- visitors: one row per id
+    visitors, _ = _stream(
+        con,
+        "visitors",
+        {
+            "ids": ("cast(visitor_id as bigint)", np.int64),
+            **{
+                name: (_defaulted(column, default), f32)
+                for name, (column, default) in VISITOR_FEATURES.items()
+            },
+            # NO_CATEGORY (int64's least) as a SQL literal: a number, not a string
+            "top_category_id": (
+                f"cast(coalesce(top_category_id, {int(NO_CATEGORY)}) as bigint)",
+                np.int64,
+            ),
+        },
+        order=("ids",),
+        group_key=None,
+        keep=keep,
+    )
+    ids = visitors["ids"]
+    if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
+        raise SnapshotInvalid("visitors: visitor_id is not unique")
+
+    # -- interactions: per visitor, items in id order (binary search within the visitor)
+    interaction_cols, interactions = _stream(
+        con,
+        "interactions",
+        {
+            "visitor_id": ("cast(visitor_id as bigint)", np.int64),
+            "item_id": _id_column(con, "items", "item_id"),
+            "n_events": ("cast(coalesce(n_events, 0) as integer)", i32),
+            "n_views": ("cast(coalesce(n_views, 0) as integer)", i32),
+            "n_carts": ("cast(coalesce(n_carts, 0) as integer)", i32),
+            "n_purchases": ("cast(coalesce(n_purchases, 0) as integer)", i32),
+            "weight": ("cast(coalesce(weight, 0) as double)", f32),
+            "days_since": (f"cast({days_since('last_interaction_at')} as double)", f32),
+        },
+        order=("visitor_id", "item_id"),
+        group_key="visitor_id",
+        keep=keep,
+    )
+    # -- category affinities: per visitor, categories in id order
+    affinity_cols, affinities = _stream(
+        con,
+        "visitor_category_affinities",
+        {
+            "visitor_id": ("cast(visitor_id as bigint)", np.int64),
+            # a null category joins nothing in dbt; a value no item has does the same here
+            "category_id": (f"cast(coalesce(category_id, {NO_CATEGORY + 1}) as bigint)", np.int64),
+            "n_events": ("cast(coalesce(n_events, 0) as integer)", i32),
+            "n_carts": ("cast(coalesce(n_carts, 0) as integer)", i32),
+            "affinity_share": ("cast(coalesce(affinity_share, 0) as double)", f32),
+            "affinity_score": ("cast(coalesce(affinity_score, 0) as double)", f32),
+            "days_since": (f"cast({days_since('last_event_at')} as double)", f32),
+        },
+        order=("visitor_id", "category_id"),
+        group_key="visitor_id",
+        keep=keep,
+    )
+    assert interactions is not None and affinities is not None
+    return {
+        "visitors": visitors,
+        "interactions": interactions,
+        "interaction_cols": interaction_cols,
+        "affinities": affinities,
+        "affinity_cols": affinity_cols,
+    }
+
+
+def _lists_part(con: duckdb.DuckDBPyConnection, keep: Keep) -> dict[str, Any]:
+    """Each visitor's ALS candidates and each item's similar items."""
+    f32 = np.float32
+    # -- ALS candidates, in ALS rank order; the rank is small, is_seen a flag
+    candidate_cols, candidates = _stream(
+        con,
+        "candidates",
+        {
+            "visitor_id": ("cast(visitor_id as bigint)", np.int64),
+            "als_rank": ("cast(coalesce(als_rank, 32767) as smallint)", np.int16),
+            "item_id": _id_column(con, "candidates", "item_id"),
+            "als_score": ("cast(als_score as double)", f32),
+            "is_seen": ("coalesce(is_seen, false)", np.bool_),
+        },
+        order=("visitor_id", "als_rank"),
+        group_key="visitor_id",
+        keep=keep,
+        positional="als_rank",
+    )
+    ((max_rank,),) = con.execute("select max(als_rank) from candidates").fetchall()
+    max_als_rank = 100 if max_rank is None else int(max_rank)  # ALS's default list: 100
+    # -- similar items, in similarity order
+    similar_cols, similar = _stream(
+        con,
+        "similar_items",
+        {
+            "item_id": ("cast(item_id as bigint)", np.int64),
+            "similarity_rank": ("cast(similarity_rank as bigint)", np.int64),
+            "similar_item_id": _id_column(con, "similar_items", "similar_item_id"),
+            "similarity": ("cast(similarity as double)", f32),
+        },
+        order=("item_id", "similarity_rank"),
+        group_key="item_id",
+        keep=keep,
+    )
+    del similar_cols["similarity_rank"]
+    assert candidates is not None and similar is not None
+    return {
+        "candidates": candidates,
+        "candidate_cols": candidate_cols,
+        "max_als_rank": max_als_rank,
+        "similar": similar,
+        "similar_cols": similar_cols,
+    }
+
+
+def assemble(
+    manifest: dict[str, Any], metadata: dict[str, Any], pieces: dict[str, Any], cache_bytes: int
+) -> Snapshot:
+    """The snapshot from the pieces of every part (see `load_part`)."""
+    blob, meta_text = pieces.pop("ranker_row")
+    return Snapshot(
+        version=str(manifest.get("version") or ""),
         manifest=manifest,
         metadata=metadata,
-        cutoff_at=cutoff,
-        items=items,
-        visitors=visitors,
-        interactions=interactions,
-        interaction_cols=interaction_cols,
-        affinities=affinities,
-        affinity_cols=affinity_cols,
-        recs=recs,
-        rec_cols=rec_cols,
-        candidates=candidates,
-        candidate_cols=candidate_cols,
-        similar=similar,
-        similar_cols=similar_cols,
-        popular=popular,
-        catalogue=catalogue,
-        catalogue_items=catalogue_cols["item_id"],
-        catalogue_scores=np.nan_to_num(catalogue_cols["score"]),
-        catalogue_all=(catalogue_all[0], np.nan_to_num(catalogue_all[1])),
-        ranker=_load_ranker(con),
-        max_als_rank=max_als_rank,
-        confidence_by_rank=confidence_by_rank,
+        cutoff_at=_parse_cutoff(metadata["cutoff_at"]),
+        ranker=_make_ranker(blob, meta_text),
         cache=AnswerCache(cache_bytes // 2),
         similar_cache=AnswerCache(cache_bytes // 2),
+        **pieces,
     )
-    return snapshot

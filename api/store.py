@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from api import recommend
-from api.loader import load
+from api import load_worker, recommend
+from api.loader import PARTS, load
 from api.memory import release_memory
 from api.metrics import Metrics
 from api.snapshot import Snapshot, SnapshotInvalid
@@ -49,6 +49,14 @@ from recsys.lake import Lake, LakeError
 from recsys.snapshots import InvalidVersion, check_version, latest_version, sha256_file, shown
 
 log = logging.getLogger("api.snapshots")
+# A snapshot file from this size is loaded with a worker process (`api.load_worker`): at
+# start-up the visitors' part in the worker while this process loads the rest (both cores,
+# nothing is served yet); in a swap every part in the worker, at a lower CPU priority, so that
+# the load never holds the GIL the requests need. Starting a worker costs ~0.3 s, more than a
+# smaller snapshot takes to load here.
+WORKER_FROM_BYTES = 32 << 20
+START_AWAY = ("visitors",)
+SWAP_NICE = 10
 KEEP_CACHED = 2  # local copies kept: the served one and the one before (a quick roll-back)
 DIGEST_FILE = "snapshot.sha256"  # beside a verified copy: "<sha256> <size> <mtime_ns>"
 
@@ -143,8 +151,9 @@ class SnapshotStore:
         if signature in self._refused:
             return False
         t0 = time.perf_counter()
+        phases: dict[str, float] = {}
         try:
-            snapshot = self._load(version, manifest_text)
+            snapshot = self._load(version, manifest_text, phases)
         except Refused as exc:
             if exc.permanent:
                 self._refused.add(signature)
@@ -166,12 +175,13 @@ class SnapshotStore:
         )
         log.info(
             "serving snapshot %s (model %s, features as of %s): %.1f MB in arrays, "
-            "loaded in %.2fs%s",
+            "loaded in %.2fs (%s)%s",
             snapshot.version,
             snapshot.model_version,
             snapshot.cutoff_at,
             snapshot.nbytes / 1e6,
             seconds,
+            ", ".join(f"{name} {spent:.2f}s" for name, spent in phases.items()),
             f", replacing {previous}" if previous else "",
         )
         self._prune_cache(keep=snapshot.version)
@@ -188,7 +198,8 @@ class SnapshotStore:
         except (LakeError, OSError) as exc:
             raise Refused("lake", f"cannot read {rel}: {exc}", False) from exc
 
-    def _load(self, version: str, manifest_text: str) -> Snapshot:
+    def _load(self, version: str, manifest_text: str, phases: dict[str, float]) -> Snapshot:
+        """Fetch, verify, load and warm `version`; the seconds of each step go to `phases`."""
         try:
             manifest: dict[str, Any] = json.loads(manifest_text)
             digest = str(manifest["sha256"])
@@ -202,10 +213,28 @@ class SnapshotStore:
                 f"{version}: manifest.json names version {shown(manifest.get('version'))}",
                 True,
             )
+        t0 = time.perf_counter()
         local = self._fetch(version, digest)
+        t1 = time.perf_counter()
+        phases["fetch"] = t1 - t0
         try:
-            snapshot = load(local, manifest, cache_bytes=self.cache_bytes, files_dir=self.cache_dir)
+            if local.stat().st_size < WORKER_FROM_BYTES:
+                snapshot = load(
+                    local, manifest, cache_bytes=self.cache_bytes, files_dir=self.cache_dir
+                )
+            else:
+                snapshot = load_worker.load(
+                    local,
+                    manifest,
+                    self.cache_dir,
+                    away=START_AWAY if self.current is None else PARTS,
+                    cache_bytes=self.cache_bytes,
+                    nice=0 if self.current is None else SWAP_NICE,
+                )
+            t2 = time.perf_counter()
+            phases["load"] = t2 - t1
             warm(snapshot)
+            phases["warm"] = time.perf_counter() - t2
         except SnapshotInvalid as exc:
             raise Refused("invalid", f"{version}: {exc}", True) from exc
         return snapshot
