@@ -2,7 +2,13 @@
     Events at or before the cutoff, cut into sessions per visitor (macro sessionize: a new
     session after every gap of strictly more than var session_gap_minutes; ties ordered by
     event_id).
+
+    Materialized as a table (the intermediate folder is views): the sessionization is a window
+    over every event, which the events mart and the sessionization tests would otherwise each
+    compute again.
 #}
+
+{{ config(materialized='table') }}
 
 with
 
