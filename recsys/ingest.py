@@ -337,6 +337,28 @@ def _read_body(path: Path) -> bytes:
     return body
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    """What tells a file changed: its inode, size and modification time."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _read_again(path: Path, seen: tuple[int, int, int]) -> Callable[[], bytes]:
+    """How to read `path`'s data lines again to quote rejected ones, refusing a file that
+    changed since `seen` (`_identity` before the first read): the quoted line must be the line
+    that was parsed, and the input's digest must cover what was ingested."""
+
+    def read() -> bytes:
+        if _identity(path) != seen:
+            raise IngestError(
+                f"{path}: the file changed while it was being ingested; nothing was written, "
+                "ingest it again once it is complete"
+            )
+        return _read_body(path)
+
+    return read
+
+
 def _body_of(data: bytes) -> bytes:
     """The data lines of a CSV (all after the header line), the last one ended by a newline.
 
@@ -667,10 +689,13 @@ def _check_fields(
     return pa.table({**typed, "_line_number": pa.array(line_numbers)})
 
 
-def _parse_file(spec: TableSpec, path: Path, max_timestamp_ms: int) -> tuple[pa.Table, pa.Table]:
-    """(accepted rows with `_line_number`, rejected rows) of one CSV."""
+def _parse_file(
+    spec: TableSpec, path: Path, max_timestamp_ms: int, seen: tuple[int, int, int]
+) -> tuple[pa.Table, pa.Table]:
+    """(accepted rows with `_line_number`, rejected rows) of one CSV, whose `_identity` was
+    `seen` before it was read."""
     accepted, rejects = _parse_body(
-        spec, _read_body(path), max_timestamp_ms, reread=partial(_read_body, path)
+        spec, _read_body(path), max_timestamp_ms, reread=_read_again(path, seen)
     )
     return accepted, rejects.table(path.name)
 
@@ -775,10 +800,11 @@ def _ingest_table(
     digest, computed meanwhile) names the written files."""
     report = TableReport(table=spec.name, files=[p.name for p in paths])
     accepted_parts, rejected_parts = [], []
+    seen = {path: _identity(path) for path in paths}  # before any read (see `_read_again`)
 
     def parse(path: Path) -> tuple[pa.Table, pa.Table, float]:
         t0 = time.perf_counter()
-        return (*_parse_file(spec, path, max_timestamp_ms), time.perf_counter() - t0)
+        return (*_parse_file(spec, path, max_timestamp_ms, seen[path]), time.perf_counter() - t0)
 
     # a table's files are parsed two at a time: Arrow's CSV reader is threaded, but the checks
     # after it run one kernel at a time (full scale: 2 x 10M property lines, 9.6 -> ~6 s)
@@ -814,7 +840,9 @@ def _ingest_table(
                             "source_file": pa.array([files[file_index]] * len(rows)),
                             "line_number": pa.array(numbers),
                             "reason": dup_reasons.take(pa.array(rows)),
-                            "raw_line": _Lines(_read_body(paths[file_index])).text(numbers),
+                            "raw_line": _Lines(
+                                _read_again(paths[file_index], seen[paths[file_index]])
+                            ).text(numbers),
                         },
                         schema=REJECTED_SCHEMA,
                     )

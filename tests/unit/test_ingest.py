@@ -171,6 +171,39 @@ def test_failed_ingest_keeps_the_last_good_state(tmp_path: Path, lake: Lake) -> 
     assert (Path(lake.root) / "raw/events/events.parquet").read_bytes() == good
 
 
+@pytest.mark.parametrize("bad", [BAD[0][0], BAD[8][0]], ids=["bad value", "duplicate"])
+def test_a_file_changed_before_its_rejects_are_quoted_is_refused(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch, bad: bytes
+) -> None:
+    """A rejected line is quoted from the file read again: if the file changed since it was
+    parsed (here: a line appended right after the first read), the line read back may not be
+    the one parsed, so the ingest stops with a clear error and the last good state stays."""
+    raw = write_events(tmp_path / "raw", GOOD)
+    ingest(raw, lake)
+    good = (Path(lake.root) / "raw/events/events.parquet").read_bytes()
+    path = write_events(raw, [*GOOD, bad]) / "events.csv"
+    real_read = ingest_module._read_body
+    reads: list[Path] = []
+
+    def read_then_append(read_path: Path) -> bytes:
+        body = real_read(read_path)
+        if read_path == path and not reads:
+            with open(path, "ab") as fh:
+                fh.write(GOOD[-1] + b"\n")
+        reads.append(read_path)
+        return body
+
+    monkeypatch.setattr(ingest_module, "_read_body", read_then_append)
+    with pytest.raises(IngestError, match="changed while it was being ingested"):
+        ingest(raw, lake)
+    assert (Path(lake.root) / "raw/events/events.parquet").read_bytes() == good
+    monkeypatch.undo()  # unchanged since: its rejected lines are quoted as written
+    events = next(r for r in ingest(raw, lake) if r.table == "events")
+    assert events.rejected == 2  # `bad`, and the appended line: a duplicate of line 5
+    quoted = [r[3] for r in read(lake, "raw/rejected/events.parquet")]
+    assert quoted == [bad.decode(), GOOD[-1].decode()]
+
+
 def test_windows_line_endings_are_accepted(tmp_path: Path, lake: Lake) -> None:
     folder = tmp_path / "raw"
     folder.mkdir()
