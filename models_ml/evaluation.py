@@ -208,21 +208,19 @@ def _order(rows: np.ndarray, score: np.ndarray | None, als_rank: np.ndarray) -> 
         if score is None:
             return np.arange(len(rows))
         return order_within_groups(rows, -np.asarray(score, dtype=np.float64))
-    n_scores, score_rank = 1, np.zeros(len(rows), dtype=np.int64)
+    score_rank = np.zeros(len(rows), dtype=np.int64)
     if score is not None:
         by_score = np.argsort(-score, kind="stable")
         ordered = -score[by_score]
         score_rank[by_score] = np.cumsum(np.r_[0, ordered[1:] != ordered[:-1]])
-        n_scores = int(score_rank[by_score[-1]]) + 1
-    low, high = float(np.min(als_rank)), float(np.max(als_rank))
-    n_ranks = int(high - low) + 1
-    exact = np.array_equal(als_rank, np.round(als_rank)) and (
-        score is None or bool(np.all(np.isfinite(score)))
+    exact = (
+        bool(np.all(np.isfinite(als_rank)))
+        and np.array_equal(als_rank, np.round(als_rank))
+        and (score is None or bool(np.all(np.isfinite(score))))
     )
-    if not exact or (int(rows.max()) + 1) * n_scores * n_ranks >= 2**62:
+    key = packed_key(rows, score_rank, als_rank) if exact else None
+    if key is None:
         return np.lexsort((als_rank, -score if score is not None else 0 * als_rank, rows))
-    rank = (als_rank - low).astype(np.int64)
-    key = (rows.astype(np.int64) * n_scores + score_rank) * n_ranks + rank
     return np.argsort(key, kind="stable")
 
 
@@ -232,6 +230,23 @@ def _in_rank_order(rows: np.ndarray, als_rank: np.ndarray) -> bool:
         return False
     ranks = np.where(np.isnan(als_rank), np.inf, als_rank)
     return not np.any((rows[1:] == rows[:-1]) & (ranks[1:] < ranks[:-1]))
+
+
+def packed_key(*columns: np.ndarray) -> np.ndarray | None:
+    """One int64 per row that sorts and compares as the rows of the integer `columns` do
+    (first column first): each column less its least value, in mixed radix. None when the
+    columns' ranges do not fit in 62 bits together (callers then sort on the columns)."""
+    values = [np.asarray(c, dtype=np.int64) for c in columns]
+    if not len(values[0]):
+        return np.zeros(0, dtype=np.int64)
+    lows = [int(v.min()) for v in values]
+    widths = [int(v.max()) - low + 1 for v, low in zip(values, lows, strict=True)]
+    if math.prod(widths) >= 2**62:
+        return None
+    key = values[0] - lows[0]
+    for v, low, width in zip(values[1:], lows[1:], widths[1:], strict=True):
+        key = key * width + (v - low)
+    return key
 
 
 def order_within_groups(
@@ -349,16 +364,11 @@ def _pair_in(frame: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
     wanted_v, wanted_i = (pairs[c].to_numpy(np.int64) for c in ("visitor_id", "item_id"))
     if not len(visitors) or not len(wanted_v):
         return np.zeros(len(visitors), dtype=bool)
-    low = min(int(items.min()), int(wanted_i.min()))
-    width = max(int(items.max()), int(wanted_i.max())) - low + 1
-    v_low = min(int(visitors.min()), int(wanted_v.min()))
-    v_high = max(int(visitors.max()), int(wanted_v.max()))
-    if (v_high - v_low + 1) * width >= 2**62:
+    key = packed_key(np.r_[visitors, wanted_v], np.r_[items, wanted_i])  # one radix for both
+    if key is None:
         keys = pd.MultiIndex.from_arrays([visitors, items])
         return np.asarray(keys.isin(pd.MultiIndex.from_arrays([wanted_v, wanted_i])))
-    key = (visitors - v_low) * width + (items - low)
-    wanted = (wanted_v - v_low) * width + (wanted_i - low)
-    return pd.Series(key).isin(wanted).to_numpy()
+    return pd.Series(key[: len(visitors)]).isin(key[len(visitors) :]).to_numpy()
 
 
 def session_query_items(con: duckdb.DuckDBPyConnection) -> np.ndarray:

@@ -398,12 +398,8 @@ def candidate_order(visitors: np.ndarray, ranks: np.ndarray, items: np.ndarray) 
         high = float(known.max()) if len(known) else 0.0
         # missing ranks after every known one
         rank_codes = np.where(missing, high - low + 1, ranks - low).astype(np.int64)
-        n_ranks = int(high - low) + 2
-        v_low, i_low = int(visitors.min()), int(items.min())
-        n_visitors = int(visitors.max()) - v_low + 1
-        n_items = int(items.max()) - i_low + 1
-        if n_visitors * n_ranks * n_items < 2**62:
-            key = ((visitors - v_low) * n_ranks + rank_codes) * n_items + (items - i_low)
+        key = evaluation.packed_key(visitors, rank_codes, items)
+        if key is not None:
             # unique keys (a visitor's candidates are distinct items) sort the same way with
             # any algorithm; the quick one is ~3x faster than a stable one
             order = np.argsort(key)

@@ -128,3 +128,24 @@ def test_pair_in_finds_exactly_the_given_pairs() -> None:
     )
     assert np.array_equal(evaluation._pair_in(frame, pairs), expected)
     assert not evaluation._pair_in(frame, pairs.iloc[:0]).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_packed_key_sorts_and_compares_as_the_columns(seed: int) -> None:
+    """Negative and large values included: the key's order is the columns' lexicographic
+    order and equal keys are equal rows; ranges too wide for 62 bits give None."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-(10**6), 10**6, 5_000)
+    b = rng.integers(0, 3, 5_000)
+    c = rng.integers(-50, 50, 5_000)
+    key = evaluation.packed_key(a, b, c)
+    assert key is not None
+    assert np.array_equal(np.argsort(key, kind="stable"), np.lexsort((c, b, a)))
+    rows = np.stack([a, b, c], axis=1)
+    same = key[:, None] == key[None, :500]
+    assert np.array_equal(same, (rows[:, None, :] == rows[None, :500, :]).all(axis=2))
+    wide = np.array([0, 2**30])  # (2**30 + 1)**2 < 2**62, times 5 is not
+    assert evaluation.packed_key(wide, wide) is not None
+    assert evaluation.packed_key(wide, wide, np.array([0, 4])) is None
+    empty = evaluation.packed_key(np.zeros(0, np.int64))
+    assert empty is not None and empty.shape == (0,)
