@@ -3,8 +3,10 @@
 A full-scale load is seconds of NumPy and Arrow work that holds the GIL in between DuckDB's
 batches. Run in a thread of the server, it stalled the requests being served: during a swap every
 5 s, GET p99 went from 3.5 ms to 146 ms (`make bench-api`). In a process of its own, at a lower
-CPU priority, it competes with the requests only for the cores, where the system's scheduler
-favours the server. At start-up, with nothing served yet, the parts are split between this
+CPU priority, it no longer holds the server's GIL (the server's threads kept waking on time
+through full-scale swaps). It still competes for the cores: with the copy and checksum of the
+file, which stay in the server, bench-api's GET p99 during swaps still ranged 6-280 ms over six
+runs on 2 busy cores. At start-up, with nothing served yet, the parts are split between this
 process and one worker, to use both cores.
 
 The worker reads the parts (`api.loader.PARTS`) it is asked for, writes every array of them to
@@ -127,8 +129,8 @@ def load(
         worker = Worker(path, [part for part in PARTS if part in away], folder / "worker", nice)
         try:
             here = [part for part in PARTS if part not in away]
-            metadata, pieces = read_parts(path, here, Keep(folder)) if here else ({}, {})
-            metadata, away_pieces = worker.result()
+            pieces = read_parts(path, here, Keep(folder))[1] if here else {}
+            metadata, away_pieces = worker.result()  # the same metadata as here
         finally:
             worker.stop()
         return assemble(manifest, metadata, {**pieces, **away_pieces}, cache_bytes)

@@ -74,9 +74,9 @@ class Keep:
     def __call__(self, array: np.ndarray) -> np.ndarray:
         if self.folder is None or array.nbytes < KEEP_IN_MEMORY_BYTES:
             return array
-        path = self._next_path()
-        np.save(path, np.ascontiguousarray(array), allow_pickle=False)
-        return self._mapped(path)
+        column = self.column(len(array), array.dtype)
+        column.put(0, array)
+        return column.finish()
 
     def column(self, n: int, dtype: Any) -> Column:
         """A column of `n` values to be filled in order, kept as `__call__` keeps arrays."""
@@ -118,7 +118,6 @@ class FileColumn(Column):
     """A column written to its `.npy` file as it is filled, mapped by its `Keep` when done."""
 
     def __init__(self, keep: Keep, path: Path, n: int, dtype: Any) -> None:
-        super().__init__(np.empty(0, dtype=dtype))
         self.keep, self.path, self.n, self.dtype = keep, path, n, np.dtype(dtype)
         self.file = open(path, "wb")  # noqa: SIM115  (closed by finish or discard)
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
@@ -229,20 +228,18 @@ def _stream(
                     starts.append(first + pos)
                     last_key = int(k[-1])
                 pos += m
+            if in_order and pos != n:
+                raise SnapshotInvalid(f"{table}: read {pos:,} rows, counted {n:,}")
         except BaseException:
             for column in out.values():
                 column.discard()
             raise
         finally:
             reader.close()  # an unfinished result would block the next query
-        if not in_order:
+        if not in_order:  # read again, sorted
             for column in out.values():
                 column.discard()
         else:
-            if pos != n:
-                for column in out.values():
-                    column.discard()
-                raise SnapshotInvalid(f"{table}: read {pos:,} rows, counted {n:,}")
             groups = None
             if group_key is not None:
                 key_arr = np.concatenate(keys) if keys else np.zeros(0, np.int64)

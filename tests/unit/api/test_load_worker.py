@@ -5,7 +5,6 @@ with the same message; nothing but the snapshot's own types read back from the w
 from __future__ import annotations
 
 import io
-import json
 import mmap
 import os
 import pickle
@@ -71,9 +70,9 @@ def test_parts_from_a_worker_are_the_snapshot_loaded_here(
     away: tuple[str, ...],
 ) -> None:
     """Every array in a file and the tables read three rows at a time, in both processes (the
-    worker is told this process's settings), so that files of both are named alike in one
-    folder: the loaded snapshot has the same arrays, values and types as one loaded here
-    without files, the large ones mapped read-only, the same ranker, and no file is left."""
+    worker is told this process's settings): the loaded snapshot has the same arrays, values
+    and types as one loaded here without files, the large ones mapped read-only, the same
+    ranker, and no file is left."""
     path, manifest = snapshot_file
     here = loader.load(path, manifest)
     monkeypatch.setattr(loader, "KEEP_IN_MEMORY_BYTES", 0)
@@ -87,7 +86,7 @@ def test_parts_from_a_worker_are_the_snapshot_loaded_here(
         assert actual[name].dtype == values.dtype, name
         np.testing.assert_array_equal(actual[name], values, err_msg=name)
     mapped = [name for name, values in actual.items() if _mapped(values)]
-    assert len(mapped) > 20  # from both processes when split
+    assert len(mapped) > 20
     assert all(not actual[name].flags.writeable for name in mapped)
     assert split.max_als_rank == here.max_als_rank
     assert split.metadata == here.metadata and split.cutoff_at == here.cutoff_at
@@ -150,7 +149,6 @@ def test_only_the_snapshots_own_types_are_read_back(tmp_path: Path) -> None:
         def persistent_id(self, obj: Any) -> Any:
             return obj if isinstance(obj, tuple) and obj[:1] == ("file",) else None
 
-    (tmp_path.parent / "0000.npy").write_bytes(b"")
     for pid in (("file", "../0000.npy", "<i8", 1), ("file", "/etc/passwd", "<i8", 1)):
         buffer = io.BytesIO()
         Refer(buffer).dump(({}, {"a": pid}))
@@ -158,10 +156,8 @@ def test_only_the_snapshots_own_types_are_read_back(tmp_path: Path) -> None:
         with pytest.raises(pickle.UnpicklingError, match="unknown array reference"):
             load_worker._Unpickler(buffer, tmp_path).load()
     object_array = ("data", "|O", b"")
-    buffer = io.BytesIO()
-    Refer(buffer).dump(({}, {}))
     with pytest.raises(pickle.UnpicklingError, match="is not a column"):
-        load_worker._Unpickler(buffer, tmp_path).persistent_load(object_array)
+        load_worker._Unpickler(io.BytesIO(), tmp_path).persistent_load(object_array)
 
 
 def test_the_store_loads_large_snapshots_with_a_worker(
@@ -193,6 +189,5 @@ def test_the_store_loads_large_snapshots_with_a_worker(
         a = recommend.for_visitor(served, int(visitor), 10)
         b = recommend.for_visitor(here, int(visitor), 10)
         assert (a.item_ids, a.scores) == (b.item_ids, b.scores)
-    assert json.dumps(sorted(p.name for p in (tmp_path / "cache").iterdir())) == json.dumps(
-        sorted([published.version, "29990101T000000Z-a9a1a9a1"])
-    )
+    leftovers = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert leftovers == sorted([published.version, "29990101T000000Z-a9a1a9a1"])
