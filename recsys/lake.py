@@ -163,6 +163,24 @@ class Lake:
         except Exception as exc:
             raise _explain(exc, self.url(rel)) from exc
 
+    def link_or_get(self, rel: str, local: Path) -> bool:
+        """Give `local` the contents of `rel`: on a local lake a hard link where the file system
+        allows one (no bytes copied; True), else a copy as `get` makes (False).
+
+        Only for files that are never rewritten in place once written (a published snapshot:
+        each version is a new path): the link shares the lake file's bytes.
+        """
+        if not self.is_s3:
+            try:
+                os.link(self._path(rel), local)
+                return True
+            except FileNotFoundError:
+                raise
+            except OSError:  # another file system (EXDEV), or one without hard links
+                pass
+        self.get(rel, local)
+        return False
+
     def move(self, src_rel: str, dst_rel: str) -> None:
         """Move `src_rel` to `dst_rel`, replacing what was there; FileNotFoundError when
         `src_rel` is not there (someone else moved it first).

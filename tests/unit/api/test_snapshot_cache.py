@@ -1,11 +1,13 @@
-"""The local cache of snapshot files: a verified copy is not hashed again while unchanged, and
-the same bytes published under another version are linked, not downloaded."""
+"""The local cache of snapshot files: a verified copy is not hashed again while unchanged, the
+same bytes published under another version are linked, not downloaded, and a local lake's file
+is linked into the cache rather than copied (a copy across file systems)."""
 
 from __future__ import annotations
 
 import json
 import mmap
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +37,18 @@ def republish(lake: Lake, version: str, new_version: str) -> None:
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     calls = {"hash": 0, "get": 0}
-    real_hash, real_get = store_module.sha256_file, Lake.get
+    real_hash, real_get = store_module.sha256_file, Lake.link_or_get
 
     def sha256_file(path: Path) -> str:
         calls["hash"] += 1
         return real_hash(path)
 
-    def get(self: Lake, rel: str, local: Path) -> None:
+    def link_or_get(self: Lake, rel: str, local: Path) -> bool:
         calls["get"] += rel.endswith("snapshot.duckdb")
-        real_get(self, rel, local)
+        return real_get(self, rel, local)
 
     monkeypatch.setattr(store_module, "sha256_file", sha256_file)
-    monkeypatch.setattr(Lake, "get", get)
+    monkeypatch.setattr(Lake, "link_or_get", link_or_get)
     return calls
 
 
@@ -83,12 +85,43 @@ def test_a_verified_copy_is_hashed_again_only_once_changed(
     # a restart: the recorded copy is used as it is
     assert SnapshotStore(lake, tmp_path / "cache", Metrics()).refresh()
     assert counted == before
-    # a copy changed since (its time differs from the record): hashed, found broken, fetched
-    cached.write_bytes(cached.read_bytes()[:-1] + b"x")
+    # a copy changed since (its time differs from the record): hashed, found broken, fetched.
+    # Replaced, not rewritten in place: the copy is a hard link to the lake's file
+    broken = cached.with_name("broken")
+    broken.write_bytes(cached.read_bytes()[:-1] + b"x")
+    os.replace(broken, cached)
     restarted = SnapshotStore(lake, tmp_path / "cache", Metrics())
     assert restarted.refresh()
     assert counted == {"hash": before["hash"] + 2, "get": before["get"] + 1}
     assert restarted.current is not None and restarted.current.version == published.version
+
+
+def test_a_local_lake_file_is_linked_not_copied(tmp_path: Path) -> None:
+    store, lake, published = make_store(tmp_path)
+    assert store.refresh()
+    cached = tmp_path / "cache" / published.version / "snapshot.duckdb"
+    in_lake = Path(lake.root) / "snapshots" / published.version / "snapshot.duckdb"
+    assert os.path.samefile(cached, in_lake)
+    assert not any(p.name.endswith(".part") for p in cached.parent.iterdir())
+
+
+def test_a_cache_on_another_file_system_gets_a_verified_copy(tmp_path: Path) -> None:
+    """/dev/shm is a file system of its own (tmpfs): a hard link there fails, so the file is
+    copied, and that copy is what is verified and served."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system other than the test's folder")
+    settings = make_settings(tmp_path / "data")
+    lake = Lake.from_settings(settings)
+    published = publish_world(lake)
+    with tempfile.TemporaryDirectory(dir=shm) as cache:
+        store = SnapshotStore(lake, Path(cache), Metrics())
+        assert store.refresh()
+        assert store.current is not None and store.current.version == published.version
+        cached = Path(cache) / published.version / "snapshot.duckdb"
+        in_lake = Path(lake.root) / "snapshots" / published.version / "snapshot.duckdb"
+        assert cached.read_bytes() == in_lake.read_bytes()
+        assert not os.path.samefile(cached, in_lake)
 
 
 def _mapped(array: np.ndarray) -> bool:
