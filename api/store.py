@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -60,6 +61,7 @@ log = logging.getLogger("api.snapshots")
 WORKER_FROM_BYTES = 32 << 20
 START_AWAY = ("visitors",)
 SWAP_NICE = 10
+RETIRE_WAIT_S = 1.0  # how long a swap waits for requests to let go of the old snapshot
 KEEP_CACHED = 2  # local copies kept: the served one and the one before (a quick roll-back)
 DIGEST_FILE = "snapshot.sha256"  # beside a verified copy: "<sha256> <size> <mtime_ns>"
 
@@ -163,7 +165,16 @@ class SnapshotStore:
             raise
         seconds = time.perf_counter() - t0
         self.current = snapshot  # the swap
-        del current  # requests in flight may still hold it; the last one frees it
+        # Requests in flight may still hold the old snapshot. They end within milliseconds:
+        # wait for them, so that it is freed here rather than by the last of them. Unmapping a
+        # full-scale snapshot's arrays takes 70-180 ms, which a request answered on the event
+        # loop would spend with every other request waiting behind it.
+        deadline = time.monotonic() + RETIRE_WAIT_S
+        while current is not None and time.monotonic() < deadline:
+            if sys.getrefcount(current) <= 2:  # `current` and the call's argument
+                break
+            time.sleep(0.002)
+        del current
         release_memory()
         self.last_error = self.last_reason = None
         self.metrics.swaps.inc()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,6 +132,36 @@ def test_a_request_keeps_the_snapshot_it_started_with(client_for: StartClient) -
     # the old one still answers for whoever holds it; each has its own cache
     assert recommend.for_visitor(old, 1001, 3).item_ids == [1, 2, 3]
     assert new.cache is not old.cache and len(new.cache) == 0
+
+
+def test_a_swap_frees_the_old_snapshot_itself_once_requests_let_go(
+    client_for: StartClient,
+) -> None:
+    """Unmapping a large snapshot takes tens of milliseconds: the refresh waits for requests
+    still holding the old one and frees it in its own thread, not in the last request's."""
+    client = client_for(world("m1"))
+    store = store_of(client)
+    old = store.current
+    assert old is not None
+    freed_in: list[int] = []
+    weakref.finalize(old, lambda: freed_in.append(threading.get_ident()))
+    held = threading.Event()
+
+    def request() -> None:  # a request in flight on the old snapshot, ending after the swap
+        snapshot = store.current
+        held.set()
+        wait_for(lambda: store.current is not snapshot)
+        time.sleep(0.1)
+        assert snapshot is not None and snapshot.model_version == "m1"
+
+    in_flight = threading.Thread(target=request)
+    in_flight.start()
+    held.wait()
+    del old
+    publish_world(lake_of(client), world("m2"))
+    assert store.refresh()
+    in_flight.join()
+    assert freed_in == [threading.get_ident()]
 
 
 def test_a_corrupted_file_is_refused_and_the_old_one_keeps_serving(
