@@ -2,7 +2,8 @@
 
 Targets (2 cores, server and load generator on this machine; the second round's, issue 17):
 - `GET /v1/recommendations/{id}` throughput >= 90% of `GET /healthz`'s (same client, same
-  connections, in alternating 0.5 s turns: the median of the pairs' ratios), and its p99 at 200 req/s within 1.5x `/healthz`'s at that rate;
+  connections, in alternating 0.5 s turns: the median of the pairs' ratios), and its p99 at
+  200 req/s within 1.5x `/healthz`'s at that rate;
 - `POST /v1/recommendations` ranking ~100 candidates: p99 <= 3 ms at 100 req/s;
 - server resident memory <= 1.0 GB (sampled all along, swaps included, the process and its
   children); the snapshot loaded at start-up in <= 5 s (download, checksum, load and warm-up,
