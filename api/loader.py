@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,13 +51,6 @@ PARTS = ("catalogue", "visitors", "lists")
 
 # arrays smaller than this stay in memory when a load keeps its arrays in files (`Keep`)
 KEEP_IN_MEMORY_BYTES = 1 << 20
-
-# a file system in memory for the loads' array files, where there is one with room (`arrays_dir`)
-RAM_DIR = Path("/dev/shm")
-# a load's folder of array files: `.arrays-<pid>-<random>` (`arrays_folder`)
-ARRAYS_PREFIX = ".arrays-"
-STALE_PATTERN = re.compile(re.escape(ARRAYS_PREFIX) + r"([0-9]{1,10})-[A-Za-z0-9_]+")
-STALE_AFTER_S = 600.0
 
 
 class Keep:
@@ -435,74 +425,15 @@ def check(path: Path, manifest: dict[str, Any]) -> None:
         )
 
 
-def arrays_dir(fallback: Path, file_bytes: int, ram_dir: Path | None) -> Path:
-    """Where a load of a `file_bytes` snapshot file keeps its array files (`Keep`): `ram_dir`
-    (a file system in memory) when this process may write there and it has room for twice the
-    file, else `fallback` (the snapshot cache, on disk).
-
-    The pages are the same either way: mapped, resident once requests touch them, freed with
-    the snapshot. On disk, the kernel also writes every load's arrays back to the disk (~450
-    MB a swap at full scale), at full priority beside the requests: in `make bench-api`, GET and
-    POST p99 during swaps were 3-23x their steady values, against under 2x in memory. In
-    memory, pages not yet touched cannot be dropped under memory pressure as file pages can.
-    """
-    if ram_dir is not None:
-        try:
-            free = os.statvfs(ram_dir)
-            if os.access(ram_dir, os.W_OK | os.X_OK) and (
-                free.f_bavail * free.f_frsize >= 2 * file_bytes
-            ):
-                return ram_dir
-        except OSError:
-            pass
-    return fallback
-
-
 @contextlib.contextmanager
 def arrays_folder(files_dir: Path) -> Iterator[Path]:
     """A new folder in `files_dir` for a load's array files, removed when the load ends."""
     files_dir.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{ARRAYS_PREFIX}{os.getpid()}-", dir=files_dir))
+    folder = Path(tempfile.mkdtemp(prefix=".arrays-", dir=files_dir))
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def remove_stale_folders(files_dir: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
-    """Remove the array folders in `files_dir` left by loads whose process is gone (killed
-    mid-load: in a RAM file system they would hold their memory until the machine restarts);
-    only folders this user may remove, untouched for `older_than_s` (a load takes seconds).
-    Returns the folders removed."""
-    removed: list[Path] = []
-    try:
-        entries = list(files_dir.iterdir())
-    except OSError:
-        return removed
-    now = time.time()
-    for entry in entries:
-        match = STALE_PATTERN.fullmatch(entry.name)
-        if match is None or _alive(int(match.group(1))):
-            continue
-        try:
-            stat = entry.lstat()
-        except OSError:
-            continue
-        if stat.st_uid != os.getuid() or now - stat.st_mtime < older_than_s:
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
 
 
 def read_parts(

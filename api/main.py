@@ -33,7 +33,6 @@ from starlette.types import Scope
 
 from api.events import RecentBatches
 from api.impressions import ImpressionLog
-from api.loader import RAM_DIR
 from api.memory import tune_allocator
 from api.metrics import Metrics
 from api.middleware import API_KEY_HEADER, ServiceMiddleware
@@ -231,7 +230,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.api_cache_dir,
             metrics,
             cache_bytes=settings.recsys_api_cache_mb * 1_000_000,
-            ram_dir=RAM_DIR if settings.recsys_api_arrays_in_memory else None,
         )
         app.state.lake = lake
         app.state.store = store

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from api import load_worker, recommend
-from api.loader import PARTS, RAM_DIR, arrays_dir, load, remove_stale_folders
+from api.loader import PARTS, load
 from api.memory import release_memory
 from api.metrics import Metrics
 from api.snapshot import Snapshot, SnapshotInvalid
@@ -91,17 +91,9 @@ class Refused(RuntimeError):
 class SnapshotStore:
     """Holds the served snapshot; `refresh` loads a newer one. See the module doc."""
 
-    def __init__(
-        self,
-        lake: Lake,
-        cache_dir: Path,
-        metrics: Metrics,
-        cache_bytes: int = 0,
-        ram_dir: Path | None = RAM_DIR,
-    ) -> None:
+    def __init__(self, lake: Lake, cache_dir: Path, metrics: Metrics, cache_bytes: int = 0) -> None:
         self.lake = lake
         self.cache_dir = cache_dir
-        self.ram_dir = ram_dir  # for the loads' array files, where it has room (`arrays_dir`)
         self.metrics = metrics
         self.cache_bytes = cache_bytes
         self.current: Snapshot | None = None
@@ -109,12 +101,6 @@ class SnapshotStore:
         self.last_reason: str | None = None  # the Refused reason of last_error, for clients
         self._refused: set[tuple[str, str]] = set()  # (version, manifest digest)
         self._lock = threading.Lock()  # one refresh at a time
-        self.arrays_dir = cache_dir  # where the last load kept its array files (`arrays_dir`)
-        for folder in (cache_dir, ram_dir):
-            if folder is None:
-                continue
-            for stale in remove_stale_folders(folder):
-                log.warning("removed %s, left by a load that did not finish", stale)
         metrics.track_snapshot_age(self._cutoff_epoch)
 
     @property
@@ -203,14 +189,13 @@ class SnapshotStore:
         )
         log.info(
             "serving snapshot %s (model %s, features as of %s): %.1f MB in arrays, "
-            "loaded in %.2fs (%s; array files in %s)%s",
+            "loaded in %.2fs (%s)%s",
             snapshot.version,
             snapshot.model_version,
             snapshot.cutoff_at,
             snapshot.nbytes / 1e6,
             seconds,
             ", ".join(f"{name} {spent:.2f}s" for name, spent in phases.items()),
-            self.arrays_dir,
             f", replacing {previous}" if previous else "",
         )
         self._prune_cache(keep=snapshot.version)
@@ -247,15 +232,15 @@ class SnapshotStore:
         t1 = time.perf_counter()
         phases["fetch"] = t1 - t0
         try:
-            size = local.stat().st_size
-            files_dir = self.arrays_dir = arrays_dir(self.cache_dir, size, self.ram_dir)
-            if size < WORKER_FROM_BYTES:
-                snapshot = load(local, manifest, cache_bytes=self.cache_bytes, files_dir=files_dir)
+            if local.stat().st_size < WORKER_FROM_BYTES:
+                snapshot = load(
+                    local, manifest, cache_bytes=self.cache_bytes, files_dir=self.cache_dir
+                )
             else:
                 snapshot = load_worker.load(
                     local,
                     manifest,
-                    files_dir,
+                    self.cache_dir,
                     away=START_AWAY if self.current is None else PARTS,
                     cache_bytes=self.cache_bytes,
                     nice=0 if self.current is None else SWAP_NICE,

@@ -62,8 +62,6 @@ class Settings(BaseSettings):
     recsys_api_cache_dir: Path | None = None  # local copies of snapshots; default under data dir
     recsys_api_max_body_bytes: int = Field(default=1_048_576, ge=1_024, le=64 * 1_048_576)
     recsys_api_cache_mb: int = Field(default=32, ge=0, le=4096)  # answers cached per snapshot
-    # a snapshot's array files in /dev/shm where it has room (api.loader.arrays_dir)
-    recsys_api_arrays_in_memory: bool = True
     # limits of the server and of each caller (README, "Security")
     recsys_api_max_header_bytes: int = Field(default=16_384, ge=1_024, le=1_048_576)
     recsys_api_header_timeout_seconds: float = Field(default=5.0, gt=0, le=300, allow_inf_nan=False)

@@ -1,26 +1,21 @@
 """The local cache of snapshot files: a verified copy is not hashed again while unchanged, the
 same bytes published under another version are linked, not downloaded, and a local lake's file
-is linked into the cache rather than copied (a copy across file systems). Where a load keeps
-its arrays: files in /dev/shm where it has room, else in the cache, mapped, none left behind."""
+is linked into the cache rather than copied (a copy across file systems)."""
 
 from __future__ import annotations
 
 import json
 import mmap
 import os
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from api import loader, recommend
 from api import store as store_module
-from api.main import create_app
 from api.metrics import Metrics
 from api.store import DIGEST_FILE, SnapshotStore
 from recsys.lake import Lake
@@ -57,25 +52,11 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return calls
 
 
-def make_store(
-    tmp_path: Path, ram_dir: Path | None = loader.RAM_DIR
-) -> tuple[SnapshotStore, Lake, Any]:
+def make_store(tmp_path: Path) -> tuple[SnapshotStore, Lake, Any]:
     settings = make_settings(tmp_path / "data", recsys_api_cache_dir=tmp_path / "cache")
     lake = Lake.from_settings(settings)
     published = publish_world(lake)
-    store = SnapshotStore(lake, tmp_path / "cache", Metrics(), ram_dir=ram_dir)
-    return store, lake, published
-
-
-def mapped_files() -> set[Path]:
-    """This process's mapped array files (unlinked: "(deleted)" in its maps)."""
-    prefix = f"{loader.ARRAYS_PREFIX}{os.getpid()}-"
-    files = set()
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and prefix in fields[5]:
-            files.add(Path(fields[5].removesuffix(" (deleted)")))
-    return files
+    return SnapshotStore(lake, tmp_path / "cache", Metrics()), lake, published
 
 
 def test_the_same_bytes_under_a_new_version_are_linked(
@@ -150,25 +131,20 @@ def _mapped(array: np.ndarray) -> bool:
     return base is not None
 
 
-@pytest.mark.parametrize("in_ram", [True, False], ids=["dev-shm", "cache-on-disk"])
 def test_the_served_arrays_are_mapped_read_only_and_leave_no_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_ram: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With every array kept in a file (the size floor lowered: the test snapshot is small)
     and the tables read three rows at a time, the served snapshot answers as one loaded in
-    memory at once does, its arrays are read-only mappings of files in /dev/shm (or, without
-    it, the cache folder), and the temporary files are gone once it is loaded, swaps
-    included."""
-    if in_ram and not loader.RAM_DIR.is_dir():
-        pytest.skip("no /dev/shm here")
-    store, lake, published = make_store(tmp_path, loader.RAM_DIR if in_ram else None)
+    memory at once does, its arrays are read-only
+    mappings, and the temporary files are gone once it is loaded, swaps included."""
+    store, lake, published = make_store(tmp_path)
     in_memory = loader.load(
         tmp_path / "data" / "lake" / "snapshots" / published.version / "snapshot.duckdb",
         published.manifest,
     )
     monkeypatch.setattr(loader, "KEEP_IN_MEMORY_BYTES", 0)
     monkeypatch.setattr(loader, "READ_BATCH_ROWS", 3)  # groups and ranks across batches too
-    mapped_before = mapped_files()
     assert store.refresh()
     served = store.current
     assert served is not None
@@ -176,9 +152,6 @@ def test_the_served_arrays_are_mapped_read_only_and_leave_no_files(
     arrays += [served.visitors["top_category_id"], served.recs.keys, served.recs.offsets]
     assert all(_mapped(a) and not a.flags.writeable for a in arrays)
     assert not isinstance(served.rec_cols["item_id"], np.memmap)  # plain arrays on the hot path
-    where = {path.parent.parent for path in mapped_files() - mapped_before}
-    assert where == {loader.RAM_DIR if in_ram else tmp_path / "cache"}
-    assert store.arrays_dir == (loader.RAM_DIR if in_ram else tmp_path / "cache")
     for visitor in [*in_memory.recs.keys[:20].tolist(), -1]:
         mapped_answer = recommend.for_visitor(served, int(visitor), 10)
         memory_answer = recommend.for_visitor(in_memory, int(visitor), 10)
@@ -188,64 +161,3 @@ def test_the_served_arrays_are_mapped_read_only_and_leave_no_files(
     assert store.refresh()
     leftovers = [p.name for p in (tmp_path / "cache").iterdir()]
     assert sorted(leftovers) == sorted([published.version, "29990101T000000Z-a9a1a9a1"])
-    if in_ram:
-        ours = f"{loader.ARRAYS_PREFIX}{os.getpid()}-"
-        assert not [p for p in loader.RAM_DIR.iterdir() if p.name.startswith(ours)]
-
-
-def test_array_files_go_to_memory_only_where_there_is_room(tmp_path: Path) -> None:
-    ram, cache = tmp_path / "ram", tmp_path / "cache"
-    ram.mkdir()
-    free = os.statvfs(ram)
-    room = free.f_bavail * free.f_frsize
-    assert loader.arrays_dir(cache, room // 2, ram) == ram
-    assert loader.arrays_dir(cache, room // 2 + 1, ram) == cache  # twice the file must fit
-    assert loader.arrays_dir(cache, 1, None) == cache
-    assert loader.arrays_dir(cache, 1, tmp_path / "missing") == cache
-    ram.chmod(0o500)
-    try:
-        if not os.access(ram, os.W_OK):  # root may write anyway
-            assert loader.arrays_dir(cache, 1, ram) == cache
-    finally:
-        ram.chmod(0o700)
-
-
-def test_the_setting_keeps_the_array_files_on_disk(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "data", recsys_api_arrays_in_memory=False)
-    publish_world(Lake.from_settings(settings))
-    with TestClient(create_app(settings)) as client:
-        store = client.app.state.store  # type: ignore[attr-defined]
-        assert store.ram_dir is None and store.arrays_dir == settings.api_cache_dir
-    settings = make_settings(tmp_path / "data")
-    with TestClient(create_app(settings)) as client:
-        store = client.app.state.store  # type: ignore[attr-defined]
-        assert store.ram_dir == loader.RAM_DIR
-
-
-def test_folders_left_by_dead_loads_are_removed(tmp_path: Path) -> None:
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    old = time.time() - loader.STALE_AFTER_S - 60
-    names = {
-        "left": f"{loader.ARRAYS_PREFIX}{gone.pid}-abc123",  # removed
-        "recent": f"{loader.ARRAYS_PREFIX}{gone.pid}-def456",  # a load may still be starting
-        "alive": f"{loader.ARRAYS_PREFIX}{os.getpid()}-ghi789",  # this process
-        "other": "arrays-of-someone-else",
-    }
-    for key, name in names.items():
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "0000.npy").write_bytes(b"x")
-        if key != "recent":
-            os.utime(tmp_path / name, (old, old))
-    assert loader.remove_stale_folders(tmp_path) == [tmp_path / names["left"]]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        names[key] for key in ("recent", "alive", "other")
-    )
-    # a store starting up cleans its cache and its folder in memory
-    (tmp_path / "ram").mkdir()
-    (tmp_path / "ram" / names["left"]).mkdir()
-    os.utime(tmp_path / "ram" / names["left"], (old, old))
-    settings = make_settings(tmp_path / "data")
-    SnapshotStore(Lake.from_settings(settings), tmp_path, Metrics(), ram_dir=tmp_path / "ram")
-    assert not (tmp_path / "ram" / names["left"]).exists()
-    assert (tmp_path / names["recent"]).exists()
