@@ -4,10 +4,11 @@ A full-scale load is seconds of NumPy and Arrow work that holds the GIL in betwe
 batches. Run in a thread of the server, it stalled the requests being served: during a swap every
 5 s, GET p99 went from 3.5 ms to 146 ms (`make bench-api`). In a process of its own, at a lower
 CPU priority, it no longer holds the server's GIL (the server's threads kept waking on time
-through full-scale swaps). It still competes for the cores: with the copy and checksum of the
-file, which stay in the server, bench-api's GET p99 during swaps still ranged 6-280 ms over six
-runs on 2 busy cores. At start-up, with nothing served yet, the parts are split between this
-process and one worker, to use both cores.
+through full-scale swaps). It still competes for the cores: with the fetch of the file (its
+checksum, and its copy unless a local lake's file is linked), which stays in the server,
+bench-api's GET p99 during swaps still ranged 6-280 ms over six runs on 2 busy cores. At
+start-up, with nothing served yet, the parts are split between this process and one worker, to
+use both cores.
 
 The worker reads the parts (`api.loader.PARTS`) it is asked for, writes every array of them to
 a `.npy` file in the folder it is given, and the pieces (`api.loader.load_part`) to
