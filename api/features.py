@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from api.snapshot import NO_CATEGORY, Snapshot
+from api.snapshot import NO_CATEGORY, Ranker, Snapshot
 from recsys.candidate_sources import CODED_FEATURES
 from recsys.ranking_features import FEATURE_COLUMNS, ITEM_FEATURES, VISITOR_FEATURES
 
@@ -155,25 +155,39 @@ def score(snapshot: Snapshot, columns: dict[str, np.ndarray]) -> np.ndarray:
     """The ranker's scores for the rows of `columns` (as `feature_columns` returns them).
 
     The values are typed as `models_ml.ranker.feature_frame` types them (numbers and flags as
-    float32, NaN kept; categories as integers, which CatBoost hashes by their decimal text),
-    and handed over as `catboost.FeaturesData`, which CatBoost matches to the model by feature
-    name. That skips pandas: about 1 ms for 100-200 rows instead of 5-10 ms through a
-    DataFrame. A test pins the scores to `models_ml.ranker.score` on the same rows.
-    One thread, for reading the rows into the pool as for applying the model: on 100 rows
-    CatBoost's default (every core) spends more on starting and joining its threads than on
-    the work, and the other core serves other requests.
+    float32, NaN kept; categories as integers, which CatBoost hashes by their decimal text).
+    The snapshot's compiled trees (`api.trees`) score them when it has them: CatBoost's
+    scores, equal to the last bit, in ~0.06 ms for 100 rows instead of ~0.37 ms. Otherwise,
+    or for a category the compiled trees have no row for, CatBoost does, handed the rows as
+    `catboost.FeaturesData` (matched to the model by feature name; skipping pandas saves 5-10
+    ms) with one thread: on 100 rows its default (every core) spends more on starting and
+    joining threads than on the work, and the other core serves other requests.
+    A test pins the scores to `models_ml.ranker.score` on the same rows, both ways.
     """
-    from catboost import FeaturesData, Pool
-
     ranker = snapshot.ranker
     n = len(columns["item_id"])
     if n == 0:
         return np.zeros(0, dtype=np.float64)
     numeric_names = ranker.numeric_features
-    numeric = np.empty((n, len(numeric_names)), dtype=np.float32)
+    # one feature a row: what the compiled trees read fastest
+    numeric = np.empty((len(numeric_names), n), dtype=np.float32)
     for j, name in enumerate(numeric_names):
         coded = CODED_FEATURES.get(name)
-        numeric[:, j] = columns[name] if coded is None else coded(columns[name])
+        numeric[j] = columns[name] if coded is None else coded(columns[name])
+    if ranker.compiled is not None:
+        scores = ranker.compiled.score(numeric, columns)
+        if scores is not None:
+            return scores
+    return _catboost_score(ranker, np.ascontiguousarray(numeric.T), columns)
+
+
+def _catboost_score(
+    ranker: Ranker, numeric: np.ndarray, columns: dict[str, np.ndarray]
+) -> np.ndarray:
+    """CatBoost's own scores: `numeric` is (rows, numeric features)."""
+    from catboost import FeaturesData, Pool
+
+    n = len(numeric)
     categorical = None
     if ranker.cat_features:
         categorical = np.empty((n, len(ranker.cat_features)), dtype=object)
@@ -182,7 +196,7 @@ def score(snapshot: Snapshot, columns: dict[str, np.ndarray]) -> np.ndarray:
     data = FeaturesData(
         num_feature_data=numeric,
         cat_feature_data=categorical,
-        num_feature_names=numeric_names,
+        num_feature_names=ranker.numeric_features,
         cat_feature_names=ranker.cat_features or None,
     )
     pool = Pool(data, thread_count=1)

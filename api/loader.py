@@ -30,6 +30,7 @@ from api.snapshot import (
     SnapshotInvalid,
     _compact,
 )
+from api.trees import compile_ranker
 from recsys.ranking_features import FEATURE_COLUMNS, ITEM_FEATURES, VISITOR_FEATURES
 from recsys.snapshots import SNAPSHOT_TABLES, open_snapshot, shown, verify_snapshot
 
@@ -730,12 +731,21 @@ def assemble(
 ) -> Snapshot:
     """The snapshot from the pieces of every part (see `load_part`)."""
     blob, meta_text = pieces.pop("ranker_row")
+    ranker = _make_ranker(blob, meta_text)
+    items: Items = pieces["items"]
+    # the categories a request can ask the ranker about: the catalogue's (and -1, unknown)
+    ranker.compiled = compile_ranker(
+        ranker.model,
+        ranker.features,
+        ranker.cat_features,
+        {"category_id": items.category, "root_category_id": items.root_category},
+    )
     return Snapshot(
         version=str(manifest.get("version") or ""),
         manifest=manifest,
         metadata=metadata,
         cutoff_at=_parse_cutoff(metadata["cutoff_at"]),
-        ranker=_make_ranker(blob, meta_text),
+        ranker=ranker,
         cache=AnswerCache(cache_bytes // 2),
         similar_cache=AnswerCache(cache_bytes // 2),
         **pieces,

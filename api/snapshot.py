@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from api.cache import AnswerCache
+from api.trees import CompiledRanker
 from recsys.ranking_features import ITEM_FEATURES, VISITOR_FEATURES
 from recsys.snapshots import SNAPSHOT_TABLES
 
@@ -178,6 +179,8 @@ class Ranker:
     features: list[str]  # the model's input columns, in order
     cat_features: list[str]
     metadata: dict[str, Any]
+    # the model's trees as arrays (api.trees), None where CatBoost scores: set at load
+    compiled: CompiledRanker | None = None
 
     @functools.cached_property
     def numeric_features(self) -> list[str]:
