@@ -155,3 +155,25 @@ def test_a_body_over_the_limit_is_a_413(client: TestClient) -> None:
 
     response = client.post(URL, content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413
+
+
+def test_a_ranker_without_compiled_trees_answers_the_same(client: TestClient) -> None:
+    """A snapshot whose trees api.trees cannot compile is scored by CatBoost, off the event
+    loop: same answers, scores included."""
+    snapshot = snapshot_of(client)
+    assert snapshot.ranker.compiled is not None  # the fixture's ranker compiles
+    bodies = [
+        {"visitor_id": 1001, "k": 100},
+        {"session_item_ids": [5, 6], "k": 6},
+        {"visitor_id": 1001, "session_item_ids": [45], "k": 100},
+        {"visitor_id": 2001, "k": 3},
+    ]
+    compiled = [client.post(URL, json=body).json() for body in bodies]
+    saved, snapshot.ranker.compiled = snapshot.ranker.compiled, None
+    try:
+        plain = [client.post(URL, json=body).json() for body in bodies]
+    finally:
+        snapshot.ranker.compiled = saved
+    for mine, theirs in zip(compiled, plain, strict=True):
+        assert mine["items"] == theirs["items"] and mine["items"]
+        assert mine["strategy"] == theirs["strategy"]
