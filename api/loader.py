@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -31,11 +30,9 @@ from api.snapshot import (
     SnapshotInvalid,
     _compact,
 )
-from api.trees import CompiledRanker, compile_ranker
+from api.trees import compile_ranker
 from recsys.ranking_features import FEATURE_COLUMNS, ITEM_FEATURES, VISITOR_FEATURES
 from recsys.snapshots import SNAPSHOT_TABLES, open_snapshot, shown, verify_snapshot
-
-log = logging.getLogger(__name__)
 
 BATCH_ROWS = 1_000_000
 # rows DuckDB hands over at a time (a result is made whole first, then read back in batches)
@@ -361,27 +358,6 @@ def _ranker_row(con: duckdb.DuckDBPyConnection) -> tuple[bytes, Any]:
     return bytes(blob), meta_text
 
 
-def _compiled_ranker(blob: bytes, items: Items) -> dict[str, Any] | None:
-    """The ranker's trees compiled (`api.trees`), as a piece; None when CatBoost is to score.
-
-    Made with the catalogue, in whichever process loads it: during a swap that is the load
-    worker, so the 30-90 ms of compiling (CatBoost's JSON export, its check) do not hold the
-    serving process's GIL. The categories a request can ask about are the catalogue's (and
-    -1, unknown)."""
-    from catboost import CatBoostRanker
-
-    try:
-        model = CatBoostRanker()
-        model.load_model(blob=blob)
-        columns = list(model.feature_names_)
-        cats = [columns[i] for i in model.get_cat_feature_indices()]
-    except Exception:  # a broken model: assemble's _make_ranker says what is wrong
-        return None
-    values = {"category_id": items.category, "root_category_id": items.root_category}
-    compiled = compile_ranker(model, columns, cats, values)
-    return None if compiled is None else compiled.to_piece()
-
-
 def _make_ranker(blob: bytes, meta_text: Any) -> Ranker:
     from catboost import CatBoostRanker
 
@@ -612,7 +588,6 @@ def _catalogue_part(con: duckdb.DuckDBPyConnection, keep: Keep) -> dict[str, Any
     values = list(overall.values())
     catalogue_all = (np.asarray(values[0], np.int64), np.asarray(values[1], np.float64))
     assert catalogue is not None and recs is not None
-    ranker_row = _ranker_row(con)
     return {
         "items": items,
         "recs": recs,
@@ -623,8 +598,7 @@ def _catalogue_part(con: duckdb.DuckDBPyConnection, keep: Keep) -> dict[str, Any
         "catalogue_items": catalogue_cols["item_id"],
         "catalogue_scores": np.nan_to_num(catalogue_cols["score"]),
         "catalogue_all": (catalogue_all[0], np.nan_to_num(catalogue_all[1])),
-        "ranker_row": ranker_row,
-        "compiled_ranker": _compiled_ranker(ranker_row[0], items),
+        "ranker_row": _ranker_row(con),
     }
 
 
@@ -758,15 +732,14 @@ def assemble(
     """The snapshot from the pieces of every part (see `load_part`)."""
     blob, meta_text = pieces.pop("ranker_row")
     ranker = _make_ranker(blob, meta_text)
-    compiled = pieces.pop("compiled_ranker", None)
-    if compiled is not None:
-        try:
-            ranker.compiled = CompiledRanker.from_piece(compiled)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("the ranker is scored by CatBoost: %s", exc)
-        else:
-            if ranker.compiled.numeric_names != ranker.numeric_features:
-                ranker.compiled = None
+    items: Items = pieces["items"]
+    # the categories a request can ask the ranker about: the catalogue's (and -1, unknown)
+    ranker.compiled = compile_ranker(
+        ranker.model,
+        ranker.features,
+        ranker.cat_features,
+        {"category_id": items.category, "root_category_id": items.root_category},
+    )
     return Snapshot(
         version=str(manifest.get("version") or ""),
         manifest=manifest,

@@ -106,73 +106,6 @@ class CompiledRanker:
             total = total * self.scale
         return total + self.bias if self.bias else total
 
-    def to_piece(self) -> dict[str, Any]:
-        """The compiled trees as names, numbers and 1-D arrays, the form a load worker hands
-        its pieces over in (`api.load_worker`); `from_piece` makes them trees again."""
-        return {
-            "numeric_names": list(self.numeric_names),
-            "float_positions": self.float_positions,
-            "float_columns": self.float_columns,
-            "float_borders": self.float_borders.ravel(),
-            "nan_right": self.nan_right.ravel(),
-            "tables": [
-                {
-                    "name": t.name,
-                    "values": t.values,
-                    "positions": t.positions,
-                    "bits": t.bits.ravel(),
-                }
-                for t in self.tables
-            ],
-            "n_trees": self.n_trees,
-            "depth": self.depth,
-            "leaf_values": self.leaf_values,
-            "scale": self.scale,
-            "bias": self.bias,
-        }
-
-    @classmethod
-    def from_piece(cls, piece: Mapping[str, Any]) -> CompiledRanker:
-        """The trees `to_piece` gave; ValueError when the arrays do not fit together."""
-        n_trees, depth = int(piece["n_trees"]), int(piece["depth"])
-        n_splits = n_trees * depth
-        numeric_names = [str(name) for name in piece["numeric_names"]]
-        positions = np.asarray(piece["float_positions"], dtype=np.int64)
-        columns = np.asarray(piece["float_columns"], dtype=np.int64)
-        borders = np.asarray(piece["float_borders"], dtype=np.float32)
-        nan_right = np.asarray(piece["nan_right"], dtype=bool)
-        leaf_values = np.asarray(piece["leaf_values"], dtype=np.float64)
-        tables = []
-        for table in piece["tables"]:
-            values = np.asarray(table["values"], dtype=np.int64)
-            where = np.asarray(table["positions"], dtype=np.int64)
-            bits = np.asarray(table["bits"], dtype=bool)
-            if bits.size != where.size * values.size or not _within(where, n_splits):
-                raise ValueError(f"the table of {table['name']!r} does not fit the trees")
-            bits = bits.reshape(where.size, values.size)
-            tables.append(CatTable(str(table["name"]), values, where, bits))
-        if not (
-            0 < depth <= 16
-            and len(positions) == len(columns) == len(borders) == len(nan_right)
-            and _within(positions, n_splits)
-            and _within(columns, len(numeric_names))
-            and leaf_values.shape == (n_trees << depth,)
-        ):
-            raise ValueError("the compiled trees' arrays do not fit together")
-        return cls(
-            numeric_names=numeric_names,
-            float_positions=positions,
-            float_columns=columns,
-            float_borders=borders[:, None],
-            nan_right=nan_right[:, None],
-            tables=tuple(tables),
-            n_trees=n_trees,
-            depth=depth,
-            leaf_values=leaf_values,
-            scale=float(piece["scale"]),
-            bias=float(piece["bias"]),
-        )
-
     @functools.cached_property
     def powers(self) -> np.ndarray:
         return (1 << np.arange(self.depth)).astype(np.uint8)
@@ -180,10 +113,6 @@ class CompiledRanker:
     @functools.cached_property
     def tree_offsets(self) -> np.ndarray:
         return (np.arange(self.n_trees, dtype=np.int32) << self.depth)[:, None]
-
-
-def _within(indexes: np.ndarray, size: int) -> bool:
-    return bool(len(indexes) == 0 or (indexes.min() >= 0 and indexes.max() < size))
 
 
 def _model_json(model: Any) -> dict[str, Any]:

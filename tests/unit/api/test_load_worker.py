@@ -91,15 +91,6 @@ def test_parts_from_a_worker_are_the_snapshot_loaded_here(
     assert split.max_als_rank == here.max_als_rank
     assert split.metadata == here.metadata and split.cutoff_at == here.cutoff_at
     assert split.ranker.features == here.ranker.features
-    # the trees compiled with the catalogue, wherever it was loaded, and handed over whole
-    assert split.ranker.compiled is not None and here.ranker.compiled is not None
-    compiled_split, compiled_here = (
-        split.ranker.compiled.to_piece(),
-        here.ranker.compiled.to_piece(),
-    )
-    assert sorted(_arrays(compiled_split)) == sorted(_arrays(compiled_here))
-    for name, values in _arrays(compiled_here).items():
-        np.testing.assert_array_equal(_arrays(compiled_split)[name], values, err_msg=name)
     for visitor in [*here.recs.keys[:10].tolist(), -1]:
         a = recommend.for_visitor(split, int(visitor), 10)
         b = recommend.for_visitor(here, int(visitor), 10)

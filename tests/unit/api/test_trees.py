@@ -152,25 +152,3 @@ def json_of(model: Any, tmp_path: Path) -> dict[str, Any]:
     model.save_model(str(path), format="json")
     result: dict[str, Any] = json.loads(path.read_text())
     return result
-
-
-def test_the_compiled_trees_travel_as_columns(tmp_path: Path) -> None:
-    """`to_piece` / `from_piece`: the 1-D form a load worker hands pieces over in; trees that
-    do not fit together are refused."""
-    model, names, cats = train(tmp_path, "Max", 6)
-    compiled = compiled_of(model, names, cats)
-    piece = compiled.to_piece()
-    assert all(v.ndim == 1 for v in piece.values() if isinstance(v, np.ndarray))
-    again = trees.CompiledRanker.from_piece(piece)
-    numeric, categorical = rows(300, 9)
-    np.testing.assert_array_equal(
-        again.score(numeric, categorical), compiled.score(numeric, categorical)
-    )
-    for broken in (
-        {**piece, "depth": piece["depth"] + 1},
-        {**piece, "float_columns": piece["float_columns"] + len(piece["numeric_names"])},
-        {**piece, "leaf_values": piece["leaf_values"][1:]},
-        {**piece, "tables": [{**piece["tables"][0], "bits": piece["tables"][0]["bits"][1:]}]},
-    ):
-        with pytest.raises(ValueError):
-            trees.CompiledRanker.from_piece(broken)
