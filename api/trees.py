@@ -115,6 +115,19 @@ class CompiledRanker:
         return (np.arange(self.n_trees, dtype=np.int32) << self.depth)[:, None]
 
 
+def _distinct(values: Any) -> np.ndarray:
+    """The sorted distinct values of an int64 column, and -1. Category ids are small
+    non-negative numbers: marked in a mask, ~1 ms for the full catalogue's 417k items where
+    np.unique took ~10 ms (held on the serving process's GIL during a swap)."""
+    values = np.asarray(values, dtype=np.int64)
+    if len(values) and values.min() >= -1 and values.max() < 1 << 24:
+        seen = np.zeros(int(values.max()) + 2, dtype=bool)
+        seen[values + 1] = True
+        seen[0] = True  # -1
+        return np.flatnonzero(seen) - 1
+    return np.unique(np.concatenate([values, [-1]]))
+
+
 def _model_json(model: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="recsys-ranker-") as folder:
         path = Path(folder) / "model.json"
@@ -217,8 +230,10 @@ def _compile(
     if len(biases) != 1:
         return None
 
+    # each categorical feature's distinct values, and -1 (an unknown item's)
+    distinct = {name: _distinct(cat_values[name]) for name in cat_features}
     tables = tuple(
-        _table(model, features, cat_features, name, cat_values[name], ctr_pos[name], n_trees)
+        _table(model, features, cat_features, name, distinct[name], ctr_pos[name], n_trees)
         for name in cat_features
         if ctr_pos.get(name)
     )
@@ -235,7 +250,7 @@ def _compile(
         scale=float(scale),
         bias=float(biases[0]),
     )
-    return compiled if _agrees(model, compiled, cat_features, floats, cat_values) else None
+    return compiled if _agrees(model, compiled, cat_features, floats, distinct) else None
 
 
 def _pool(
@@ -263,13 +278,13 @@ def _table(
     features: list[str],
     cat_features: list[str],
     name: str,
-    values: np.ndarray,
+    distinct: np.ndarray,
     positions: list[int],
     n_trees: int,
 ) -> CatTable:
-    """The outcomes of the CTR splits at `positions` (all on feature `name`) per value, read
-    off CatBoost's own leaf indexes for rows that differ in that value only."""
-    distinct = np.unique(np.concatenate([np.asarray(values, dtype=np.int64), [-1]]))
+    """The outcomes of the CTR and one-hot splits at `positions` (all on feature `name`) for
+    each of its `distinct` values (sorted), read off CatBoost's own leaf indexes for rows that
+    differ in that value only."""
     numeric_names = [f for f in features if f not in cat_features]
     numeric = np.zeros((len(distinct), len(numeric_names)), dtype=np.float32)
     cats = {c: (distinct if c == name else np.full(len(distinct), -1)) for c in cat_features}
@@ -288,10 +303,11 @@ def _agrees(
     compiled: CompiledRanker,
     cat_features: list[str],
     floats: list[dict[str, Any]],
-    cat_values: Mapping[str, np.ndarray],
+    distinct: Mapping[str, np.ndarray],
 ) -> bool:
     """Whether the compiled trees give CatBoost's scores, exactly, on CHECK_ROWS rows whose
-    numbers sit on, just above and just below the model's borders, or are NaN."""
+    numbers sit on, just above and just below the model's borders, or are NaN, and whose
+    categories are drawn from each feature's `distinct` values."""
     rng = np.random.default_rng(0)
     n = CHECK_ROWS
     numeric = np.empty((n, len(compiled.numeric_names)), dtype=np.float32)
@@ -307,7 +323,7 @@ def _agrees(
         numeric[:, j] = column
     cats = {}
     for name in cat_features:
-        values = np.unique(np.concatenate([np.asarray(cat_values[name], np.int64), [-1]]))
+        values = distinct[name]
         cats[name] = values[rng.integers(0, len(values), n)]
     theirs = np.asarray(
         model.predict(_pool(numeric, compiled.numeric_names, cats, cat_features), thread_count=1),

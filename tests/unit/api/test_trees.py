@@ -152,3 +152,14 @@ def json_of(model: Any, tmp_path: Path) -> dict[str, Any]:
     model.save_model(str(path), format="json")
     result: dict[str, Any] = json.loads(path.read_text())
     return result
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[5, 3, 5, -1, 0], [7, 1 << 40, 7], [], [-5, 2, 2], [(1 << 24) - 1, 0]],
+)
+def test_the_distinct_values_of_a_category_column_include_unknown(values: list[int]) -> None:
+    expected = np.unique(np.asarray([*values, -1], dtype=np.int64))
+    got = trees._distinct(np.asarray(values, dtype=np.int64))
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
