@@ -188,13 +188,11 @@ def _compile(
     float_border: list[float] = []
     nan_right: list[bool] = []
     ctr_pos: dict[str, list[int]] = {name: [] for name in cat_names}
-    pad: list[int] = []
     for t, tree in enumerate(trees):
         splits = tree["splits"]
         for d in range(depth):
             position = d * n_trees + t
-            if d >= len(splits):
-                pad.append(position)
+            if d >= len(splits):  # a shorter tree: the row stays False, leaf bit 0
                 continue
             split = splits[d]
             if split["split_type"] == "FloatFeature":
