@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from api.snapshot import NO_CATEGORY, Ranker, Snapshot
+from api.trees import catboost_pool
 from recsys.candidate_sources import CODED_FEATURES
 from recsys.ranking_features import FEATURE_COLUMNS, ITEM_FEATURES, VISITOR_FEATURES
 
@@ -157,12 +158,13 @@ def score(snapshot: Snapshot, columns: dict[str, np.ndarray]) -> np.ndarray:
     The values are typed as `models_ml.ranker.feature_frame` types them (numbers and flags as
     float32, NaN kept; categories as integers, which CatBoost hashes by their decimal text).
     The snapshot's compiled trees (`api.trees`) score them when it has them: CatBoost's
-    scores, equal to the last bit, in ~0.06 ms for 100 rows instead of ~0.37 ms. Otherwise,
+    scores, equal to the last bit, in ~0.06 ms for 100 rows instead of ~0.36 ms. Otherwise,
     or for a category the compiled trees have no row for, CatBoost does, handed the rows as
-    `catboost.FeaturesData` (matched to the model by feature name; skipping pandas saves 5-10
-    ms) with one thread: on 100 rows its default (every core) spends more on starting and
-    joining threads than on the work, and the other core serves other requests.
-    A test pins the scores to `models_ml.ranker.score` on the same rows, both ways.
+    `catboost.FeaturesData` (`api.trees.catboost_pool`: matched to the model by feature name;
+    skipping pandas saves 5-10 ms) with one thread: on 100 rows its default (every core)
+    spends more on starting and joining threads than on the work, and the other core serves
+    other requests. Tests pin the scores to `models_ml.ranker.score` on the same rows, and
+    the compiled trees' to CatBoost's (tests/unit/api/test_trees.py, test_session.py).
     """
     ranker = snapshot.ranker
     n = len(columns["item_id"])
@@ -185,19 +187,5 @@ def _catboost_score(
     ranker: Ranker, numeric: np.ndarray, columns: dict[str, np.ndarray]
 ) -> np.ndarray:
     """CatBoost's own scores: `numeric` is (rows, numeric features)."""
-    from catboost import FeaturesData, Pool
-
-    n = len(numeric)
-    categorical = None
-    if ranker.cat_features:
-        categorical = np.empty((n, len(ranker.cat_features)), dtype=object)
-        for j, name in enumerate(ranker.cat_features):
-            categorical[:, j] = list(map(str, columns[name].tolist()))
-    data = FeaturesData(
-        num_feature_data=numeric,
-        cat_feature_data=categorical,
-        num_feature_names=ranker.numeric_features,
-        cat_feature_names=ranker.cat_features or None,
-    )
-    pool = Pool(data, thread_count=1)
+    pool = catboost_pool(numeric, ranker.numeric_features, columns, ranker.cat_features)
     return np.asarray(ranker.model.predict(pool, thread_count=1), dtype=np.float64)
