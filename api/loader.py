@@ -544,19 +544,34 @@ def _catalogue_part(con: duckdb.DuckDBPyConnection, keep: Keep) -> dict[str, Any
     category, available = _item_facts(items, rec_cols["item_id"])
     rec_cols["category"], rec_cols["available"] = keep(category), keep(available)
     del category, available
-    # -- popular items per scope (small), then the catalogue by popularity for the tail
-    popular: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
-    rows = con.execute(
+    # -- popular items: overall, and per category as one Groups (a few thousand categories:
+    # as one small array pair each, they cost a worker's hand-over 3,300 arrays to unpickle,
+    # ~30 ms holding the server's GIL during a swap), then the catalogue by popularity
+    overall_popular = con.execute(
         """
-        select category_id, list(item_id order by rank), list(score order by rank)
-        from popular_items group by category_id
+        select cast(item_id as bigint) as item_id,
+            coalesce(cast(score as double), 0) as score
+        from popular_items where category_id is null order by rank, item_id
         """
-    ).fetchall()
-    for category, item_list, score_list in rows:
-        popular[None if category is None else int(category)] = (
-            np.asarray(item_list, dtype=np.int64),
-            np.nan_to_num(np.asarray(score_list, dtype=np.float64)),
-        )
+    ).fetchnumpy()
+    by_category = con.execute(
+        """
+        select cast(category_id as bigint) as category_id, cast(item_id as bigint) as item_id,
+            coalesce(cast(score as double), 0) as score
+        from popular_items where category_id is not null order by category_id, rank, item_id
+        """
+    ).fetchnumpy()
+    if np.ma.is_masked(overall_popular["item_id"]) or np.ma.is_masked(by_category["item_id"]):
+        raise SnapshotInvalid("popular_items: an item_id is null")
+    popular_all = (
+        np.asarray(overall_popular["item_id"], np.int64),
+        np.nan_to_num(np.asarray(overall_popular["score"], np.float64)),
+    )
+    popular_category = np.asarray(by_category["category_id"], np.int64)
+    starts = np.flatnonzero(np.r_[True, popular_category[1:] != popular_category[:-1]])
+    popular = Groups.of(
+        popular_category[starts], np.r_[starts, len(popular_category)].astype(np.int64)
+    )
     catalogue_cols, catalogue = _stream(
         con,
         """
@@ -586,18 +601,29 @@ def _catalogue_part(con: duckdb.DuckDBPyConnection, keep: Keep) -> dict[str, Any
         """
     ).fetchnumpy()
     values = list(overall.values())
-    catalogue_all = (np.asarray(values[0], np.int64), np.asarray(values[1], np.float64))
+    catalogue_all = (
+        keep(np.asarray(values[0], np.int64)),
+        keep(np.nan_to_num(np.asarray(values[1], np.float64))),
+    )
     assert catalogue is not None and recs is not None
+    # NULL scores are 0 (the query's coalesce), NaN too, infinities the largest floats: a copy
+    # only when there is one, else the column stays as `keep` wrote it (a mapped file)
+    catalogue_scores = catalogue_cols["score"]
+    if not np.isfinite(catalogue_scores).all():
+        catalogue_scores = keep(np.nan_to_num(catalogue_scores))
     return {
         "items": items,
         "recs": recs,
         "rec_cols": rec_cols,
         "confidence_by_rank": confidence_by_rank,
         "popular": popular,
+        "popular_items": keep(np.asarray(by_category["item_id"], np.int64)),
+        "popular_scores": keep(np.nan_to_num(np.asarray(by_category["score"], np.float64))),
+        "popular_all": popular_all,
         "catalogue": catalogue,
         "catalogue_items": catalogue_cols["item_id"],
-        "catalogue_scores": np.nan_to_num(catalogue_cols["score"]),
-        "catalogue_all": (catalogue_all[0], np.nan_to_num(catalogue_all[1])),
+        "catalogue_scores": catalogue_scores,
+        "catalogue_all": catalogue_all,
         "ranker_row": _ranker_row(con),
     }
 

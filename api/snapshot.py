@@ -15,9 +15,9 @@ Layout in memory (`Groups`: rows sorted by a key, the rows of `keys[i]` at
 - `interactions` and `affinities`: each visitor's items (sorted by item id) and categories
   (sorted by category id), for request-time features and the purchased-items filter;
 - `items` and `visitors`: one row per id, sorted by id;
-- `popular`: the snapshot's popular items per scope (None = overall), then the whole available
-  catalogue per scope by popularity, so that a list can always be filled when the catalogue
-  allows.
+- `popular`: the snapshot's popular items per category (`popular_all`: overall), then the
+  whole available catalogue per category (and overall) by popularity, so that a list can
+  always be filled when the catalogue allows.
 
 Feature values are stored as float32 (what `models_ml.ranker.feature_frame` hands CatBoost),
 counts as int32 and ids as int32 when they fit, to keep a full-scale snapshot well under a
@@ -208,7 +208,10 @@ class Snapshot:
     candidate_cols: dict[str, np.ndarray]
     similar: Groups
     similar_cols: dict[str, np.ndarray]
-    popular: dict[int | None, tuple[np.ndarray, np.ndarray]]  # scope -> (items, scores)
+    popular: Groups  # each category's popular items, in rank order
+    popular_items: np.ndarray  # int64
+    popular_scores: np.ndarray  # float64
+    popular_all: tuple[np.ndarray, np.ndarray]  # (items, scores) of the overall popular list
     catalogue: Groups  # available items per category, most popular first
     catalogue_items: np.ndarray
     catalogue_scores: np.ndarray
@@ -249,6 +252,8 @@ class Snapshot:
         for value in list(vars(self).values()):
             if isinstance(value, np.ndarray | Groups):
                 total += value.nbytes
+            elif isinstance(value, tuple):  # (items, scores): popular_all, catalogue_all
+                total += sum(a.nbytes for a in value if isinstance(a, np.ndarray))
             elif isinstance(value, dict):
                 for v in list(value.values()):
                     if isinstance(v, np.ndarray):
@@ -293,12 +298,9 @@ class Snapshot:
     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """((items, scores) of the snapshot's popular list of the scope, (items, scores) of the
         scope's whole available catalogue by popularity, to fill up after it)."""
-        head = self.popular.get(category_id, (_EMPTY_IDS, _EMPTY_F))
         if category_id is None:
-            return head, self.catalogue_all
+            return self.popular_all, self.catalogue_all
+        start, end = self.popular.span(category_id)
+        head = (self.popular_items[start:end], self.popular_scores[start:end])
         start, end = self.catalogue.span(category_id)
         return head, (self.catalogue_items[start:end], self.catalogue_scores[start:end])
-
-
-_EMPTY_IDS = np.zeros(0, dtype=np.int64)
-_EMPTY_F = np.zeros(0, dtype=np.float64)

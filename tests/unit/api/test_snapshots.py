@@ -230,6 +230,9 @@ def test_broken_snapshots_are_refused(client_for: StartClient) -> None:
         client, broken_file("update ranker set model = 'not a model'"), manifest, "invalid"
     )
     assert "the ranker cannot be loaded" in error
+    null_item = "update popular_items set item_id = null where category_id is not null and rank = 2"
+    error = refused(client, broken_file(null_item), manifest, "invalid")
+    assert "popular_items: an item_id is null" in error
     counts = {"recommendations": 1}
     error = refused(client, broken_file("select 1"), {**manifest, "row_counts": counts}, "invalid")
     assert "row counts differ from the manifest" in error
