@@ -569,6 +569,7 @@ def _catalogue_part(con: duckdb.DuckDBPyConnection, keep: Keep) -> dict[str, Any
     )
     popular_category = np.asarray(by_category["category_id"], np.int64)
     starts = np.flatnonzero(np.r_[True, popular_category[1:] != popular_category[:-1]])
+    starts = starts[: len(popular_category)]  # no row: no group (the mask still has its True)
     popular = Groups.of(
         popular_category[starts], np.r_[starts, len(popular_category)].astype(np.int64)
     )

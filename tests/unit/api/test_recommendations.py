@@ -91,6 +91,19 @@ def test_an_unknown_visitor_gets_popular_items_of_the_asked_category(client: Tes
     assert client.get("/v1/recommendations/9999?category_id=77").json()["items"] == []
 
 
+def test_a_snapshot_without_popular_lists_per_category_fills_from_the_catalogue(
+    client_for: Callable[..., TestClient],
+) -> None:
+    world = default_world()
+    popular = world.tables["popular_items"]
+    world.tables["popular_items"] = popular[popular["category_id"].isna()].reset_index(drop=True)
+    client = client_for(world)
+    # the category's catalogue by popularity, as after its popular list
+    everything = items(client.get("/v1/recommendations/9999?category_id=10&k=100"))
+    assert sorted(everything) == [i for i in range(1, 60) if category_of(i) == 10]
+    assert items(client.get("/v1/recommendations/9999?k=5")) == [59, 58, 57, 56, 55]
+
+
 def test_a_visitor_with_history_but_no_list_gets_similar_items(client: TestClient) -> None:
     body = client.get("/v1/recommendations/2001?k=7").json()
     assert body["strategy"] == "session"
