@@ -567,12 +567,10 @@ def _catalogue_part(con: duckdb.DuckDBPyConnection, keep: Keep) -> dict[str, Any
         np.asarray(overall_popular["item_id"], np.int64),
         np.nan_to_num(np.asarray(overall_popular["score"], np.float64)),
     )
+    # rows sorted by category: each category's first row (none without rows)
     popular_category = np.asarray(by_category["category_id"], np.int64)
-    starts = np.flatnonzero(np.r_[True, popular_category[1:] != popular_category[:-1]])
-    starts = starts[: len(popular_category)]  # no row: no group (the mask still has its True)
-    popular = Groups.of(
-        popular_category[starts], np.r_[starts, len(popular_category)].astype(np.int64)
-    )
+    keys, starts = np.unique(popular_category, return_index=True)
+    popular = Groups.of(keys, np.r_[starts, len(popular_category)].astype(np.int64))
     catalogue_cols, catalogue = _stream(
         con,
         """
