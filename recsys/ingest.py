@@ -5,12 +5,15 @@ Every data line of every input file ends up in exactly one place: the accepted t
 `source_file`, `line_number`, `reason`, `raw_line`). So `raw rows = accepted + rejected`, always.
 
 How it stays fast on 20M property rows: a clean file is parsed by Arrow's multi-threaded CSV
-reader and checked with vectorised kernels. Only when Arrow finds a structural problem (a wrong
-number of fields, bytes that are not UTF-8, a stray carriage return, a quote left open) is the file
-split into lines with NumPy, the bad lines set aside with their reason, and the rest parsed as
-before. Exact duplicates are found by grouping on a 64-bit row hash in DuckDB and confirmed on the
-values. A rejected row keeps its line as it was in the file (`raw_line`), read back from the file's
-bytes by line number, so that what was refused can be fixed and sent again.
+reader straight from the file (its bytes never held whole) and checked with vectorised kernels,
+chunk by chunk; a file with carriage returns (CRLF) or a last line without its newline is read
+into memory first and parsed from its bytes the same way. Only when Arrow finds a structural
+problem (a wrong number of fields, bytes that are not UTF-8, a stray carriage return, a quote
+left open) is the file split into lines with NumPy, the bad lines set aside with their reason,
+and the rest parsed as before. Exact duplicates are found by grouping on a 64-bit row hash in
+DuckDB and confirmed on the values. A rejected row keeps its line as it was in the file
+(`raw_line`), read back from the file's bytes by line number, so that what was refused can be
+fixed and sent again.
 
 CSV is read as CSV (RFC 4180): a field may be double-quoted, with `""` for a quote inside, as
 spreadsheets and pandas write it, and the header may be quoted too. One record per line, as in
@@ -349,14 +352,19 @@ def _read_again(path: Path, seen: tuple[int, int, int]) -> Callable[[], bytes]:
     that was parsed, and the input's digest must cover what was ingested."""
 
     def read() -> bytes:
-        if _identity(path) != seen:
-            raise IngestError(
-                f"{path}: the file changed while it was being ingested; nothing was written, "
-                "ingest it again once it is complete"
-            )
+        _check_unchanged(path, seen)
         return _read_body(path)
 
     return read
+
+
+def _check_unchanged(path: Path, seen: tuple[int, int, int]) -> None:
+    """IngestError when `path` is no longer the file whose `_identity` was `seen`."""
+    if _identity(path) != seen:
+        raise IngestError(
+            f"{path}: the file changed while it was being ingested; nothing was written, "
+            "ingest it again once it is complete"
+        )
 
 
 def _body_of(data: bytes) -> bytes:
@@ -413,8 +421,9 @@ class _Lines:
         return pc.replace_substring_regex(text, r"\r?\n$", "").cast(pa.string())
 
 
-def _read_csv(body: bytes | pa.Buffer, n_fields: int) -> pa.Table:
-    """Arrow's CSV reader on header-less bytes: every field a string, no skipping.
+def _read_csv(body: bytes | pa.Buffer | pa.NativeFile, n_fields: int) -> pa.Table:
+    """Arrow's CSV reader on header-less bytes (or a file positioned past its header): every
+    field a string, no skipping.
 
     Quoting is RFC 4180 (`"a,b"`, `""` inside), one record per line: Arrow is told values hold
     no newlines, so it splits its blocks at any newline, but within a block it still carries a
@@ -428,7 +437,7 @@ def _read_csv(body: bytes | pa.Buffer, n_fields: int) -> pa.Table:
         return "skip"
 
     table = pcsv.read_csv(
-        pa.BufferReader(body),
+        body if isinstance(body, pa.NativeFile) else pa.BufferReader(body),
         read_options=pcsv.ReadOptions(
             column_names=[f"f{i}" for i in range(n_fields)], block_size=1 << 24
         ),
@@ -599,9 +608,11 @@ def _structural_split(body: bytes, n_fields: int, rejects: _Rejects) -> tuple[by
     return data[keep].tobytes(), line_numbers[good]
 
 
-def _int_column(values: pa.ChunkedArray, nullable: bool) -> tuple[pa.Array, np.ndarray]:
-    """Strict non-negative integers: (typed values, mask of bad rows)."""
-    values = values.combine_chunks()
+def _int_column(values: pa.ChunkedArray, nullable: bool) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """Strict non-negative integers: (typed values, mask of bad rows).
+
+    Chunk by chunk, as the CSV reader gave them: no combined copy of the strings first
+    (full scale: ~175 MB of fresh memory a property file's timestamps, 0.3-0.5 s)."""
     is_empty = pc.equal(values, "")
     source = pc.if_else(is_empty, pa.scalar(None, pa.string()), values) if nullable else values
     try:
@@ -643,7 +654,7 @@ def _check_fields(
     def as_numpy(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
 
-    typed: dict[str, pa.Array] = {}
+    typed: dict[str, pa.Array | pa.ChunkedArray] = {}
     for i, (name, kind) in enumerate(spec.columns):
         values = table.column(f"f{i}")
         if kind in ("timestamp", "id", "id?"):
@@ -660,7 +671,7 @@ def _check_fields(
                 )
             typed[name] = arr
         else:
-            arr = values.combine_chunks()
+            arr = values  # checked chunk by chunk, like the integers
             if kind == "event":
                 flag(
                     as_numpy(pc.invert(pc.is_in(arr, pa.array(EVENT_TYPES)))), "unknown event type"
@@ -689,14 +700,62 @@ def _check_fields(
     return pa.table({**typed, "_line_number": pa.array(line_numbers)})
 
 
+SCAN_BYTES = 1 << 24  # the buffer `_read_plain_file` scans a file through
+
+
+def _read_plain_file(path: Path, n_fields: int) -> pa.Table | None:
+    """A file's data lines parsed by Arrow straight from the file, when it is plain: every
+    line ended by a newline, no carriage return, and each line one record (Arrow's rows and
+    the newlines agree, no value holds a newline). Else None, and the caller parses the bytes
+    (`_parse_body`), which sets aside the lines that are not.
+
+    The file's bytes are never held whole: a scan through one buffer counts the lines, then
+    Arrow reads the file itself (full scale, a 420 MB property file: 0.8-0.9 s and ~450 MB
+    less memory, against 1.3-2.4 s reading the bytes first). The caller checks that the file
+    did not change meanwhile.
+    """
+    n_lines, has_quote, last = 0, False, b"\n"
+    with open(path, "rb") as fh:
+        header_bytes = len(fh.readline())
+        buffer = bytearray(SCAN_BYTES)
+        while size := fh.readinto(buffer):
+            if buffer.find(b"\r", 0, size) >= 0:
+                return None  # CRLF or a stray CR: `_parse_body` tells which
+            n_lines += buffer.count(b"\n", 0, size)
+            has_quote = has_quote or buffer.find(b'"', 0, size) >= 0
+            last = bytes(buffer[size - 1 : size])
+    if not n_lines or last != b"\n":
+        return None  # no data lines, or a last line without its newline
+    try:
+        with pa.OSFile(str(path)) as source:
+            source.seek(header_bytes)
+            table = _read_csv(source, n_fields)
+    except pa.ArrowInvalid:  # a line with the wrong number of fields, bytes not UTF-8
+        return None
+    if table.num_rows != n_lines or (has_quote and _spans_lines(table)):
+        return None
+    return table
+
+
 def _parse_file(
     spec: TableSpec, path: Path, max_timestamp_ms: int, seen: tuple[int, int, int]
 ) -> tuple[pa.Table, pa.Table]:
     """(accepted rows with `_line_number`, rejected rows) of one CSV, whose `_identity` was
-    `seen` before it was read."""
-    accepted, rejects = _parse_body(
-        spec, _read_body(path), max_timestamp_ms, reread=_read_again(path, seen)
-    )
+    `seen` before it was read: straight from the file when it is plain (`_read_plain_file`),
+    else from its bytes (`_parse_body`)."""
+    reread = _read_again(path, seen)
+    table = _read_plain_file(path, len(spec.columns))
+    if table is None:
+        accepted, rejects = _parse_body(spec, reread(), max_timestamp_ms, reread=reread)
+    else:
+        rejects = _Rejects()
+        line_numbers = np.arange(2, table.num_rows + 2, dtype=np.int64)
+        accepted = _check_fields(
+            spec, table, line_numbers, rejects, _Lines(reread), max_timestamp_ms
+        )
+    # what was parsed is the file that was seen, whose digest names the ingest: a line
+    # appended meanwhile would otherwise be left out for good (the same digest next time)
+    _check_unchanged(path, seen)
     return accepted, rejects.table(path.name)
 
 
