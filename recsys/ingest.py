@@ -693,7 +693,11 @@ def _check_fields(
     bad_rows = np.flatnonzero(code)
     if len(bad_rows):
         texts = pa.array(reasons).take(pa.array(code[bad_rows]))
-        rejects.add(line_numbers[bad_rows], texts, lines.text(line_numbers[bad_rows]))
+        raw_lines = lines.text(line_numbers[bad_rows])
+        # Arrow reads an empty line as a row of empty values, which the first check would
+        # name ("bad timestamp"): it is called what it is, as when the file is split in lines
+        texts = pc.if_else(pc.equal(raw_lines, ""), "empty line", texts)
+        rejects.add(line_numbers[bad_rows], texts, raw_lines)
         good = code == 0
         typed = {name: pc.filter(arr, pa.array(good)) for name, arr in typed.items()}
         line_numbers = line_numbers[good]

@@ -93,6 +93,21 @@ def test_every_bad_row_is_kept_with_its_reason(tmp_path: Path, lake: Lake) -> No
     assert summary["wrong number of fields: expected 5,"] == 2
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["plain file", "file read as bytes"])
+def test_an_empty_line_in_a_well_formed_file_is_called_an_empty_line(
+    tmp_path: Path, lake: Lake, newline: bytes
+) -> None:
+    """Arrow reads an empty line as a row of empty values; its reason is still "empty line",
+    as when a broken line elsewhere has the file split into lines (the test above)."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    lines = [HEADER.rstrip(b"\n"), GOOD[0], b"", GOOD[1], b""]
+    (folder / "events.csv").write_bytes(newline.join(lines))
+    events = next(r for r in ingest(folder, lake) if r.table == "events")
+    assert (events.accepted, events.rejected) == (2, 1)
+    assert read(lake, "raw/rejected/events.parquet") == [("events.csv", 3, "empty line", "")]
+
+
 def test_optional_tables_are_written_empty_when_absent(tmp_path: Path, lake: Lake) -> None:
     raw = write_events(tmp_path / "raw", GOOD)
     reports = {r.table: r for r in ingest(raw, lake)}
