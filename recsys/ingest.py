@@ -237,13 +237,16 @@ class TableReport:
         }
 
 
-def _sha256(paths: list[Path]) -> str:
+def _sha256(paths: list[Path], seen: dict[Path, tuple[int, int, int]]) -> str:
+    """The digest of the files, each of which must still be the file whose `_identity` was
+    `seen` once it is read: the digest names what the parse read (IngestError otherwise)."""
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.name.encode() + b"\0")
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 24), b""):
                 digest.update(chunk)
+        _check_unchanged(path, seen[path])
     return digest.hexdigest()
 
 
@@ -259,11 +262,16 @@ def _read_header(path: Path) -> bytes:
         return fh.readline()
 
 
-def _check_inputs(raw_dir: Path) -> dict[str, list[Path]]:
-    """Find each table's files and check their headers; raise before anything is written."""
+def _check_inputs(
+    raw_dir: Path,
+) -> tuple[dict[str, list[Path]], dict[Path, tuple[int, int, int]]]:
+    """Find each table's files and check their headers; raise before anything is written.
+    Returns the files and their `_identity` before their first read (the header's), which
+    every later read checks: the digest, the parse, the quoting of rejected lines."""
     if not raw_dir.is_dir():
         raise IngestError(f"raw directory {raw_dir} does not exist")
     found: dict[str, list[Path]] = {}
+    seen: dict[Path, tuple[int, int, int]] = {}
     for spec in SPECS:
         paths = [raw_dir / p for p in spec.patterns if (raw_dir / p).is_file()]
         if not paths and spec.required:
@@ -272,6 +280,7 @@ def _check_inputs(raw_dir: Path) -> dict[str, list[Path]]:
                 f"(expected columns: {','.join(spec.names)})"
             )
         for path in paths:
+            seen[path] = _identity(path)
             header_bytes = _read_header(path)
             try:
                 header = header_bytes.decode("utf-8-sig").strip("\r\n")
@@ -294,7 +303,7 @@ def _check_inputs(raw_dir: Path) -> dict[str, list[Path]]:
                     f"{','.join(spec.names)} in this order"
                 )
         found[spec.name] = paths
-    return found
+    return found, seen
 
 
 class _Rejects:
@@ -859,13 +868,14 @@ def _ingest_table(
     out_dir: Path,
     say: Callable[[str], None],
     max_timestamp_ms: int,
+    seen: dict[Path, tuple[int, int, int]],
     ingest_id: str | Callable[[], str] | None = None,
 ) -> TableReport:
-    """Parse, check and write one table's files; `ingest_id` (or what it returns: the input's
+    """Parse, check and write one table's files, each of which must still be the file whose
+    `_identity` was `seen` before its first read; `ingest_id` (or what it returns: the input's
     digest, computed meanwhile) names the written files."""
     report = TableReport(table=spec.name, files=[p.name for p in paths])
     accepted_parts, rejected_parts = [], []
-    seen = {path: _identity(path) for path in paths}  # before any read (see `_read_again`)
 
     def parse(path: Path) -> tuple[pa.Table, pa.Table, float]:
         t0 = time.perf_counter()
@@ -1035,7 +1045,7 @@ def ingest(
     say = progress or (lambda _msg: None)
     if max_timestamp_ms is None:
         max_timestamp_ms = default_max_timestamp_ms()
-    found = _check_inputs(raw_dir)
+    found, seen = _check_inputs(raw_dir)
     lake.check_access()
     reports: list[TableReport] = []
     with (
@@ -1046,7 +1056,7 @@ def ingest(
         # meanwhile, and needs its digest only to name what it writes (full scale: 3 s of
         # sha256 over 950 MB, most of it hidden)
         digests = {
-            spec.name: hasher.submit(_sha256, found[spec.name])
+            spec.name: hasher.submit(_sha256, found[spec.name], seen)
             for spec in SPECS
             if found[spec.name]
         }
@@ -1079,7 +1089,14 @@ def ingest(
             t0 = time.perf_counter()
             say(f"{spec.name}: {', '.join(report_name.name for report_name in paths) or 'none'}")
             report = _ingest_table(
-                con, spec, paths, out_dir, say, max_timestamp_ms, partial(_digest, pending, 16)
+                con,
+                spec,
+                paths,
+                out_dir,
+                say,
+                max_timestamp_ms,
+                seen,
+                partial(_digest, pending, 16),
             )
             digest = _digest(pending)
             say(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -228,6 +229,42 @@ def test_a_file_changed_before_its_rejects_are_quoted_is_refused(
     assert events.rejected == len(expected)
     quoted = [r[3] for r in read(lake, "raw/rejected/events.parquet")]
     assert quoted == [line.decode() for line in expected]
+
+
+def test_a_file_changed_after_its_parse_before_its_digest_is_refused(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The digest of the inputs is read in the background. Here it reads the file only after
+    the parse has, and a line is appended in between: the digest would name a file longer
+    than what was parsed, and the next ingest would skip it as unchanged, the new line never
+    ingested. So the ingest stops with a clear error, and the lake stays as it was. (A table
+    ingested before waits for its digest before its parse, to compare it with its marker.)"""
+    path = write_events(tmp_path / "raw", GOOD[:3]) / "events.csv"
+    raw = path.parent
+    parsed = threading.Event()
+    real_parse, real_sha256 = ingest_module._parse_file, ingest_module._sha256
+
+    def parse_then_append(spec: object, parse_path: Path, *args: object) -> object:
+        found = real_parse(spec, parse_path, *args)
+        if parse_path == path and not parsed.is_set():
+            with open(path, "ab") as fh:
+                fh.write(GOOD[3] + b"\n")
+            parsed.set()
+        return found
+
+    def sha256_after_the_parse(paths: list[Path], *args: object) -> str:
+        if path in paths:
+            assert parsed.wait(timeout=30)
+        return real_sha256(paths, *args)
+
+    monkeypatch.setattr(ingest_module, "_parse_file", parse_then_append)
+    monkeypatch.setattr(ingest_module, "_sha256", sha256_after_the_parse)
+    with pytest.raises(IngestError, match="changed while it was being ingested"):
+        ingest(raw, lake, work_dir=tmp_path)
+    assert not (Path(lake.root) / "raw").exists()
+    monkeypatch.undo()
+    events = next(r for r in ingest(raw, lake) if r.table == "events")
+    assert (events.accepted, events.unchanged) == (4, False)  # the appended line too
 
 
 def test_windows_line_endings_are_accepted(tmp_path: Path, lake: Lake) -> None:
