@@ -202,6 +202,7 @@ REJECTED_SCHEMA = pa.schema(
     ]
 )
 ARROW_TYPES = {"timestamp": pa.int64(), "id": pa.int64(), "id?": pa.int64()}
+Identity = tuple[int, int, int]  # a file's inode, size and modification time (`_identity`)
 IMPRESSION_ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # the API's impression ids (fullmatch)
 
 
@@ -237,7 +238,7 @@ class TableReport:
         }
 
 
-def _sha256(paths: list[Path], seen: dict[Path, tuple[int, int, int]]) -> str:
+def _sha256(paths: list[Path], seen: dict[Path, Identity]) -> str:
     """The digest of the files, each of which must still be the file whose `_identity` was
     `seen` once it is read: the digest names what the parse read (IngestError otherwise)."""
     digest = hashlib.sha256()
@@ -262,16 +263,14 @@ def _read_header(path: Path) -> bytes:
         return fh.readline()
 
 
-def _check_inputs(
-    raw_dir: Path,
-) -> tuple[dict[str, list[Path]], dict[Path, tuple[int, int, int]]]:
+def _check_inputs(raw_dir: Path) -> tuple[dict[str, list[Path]], dict[Path, Identity]]:
     """Find each table's files and check their headers; raise before anything is written.
     Returns the files and their `_identity` before their first read (the header's), which
     every later read checks: the digest, the parse, the quoting of rejected lines."""
     if not raw_dir.is_dir():
         raise IngestError(f"raw directory {raw_dir} does not exist")
     found: dict[str, list[Path]] = {}
-    seen: dict[Path, tuple[int, int, int]] = {}
+    seen: dict[Path, Identity] = {}
     for spec in SPECS:
         paths = [raw_dir / p for p in spec.patterns if (raw_dir / p).is_file()]
         if not paths and spec.required:
@@ -349,13 +348,13 @@ def _read_body(path: Path) -> bytes:
     return body
 
 
-def _identity(path: Path) -> tuple[int, int, int]:
+def _identity(path: Path) -> Identity:
     """What tells a file changed: its inode, size and modification time."""
     stat = path.stat()
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def _read_again(path: Path, seen: tuple[int, int, int]) -> Callable[[], bytes]:
+def _read_again(path: Path, seen: Identity) -> Callable[[], bytes]:
     """How to read `path`'s data lines again to quote rejected ones, refusing a file that
     changed since `seen` (`_identity` before the first read): the quoted line must be the line
     that was parsed, and the input's digest must cover what was ingested."""
@@ -367,7 +366,7 @@ def _read_again(path: Path, seen: tuple[int, int, int]) -> Callable[[], bytes]:
     return read
 
 
-def _check_unchanged(path: Path, seen: tuple[int, int, int]) -> None:
+def _check_unchanged(path: Path, seen: Identity) -> None:
     """IngestError when `path` is no longer the file whose `_identity` was `seen`."""
     if _identity(path) != seen:
         raise IngestError(
@@ -751,7 +750,7 @@ def _read_plain_file(path: Path, n_fields: int) -> pa.Table | None:
 
 
 def _parse_file(
-    spec: TableSpec, path: Path, max_timestamp_ms: int, seen: tuple[int, int, int]
+    spec: TableSpec, path: Path, max_timestamp_ms: int, seen: Identity
 ) -> tuple[pa.Table, pa.Table]:
     """(accepted rows with `_line_number`, rejected rows) of one CSV, whose `_identity` was
     `seen` before it was read: straight from the file when it is plain (`_read_plain_file`),
@@ -868,7 +867,7 @@ def _ingest_table(
     out_dir: Path,
     say: Callable[[str], None],
     max_timestamp_ms: int,
-    seen: dict[Path, tuple[int, int, int]],
+    seen: dict[Path, Identity],
     ingest_id: str | Callable[[], str] | None = None,
 ) -> TableReport:
     """Parse, check and write one table's files, each of which must still be the file whose
