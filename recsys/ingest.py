@@ -110,6 +110,11 @@ from recsys.settings import Settings
 from recsys.snapshots import VERSION_PATTERN, shown
 
 BLOCK = 65_536  # lines per UTF-8 check on the slow path
+CSV_BLOCK_BYTES = 1 << 24  # Arrow's CSV blocks: a table's columns come in chunks of this
+# The longest line the split into lines keeps: at most half a block, so that every block Arrow
+# reads holds a line's end (a longer line fails the whole parse, "straddling object")
+MAX_CSV_LINE_BYTES = 1 << 23
+
 PARSE_THREADS = 2  # files of one table parsed at once
 MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01: anything later is not a real event
 EVENT_TYPES = ("view", "addtocart", "transaction")
@@ -361,7 +366,9 @@ def _read_again(path: Path, seen: Identity) -> Callable[[], bytes]:
 
     def read() -> bytes:
         _check_unchanged(path, seen)
-        return _read_body(path)
+        body = _read_body(path)
+        _check_unchanged(path, seen)  # and not changed while it was read
+        return body
 
     return read
 
@@ -447,7 +454,7 @@ def _read_csv(body: bytes | pa.Buffer | pa.NativeFile, n_fields: int) -> pa.Tabl
     table = pcsv.read_csv(
         body if isinstance(body, pa.NativeFile) else pa.BufferReader(body),
         read_options=pcsv.ReadOptions(
-            column_names=[f"f{i}" for i in range(n_fields)], block_size=1 << 24
+            column_names=[f"f{i}" for i in range(n_fields)], block_size=CSV_BLOCK_BYTES
         ),
         parse_options=pcsv.ParseOptions(
             quote_char='"',
@@ -605,6 +612,10 @@ def _structural_split(body: bytes, n_fields: int, rejects: _Rejects) -> tuple[by
     reason[stray_cr] = "carriage return inside a line"
     reason[empty] = "empty line"
     reason[bad_utf8] = "bytes are not UTF-8"
+    # Arrow cannot parse a line that does not fit its block ("straddling object"), so one such
+    # line stopped the whole ingest: it is set aside instead, whole (its `raw_line`)
+    too_long = content_end - starts > MAX_CSV_LINE_BYTES
+    reason[too_long] = f"line too long (over {MAX_CSV_LINE_BYTES:,} bytes)"
     bad = np.flatnonzero(reason != "")
     if len(bad):
         texts = [

@@ -109,6 +109,22 @@ def test_an_empty_line_in_a_well_formed_file_is_called_an_empty_line(
     assert read(lake, "raw/rejected/events.parquet") == [("events.csv", 3, "empty line", "")]
 
 
+def test_a_line_longer_than_a_csv_block_is_rejected_not_fatal(
+    tmp_path: Path, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arrow fails a whole parse on a line that does not fit its block; such a line (here the
+    blocks are made 64 bytes, as if a line were over 16 MiB) is rejected, whole, with its
+    reason, and the other lines are ingested."""
+    monkeypatch.setattr(ingest_module, "CSV_BLOCK_BYTES", 64)
+    monkeypatch.setattr(ingest_module, "MAX_CSV_LINE_BYTES", 32)
+    long_line = b"1430622443000,2,view,10," + b"9" * 100
+    raw = write_events(tmp_path / "raw", [GOOD[0], long_line, GOOD[1]])
+    events = next(r for r in ingest(raw, lake) if r.table == "events")
+    assert (events.accepted, events.rejected) == (2, 1)
+    rejected = read(lake, "raw/rejected/events.parquet")
+    assert rejected == [("events.csv", 3, "line too long (over 32 bytes)", long_line.decode())]
+
+
 def test_optional_tables_are_written_empty_when_absent(tmp_path: Path, lake: Lake) -> None:
     raw = write_events(tmp_path / "raw", GOOD)
     reports = {r.table: r for r in ingest(raw, lake)}
@@ -205,15 +221,17 @@ def test_a_file_changed_before_its_rejects_are_quoted_is_refused(
     good = (Path(lake.root) / "raw/events/events.parquet").read_bytes()
     path = raw / "events.csv"
     path.write_bytes(newline.join([HEADER.rstrip(b"\n"), *GOOD, *([bad] if bad else []), b""]))
-    reads: list[Path] = []
+    appended: list[Path] = []
 
     def then_append(real_read: Callable[..., object]) -> Callable[..., object]:
+        # after the read that is parsed: Arrow's of a plain file, else the bytes' (the scan of
+        # a CRLF file finds it is not plain and returns None)
         def read(read_path: Path, *args: object) -> object:
             found = real_read(read_path, *args)
-            if read_path == path and not reads:
+            if read_path == path and not appended and found is not None:
                 with open(path, "ab") as fh:
                     fh.write(GOOD[-1] + newline)
-            reads.append(read_path)
+                appended.append(read_path)
             return found
 
         return read
@@ -1042,7 +1060,8 @@ PROPERTY_LINES = [b"1430622443000,1,790,n1200.000", b"1430622456000,2,categoryid
         (PROPERTY_LINES[0] + b",extra\n" + PROPERTY_LINES[1] + b"\n", False),
         (b'1430622443000,1,790,"open\n' + PROPERTY_LINES[1] + b"\n", False),
         (b"1430622443000,1,790,n\xff\n" + PROPERTY_LINES[1] + b"\n", False),
-        # Arrow reads an empty line as a row of empty values: rejected by its first check
+        # Arrow reads an empty line as a row of empty values: rejected as "empty line" all
+        # the same (test_an_empty_line_in_a_well_formed_file_is_called_an_empty_line)
         (PROPERTY_LINES[0] + b"\n\n" + PROPERTY_LINES[1] + b"\n", True),
         (b"", False),
     ],
@@ -1061,16 +1080,30 @@ PROPERTY_LINES = [b"1430622443000,1,790,n1200.000", b"1430622456000,2,categoryid
     ],
 )
 @pytest.mark.parametrize("header", [PROPERTIES_HEADER, b"\xef\xbb\xbf" + PROPERTIES_HEADER])
+@pytest.mark.parametrize("small_blocks", [False, True], ids=["one chunk", "many chunks"])
 def test_a_plain_file_is_parsed_from_the_file_as_from_its_bytes(
-    tmp_path: Path, body: bytes, plain: bool, header: bytes
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    body: bytes,
+    plain: bool,
+    header: bytes,
+    small_blocks: bool,
 ) -> None:
     """A plain file (newline-ended lines, no CR, one record a line) is parsed by Arrow
     straight from the file; any other goes through its bytes. Either way, the same rows are
-    accepted and rejected, with the same line numbers and reasons, as from the bytes."""
+    accepted and rejected, with the same line numbers and reasons, as from the bytes. With
+    small blocks, Arrow's columns come in many chunks and the scan takes many passes, as a
+    full-scale file's do."""
+    if small_blocks:
+        monkeypatch.setattr(ingest_module, "CSV_BLOCK_BYTES", 40)
+        monkeypatch.setattr(ingest_module, "SCAN_BYTES", 7)
     spec = ingest_module.ITEM_PROPERTIES
     path = tmp_path / "item_properties.csv"
     path.write_bytes(header + body)
-    assert (ingest_module._read_plain_file(path, len(spec.columns)) is not None) == plain
+    table = ingest_module._read_plain_file(path, len(spec.columns))
+    assert (table is not None) == plain
+    if table is not None and small_blocks and table.num_rows > 2:
+        assert table.column(0).num_chunks > 1
     limit = 4_000_000_000_000
     accepted, rejected = ingest_module._parse_file(spec, path, limit, ingest_module._identity(path))
     expected, rejects = ingest_module._parse_body(
