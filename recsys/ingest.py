@@ -475,6 +475,12 @@ def _read_csv(body: bytes | pa.Buffer | pa.NativeFile, n_fields: int) -> pa.Tabl
     return table
 
 
+def _one_record_a_line(table: pa.Table, n_lines: int, has_quote: bool) -> bool:
+    """Whether Arrow's rows are the data lines: as many rows as lines, and no value holding a
+    newline, which only a quote (`has_quote`: the bytes hold one) can have carried over one."""
+    return table.num_rows == n_lines and not (has_quote and _spans_lines(table))
+
+
 def _spans_lines(table: pa.Table) -> bool:
     """Whether a value holds a newline: a quote left open (see `_read_csv`)."""
     return any(pc.any(pc.match_substring(column, "\n")).as_py() is True for column in table.columns)
@@ -755,9 +761,7 @@ def _read_plain_file(path: Path, n_fields: int) -> pa.Table | None:
             table = _read_csv(source, n_fields)
     except pa.ArrowInvalid:  # a line with the wrong number of fields, bytes not UTF-8
         return None
-    if table.num_rows != n_lines or (has_quote and _spans_lines(table)):
-        return None
-    return table
+    return table if _one_record_a_line(table, n_lines, has_quote) else None
 
 
 def _parse_file(
@@ -801,10 +805,8 @@ def _parse_body(
         if b"\r" in body and body.count(b"\r") != body.count(b"\r\n"):
             raise pa.ArrowInvalid("stray carriage return")
         table = _read_csv(body, n_fields) if body else None
-        if table is not None and table.num_rows != n_lines:
-            raise pa.ArrowInvalid("rows and lines differ")
-        if table is not None and b'"' in body and _spans_lines(table):
-            raise pa.ArrowInvalid("a quote left open")
+        if table is not None and not _one_record_a_line(table, n_lines, b'"' in body):
+            raise pa.ArrowInvalid("rows are not the lines")
         line_numbers = np.arange(2, n_lines + 2, dtype=np.int64)
     except pa.ArrowInvalid:
         clean, line_numbers = _structural_split(body, n_fields, rejects)
